@@ -1,0 +1,83 @@
+//! Messages carried by RabbitMQ, JSON-encoded. Every message also carries a
+//! `traceparent` AMQP header (see [`crate::trace`]).
+
+use crate::Lane;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// api → scheduler (`<ns>.jobs`): a job row was committed as `queued`.
+///
+/// The row in Postgres is the durable record; this message only wakes the
+/// scheduler. A lost or duplicated message is harmless: the scheduler rebuilds
+/// from Postgres on start and every transition is conditional.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSubmitted {
+    pub job_id: Uuid,
+    pub tenant_id: Uuid,
+    pub model: String,
+    pub lane: Lane,
+    pub created_at: DateTime<Utc>,
+    /// The reply queue of the API instance holding a sync caller, if any.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+/// scheduler → one worker (`<ns>.worker.<id>`): run this attempt of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dispatch {
+    pub job_id: Uuid,
+    pub tenant_id: Uuid,
+    pub key_id: Option<Uuid>,
+    pub attempt: i32,
+    pub model: String,
+    pub input: Value,
+    /// The reply queue of the API instance holding a sync caller, if any.
+    pub reply_to: Option<String>,
+}
+
+/// Capacity a worker offers for one model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSlots {
+    pub model: String,
+    pub slots: u32,
+}
+
+/// worker → scheduler (`<ns>.events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// Sent at start and then periodically: registration and liveness in one.
+    Heartbeat { worker_id: String, models: Vec<ModelSlots>, draining: bool },
+    /// The worker is done with an attempt (whatever the outcome), so its slot is free.
+    Finished { worker_id: String, job_id: Uuid, attempt: i32 },
+    /// The worker is leaving; whatever is still assigned to it must be handed to others.
+    Deregister { worker_id: String },
+}
+
+/// worker → api instance (`<ns>.reply.<instance>`): a sync caller's job has ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDone {
+    pub job_id: Uuid,
+}
+
+/// api → every worker (fanout `<ns>.cancel`): stop this job if you run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelJob {
+    pub job_id: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_events_are_tagged_by_type() {
+        let e = WorkerEvent::Finished { worker_id: "w1".into(), job_id: Uuid::nil(), attempt: 2 };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "finished");
+        let back: WorkerEvent = serde_json::from_value(v).unwrap();
+        assert!(matches!(back, WorkerEvent::Finished { attempt: 2, .. }));
+    }
+}

@@ -1,0 +1,353 @@
+//! The jobs table and every transition of the job state machine.
+//!
+//! Each transition is one conditional statement whose `WHERE` names the
+//! states (and, for worker-side transitions, the worker and attempt) it may
+//! start from. A transition that finds no row did not happen: the job was
+//! cancelled, re-dispatched or finished by someone else first, and the caller
+//! drops its work. That is what makes at-least-once delivery safe.
+
+use crate::Result;
+use chrono::{DateTime, Utc};
+use maas_core::{JobMode, JobStatus, Lane};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub key_id: Option<Uuid>,
+    pub model: String,
+    pub mode: String,
+    pub lane: String,
+    pub status: String,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub usage: Option<Value>,
+    pub attempts: i32,
+    pub worker_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    pub fn status(&self) -> JobStatus {
+        // The CHECK constraint guarantees a known value.
+        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
+    }
+
+    pub fn lane(&self) -> Lane {
+        Lane::parse(&self.lane).unwrap_or(Lane::Batch)
+    }
+}
+
+const COLS: &str = "id, tenant_id, key_id, model, mode, lane, status, input, output, error, usage, attempts, \
+                    worker_id, idempotency_key, traceparent, version, created_at, dispatched_at, started_at, finished_at";
+
+pub struct NewJob<'a> {
+    pub tenant_id: Uuid,
+    pub key_id: Option<Uuid>,
+    pub model: &'a str,
+    pub mode: JobMode,
+    pub lane: Lane,
+    pub input: &'a Value,
+    pub idempotency_key: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+}
+
+/// Inserts a queued job. With an idempotency key already used by this
+/// tenant, nothing is inserted and the first job is returned with `false`.
+pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
+    let inserted = sqlx::query_as::<_, Job>(&format!(
+        "INSERT INTO jobs (id, tenant_id, key_id, model, mode, lane, status, input, idempotency_key, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9)
+         ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING {COLS}"
+    ))
+    .bind(Uuid::new_v4())
+    .bind(j.tenant_id)
+    .bind(j.key_id)
+    .bind(j.model)
+    .bind(j.mode.as_str())
+    .bind(j.lane.as_str())
+    .bind(j.input)
+    .bind(j.idempotency_key)
+    .bind(j.traceparent)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(job) = inserted {
+        return Ok((job, true));
+    }
+    let existing = sqlx::query_as::<_, Job>(&format!(
+        "SELECT {COLS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(j.tenant_id)
+    .bind(j.idempotency_key)
+    .fetch_one(pool)
+    .await?;
+    Ok((existing, false))
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!("SELECT {COLS} FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// A tenant's job, or `None` when it does not exist or belongs to another tenant.
+pub async fn get_for_tenant(pool: &PgPool, id: Uuid, tenant_id: Uuid) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!("SELECT {COLS} FROM jobs WHERE id = $1 AND tenant_id = $2"))
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Newest first. `after` is the id of the last job of the previous page.
+pub async fn list_for_tenant(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    after: Option<Uuid>,
+    status: Option<JobStatus>,
+    limit: i64,
+) -> Result<Vec<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "SELECT {COLS} FROM jobs
+         WHERE tenant_id = $1
+           AND ($2::uuid IS NULL OR (created_at, id) <
+                (SELECT created_at, id FROM jobs WHERE id = $2 AND tenant_id = $1))
+           AND ($3::text IS NULL OR status = $3)
+         ORDER BY created_at DESC, id DESC
+         LIMIT $4"
+    ))
+    .bind(tenant_id)
+    .bind(after)
+    .bind(status.map(JobStatus::as_str))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Cancels a job that has not finished. Returns the cancelled job, or `None`
+/// when it was not found or already finished (the caller reads it to tell).
+pub async fn cancel(pool: &PgPool, id: Uuid, tenant_id: Uuid) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), version = version + 1,
+                error = jsonb_build_object('code', 'cancelled', 'message', 'the job was cancelled')
+         WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'dispatched', 'running')
+         RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// queued → dispatched to `worker_id`; counts an attempt.
+pub async fn mark_dispatched(pool: &PgPool, id: Uuid, worker_id: &str) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = 'dispatched', worker_id = $2, attempts = attempts + 1,
+                dispatched_at = now(), version = version + 1
+         WHERE id = $1 AND status = 'queued'
+         RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(worker_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// dispatched|running on `worker_id` → queued again (worker lost, or the
+/// dispatch could not be sent). `refund` takes back the attempt when the
+/// worker never received the job.
+pub async fn requeue(pool: &PgPool, id: Uuid, worker_id: &str, refund: bool) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = 'queued', worker_id = NULL, dispatched_at = NULL, started_at = NULL,
+                attempts = attempts - CASE WHEN $3 THEN 1 ELSE 0 END, version = version + 1
+         WHERE id = $1 AND worker_id = $2 AND status IN ('dispatched', 'running')
+         RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(worker_id)
+    .bind(refund)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// dispatched|running on `worker_id` → failed, when its attempts are spent.
+pub async fn fail_lost(pool: &PgPool, id: Uuid, worker_id: &str, error: &Value) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = 'failed', finished_at = now(), error = $3, version = version + 1
+         WHERE id = $1 AND worker_id = $2 AND status IN ('dispatched', 'running')
+         RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(worker_id)
+    .bind(error)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// queued → failed, when the job could not be handed to the broker at all.
+pub async fn fail_unqueued(pool: &PgPool, id: Uuid, error: &Value) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = 'failed', finished_at = now(), error = $2, version = version + 1
+         WHERE id = $1 AND status = 'queued'
+         RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(error)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// dispatched → running, only for the worker and attempt it was dispatched as.
+pub async fn mark_running(pool: &PgPool, id: Uuid, worker_id: &str, attempt: i32) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = 'running', started_at = now(), version = version + 1
+         WHERE id = $1 AND status = 'dispatched' AND worker_id = $2 AND attempts = $3
+         RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(worker_id)
+    .bind(attempt)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// How an attempt ended on a worker.
+pub enum Outcome {
+    Succeeded { output: Value, usage: Usage },
+    Failed { error: Value },
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub compute_ms: i64,
+}
+
+/// running → succeeded|failed, for the worker and attempt that ran it, with
+/// the usage record in the same transaction. `None`: the job was cancelled or
+/// handed to another worker meanwhile, and this result must be dropped.
+pub async fn complete(pool: &PgPool, id: Uuid, worker_id: &str, attempt: i32, outcome: Outcome) -> Result<Option<Job>> {
+    let (status, output, error, usage) = match &outcome {
+        Outcome::Succeeded { output, usage } => ("succeeded", Some(output), None, Some(*usage)),
+        Outcome::Failed { error } => ("failed", None, Some(error), None),
+    };
+    let usage_json = usage.map(|u| {
+        serde_json::json!({
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "compute_ms": u.compute_ms,
+        })
+    });
+    let mut tx = pool.begin().await?;
+    let job = sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = $4, output = $5, error = $6, usage = $7, finished_at = now(), version = version + 1
+         WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3
+         RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(worker_id)
+    .bind(attempt)
+    .bind(status)
+    .bind(output)
+    .bind(error)
+    .bind(usage_json)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = job else {
+        return Ok(None);
+    };
+    let u = usage.unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO usage_records (job_id, tenant_id, key_id, model, prompt_tokens, completion_tokens, compute_ms, worker_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (job_id) DO NOTHING",
+    )
+    .bind(job.id)
+    .bind(job.tenant_id)
+    .bind(job.key_id)
+    .bind(&job.model)
+    .bind(u.prompt_tokens)
+    .bind(u.completion_tokens)
+    .bind(u.compute_ms)
+    .bind(worker_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(job))
+}
+
+/// What the scheduler needs to queue a job in memory.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedRef {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub model: String,
+    pub lane: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every queued job, oldest first: the scheduler's state after a restart.
+pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
+    Ok(sqlx::query_as::<_, QueuedRef>(
+        "SELECT id, tenant_id, model, lane, created_at FROM jobs WHERE status = 'queued' ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// (job id, worker id, attempts) of every job held by a worker.
+pub async fn active(pool: &PgPool) -> Result<Vec<(Uuid, String, i32)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, worker_id, attempts FROM jobs WHERE status IN ('dispatched', 'running') AND worker_id IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Jobs of one worker still dispatched or running.
+pub async fn active_on_worker(pool: &PgPool, worker_id: &str) -> Result<Vec<(Uuid, i32)>> {
+    Ok(sqlx::query_as("SELECT id, attempts FROM jobs WHERE status IN ('dispatched', 'running') AND worker_id = $1")
+        .bind(worker_id)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// queued for longer than `max_age_secs` → expired.
+pub async fn expire_stale(pool: &PgPool, max_age_secs: i64) -> Result<Vec<Job>> {
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "UPDATE jobs SET status = 'expired', finished_at = now(), version = version + 1,
+                error = jsonb_build_object('code', 'expired', 'message', 'the job was not started in time')
+         WHERE status = 'queued' AND created_at < now() - make_interval(secs => $1)
+         RETURNING {COLS}"
+    ))
+    .bind(max_age_secs as f64)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Deletes inputs and outputs of jobs finished more than `retention_secs` ago.
+pub async fn purge_finished(pool: &PgPool, retention_secs: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE jobs SET input = NULL, output = NULL, purged_at = now(), version = version + 1
+         WHERE finished_at IS NOT NULL AND purged_at IS NULL
+           AND finished_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention_secs as f64)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

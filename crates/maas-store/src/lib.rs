@@ -1,0 +1,75 @@
+//! Storage shared by every service: the Postgres schema (migrations embedded
+//! from `migrations/`), typed queries for each table, and the Redis caches
+//! (API-key cache and hot job status).
+//!
+//! Every state change of a job is a single conditional `UPDATE ... WHERE
+//! status IN (...)`, so duplicate deliveries and races between services are
+//! settled by Postgres, not by the callers. All functions are async and take a
+//! pool or an explicit transaction; nothing here holds a lock across calls.
+
+pub mod audit;
+pub mod cache;
+pub mod jobs;
+pub mod keys;
+pub mod quotas;
+pub mod tenants;
+pub mod usage;
+pub mod workers;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use sqlx;
+
+/// The schema's migrations, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("a row with this {0} already exists")]
+    Conflict(&'static str),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens a pool. Fails fast (5 s) when Postgres is unreachable.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    let opts = PgConnectOptions::from_str(url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
+/// Applies pending migrations. Postgres advisory locks inside sqlx make this
+/// safe when several services start at once.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// True when every embedded migration has been applied (readiness).
+pub async fn schema_current(pool: &PgPool) -> Result<bool> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+    Ok(applied.unwrap_or(0) >= latest)
+}
+
+/// Maps a unique-violation to [`StoreError::Conflict`].
+pub(crate) fn conflict_on_unique(e: sqlx::Error, what: &'static str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Db(e),
+    }
+}

@@ -1,0 +1,44 @@
+//! Worker registry: what each worker serves and when it was last heard from.
+//! Written by the scheduler from heartbeats, read back when a scheduler takes over.
+
+use crate::Result;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkerRow {
+    pub id: String,
+    pub models: Value,
+    pub status: String,
+    pub last_heartbeat_at: DateTime<Utc>,
+}
+
+pub async fn heartbeat(pool: &PgPool, id: &str, models: &Value, draining: bool) -> Result<()> {
+    let status = if draining { "draining" } else { "alive" };
+    sqlx::query(
+        "INSERT INTO workers (id, models, status) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET models = $2, status = $3, last_heartbeat_at = now()
+         WHERE workers.status IN ('alive', 'draining')",
+    )
+    .bind(id)
+    .bind(models)
+    .bind(status)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `dead` (stopped heartbeating) or `gone` (deregistered cleanly).
+pub async fn set_status(pool: &PgPool, id: &str, status: &str) -> Result<()> {
+    sqlx::query("UPDATE workers SET status = $2 WHERE id = $1").bind(id).bind(status).execute(pool).await?;
+    Ok(())
+}
+
+pub async fn live(pool: &PgPool) -> Result<Vec<WorkerRow>> {
+    Ok(sqlx::query_as::<_, WorkerRow>(
+        "SELECT id, models, status, last_heartbeat_at FROM workers WHERE status IN ('alive', 'draining')",
+    )
+    .fetch_all(pool)
+    .await?)
+}

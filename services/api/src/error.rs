@@ -1,0 +1,148 @@
+//! Every HTTP error of the API, mapped in one place to OpenAI's error object
+//! `{"error": {"message", "type", "param", "code"}}` with a stable `code`
+//! (the table is in `docs/errors.md`).
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed or a field is invalid.
+    InvalidRequest { message: String, param: Option<String>, code: &'static str },
+    /// 401: no credentials, or credentials that do not authenticate.
+    Unauthenticated { message: String, code: &'static str },
+    /// 403: authenticated, but not allowed.
+    Forbidden { message: String, code: &'static str },
+    /// 404: no such object (or it belongs to another tenant).
+    NotFound { message: String, code: &'static str },
+    /// 405: the route exists with another method.
+    MethodNotAllowed,
+    /// 409: the object's state forbids the action.
+    Conflict { message: String, code: &'static str },
+    /// 413: the body is larger than allowed.
+    PayloadTooLarge { limit: usize },
+    /// 415: the body is not JSON.
+    UnsupportedMediaType,
+    /// 503: a dependency is unavailable; retry later.
+    Unavailable { message: String, retry_after_secs: u64 },
+    /// 500: a bug or an unexpected failure; details go to the log only.
+    Internal(String),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: &'static str,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: param.map(str::to_owned), code: "invalid_request" }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound { message: format!("{what} not found"), code: "not_found" }
+    }
+
+    pub fn internal(e: impl fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String, Option<String>, &'static str) {
+        match self {
+            Self::InvalidRequest { message, param, code } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", message.clone(), param.clone(), code)
+            }
+            Self::Unauthenticated { message, code } => {
+                (StatusCode::UNAUTHORIZED, "authentication_error", message.clone(), None, code)
+            }
+            Self::Forbidden { message, code } => (StatusCode::FORBIDDEN, "permission_error", message.clone(), None, code),
+            Self::NotFound { message, code } => {
+                (StatusCode::NOT_FOUND, "invalid_request_error", message.clone(), None, code)
+            }
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method not allowed on this route".into(),
+                None,
+                "method_not_allowed",
+            ),
+            Self::Conflict { message, code } => (StatusCode::CONFLICT, "invalid_request_error", message.clone(), None, code),
+            Self::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("request body is larger than the limit of {limit} bytes"),
+                None,
+                "payload_too_large",
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "the request body must be JSON (Content-Type: application/json)".into(),
+                None,
+                "unsupported_media_type",
+            ),
+            Self::Unavailable { message, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message.clone(), None, "service_unavailable")
+            }
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error; the request may be retried".into(),
+                None,
+                "internal_error",
+            ),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (status, _, message, _, code) = self.parts();
+        write!(f, "{status} {code}: {message}")
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, kind, message, param, code) = self.parts();
+        if let Self::Internal(detail) = self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let mut resp = HttpResponse::build(status);
+        if let Self::Unavailable { retry_after_secs, .. } = self {
+            resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        resp.json(ErrorBody { error: ErrorObject { message, kind, param, code } })
+    }
+}
+
+impl From<maas_store::StoreError> for ApiError {
+    fn from(e: maas_store::StoreError) -> Self {
+        match e {
+            maas_store::StoreError::Conflict(what) => {
+                Self::Conflict { message: format!("an object with this {what} already exists"), code: "conflict" }
+            }
+            maas_store::StoreError::Db(sqlx::Error::PoolTimedOut) => {
+                Self::Unavailable { message: "the database is busy or unreachable".into(), retry_after_secs: 1 }
+            }
+            maas_store::StoreError::Db(other) => Self::Internal(other.to_string()),
+            maas_store::StoreError::Migrate(other) => Self::Internal(other.to_string()),
+            maas_store::StoreError::Redis(other) => Self::Internal(other.to_string()),
+        }
+    }
+}

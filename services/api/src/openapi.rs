@@ -1,0 +1,48 @@
+//! The OpenAPI document, generated from the handlers' annotations and served
+//! at `/openapi.json`.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{admin, health, jobs, models};
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("maas_sk_...").build()),
+        );
+        components.add_security_scheme(
+            "admin_jwt",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        let _ = ApiKey::Header(ApiKeyValue::new("Authorization"));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "maas", description = "Multi-tenant model serving: tenant API and admin API"),
+    paths(
+        health::healthz, health::readyz,
+        jobs::create_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job,
+        models::list_models,
+        admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
+        admin::create_key, admin::list_keys, admin::revoke_key, admin::put_quota, admin::get_quota, admin::get_usage,
+    ),
+    components(schemas(
+        jobs::CreateJob, jobs::JobView, jobs::JobList, crate::error::ErrorBody, crate::error::ErrorObject,
+        admin::CreateTenant, admin::UpdateTenant, admin::CreateKey, maas_store::quotas::Quota,
+        maas_core::JobStatus, maas_core::JobMode, maas_core::Lane,
+    )),
+    modifiers(&Security),
+)]
+pub struct ApiDoc;
+
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}

@@ -1,0 +1,71 @@
+//! Sync callers waiting for their job. Each API instance has one exclusive
+//! reply queue; workers post a [`JobDone`] there when a job of this instance's
+//! sync caller ends, and the waiting handler is woken.
+//!
+//! The map is behind a std mutex held only for an insert or a remove, never
+//! across an `.await`.
+
+use futures_util::StreamExt;
+use maas_core::messages::JobDone;
+use maas_mq::lapin::options::BasicConsumeOptions;
+use maas_mq::lapin::types::FieldTable;
+use maas_mq::Broker;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+#[derive(Default)]
+pub struct Replies {
+    waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
+}
+
+/// A registration; dropping it unregisters.
+pub struct Waiter {
+    replies: Arc<Replies>,
+    job_id: Uuid,
+    pub notify: Arc<Notify>,
+}
+
+impl Replies {
+    /// Registers interest in a job before it is published, so a fast result
+    /// cannot arrive before anyone listens.
+    pub fn register(self: &Arc<Self>, job_id: Uuid) -> Waiter {
+        let notify = Arc::new(Notify::new());
+        if let Ok(mut map) = self.waiting.lock() {
+            map.insert(job_id, notify.clone());
+        }
+        Waiter { replies: self.clone(), job_id, notify }
+    }
+
+    fn wake(&self, job_id: Uuid) {
+        let notify = self.waiting.lock().ok().and_then(|m| m.get(&job_id).cloned());
+        if let Some(n) = notify {
+            n.notify_one();
+        }
+    }
+
+    /// Consumes this instance's reply queue until the connection closes.
+    pub async fn run(self: Arc<Self>, broker: Arc<Broker>, queue: String) -> Result<(), maas_mq::MqError> {
+        let ch = broker.consumer_channel(256).await?;
+        broker.declare_private_queue(&ch, &queue).await?;
+        let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut consumer = ch.basic_consume(queue.as_str().into(), "api-replies".into(), opts, FieldTable::default()).await?;
+        while let Some(delivery) = consumer.next().await {
+            let Ok(delivery) = delivery else { break };
+            match serde_json::from_slice::<JobDone>(&delivery.data) {
+                Ok(done) => self.wake(done.job_id),
+                Err(e) => tracing::warn!(error = %e, "malformed reply message ignored"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.replies.waiting.lock() {
+            map.remove(&self.job_id);
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Admin API under `/admin/v1`, behind an admin JWT. Every change is written
+//! to the audit log with the token's `sub`.
+
+use crate::auth::{validate_scopes, Admin};
+use crate::error::ApiError;
+use crate::routes::parse_id;
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Duration, Utc};
+use maas_core::apikey::NewKey;
+use maas_store::keys::{self, ApiKey, NewKeyRow};
+use maas_store::quotas::{self, Quota};
+use maas_store::{audit, tenants, usage, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin/v1")
+            .service(web::resource("/tenants").route(web::post().to(create_tenant)).route(web::get().to(list_tenants)))
+            .service(
+                web::resource("/tenants/{id}")
+                    .route(web::get().to(get_tenant))
+                    .route(web::patch().to(update_tenant))
+                    .route(web::delete().to(delete_tenant)),
+            )
+            .service(web::resource("/tenants/{id}/keys").route(web::post().to(create_key)).route(web::get().to(list_keys)))
+            .service(web::resource("/tenants/{id}/quota").route(web::put().to(put_quota)).route(web::get().to(get_quota)))
+            .route("/tenants/{id}/usage", web::get().to(get_usage))
+            .route("/keys/{key_id}", web::delete().to(revoke_key)),
+    );
+}
+
+async fn audit(state: &AppState, admin: &Admin, action: &str, target: Uuid, details: serde_json::Value) {
+    if let Err(e) = audit::record(&state.db, &admin.sub, action, Some(&target.to_string()), details).await {
+        tracing::error!(error = %e, action, "could not write audit log");
+    }
+}
+
+async fn tenant_or_404(state: &AppState, raw: &str) -> Result<tenants::Tenant, ApiError> {
+    let id = parse_id(raw, "tenant")?;
+    tenants::get(&state.db, id).await?.ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::invalid("name must be 1 to 200 characters", Some("name")));
+    }
+    Ok(())
+}
+
+fn check_weight(weight: i32) -> Result<(), ApiError> {
+    if !(1..=1000).contains(&weight) {
+        return Err(ApiError::invalid("weight must be between 1 and 1000", Some("weight")));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    /// Fair-share weight, 1 to 1000 (default 1).
+    pub weight: Option<i32>,
+}
+
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_jwt" = [])), request_body = CreateTenant,
+    responses((status = 201, description = "Created"), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn create_tenant(state: web::Data<AppState>, admin: Admin, body: web::Json<CreateTenant>) -> Result<HttpResponse, ApiError> {
+    check_name(&body.name)?;
+    let weight = body.weight.unwrap_or(1);
+    check_weight(weight)?;
+    let t = tenants::create(&state.db, body.name.trim(), weight).await?;
+    audit(&state, &admin, "tenant.create", t.id, json!({"name": t.name, "weight": t.weight})).await;
+    Ok(HttpResponse::Created().json(t))
+}
+
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", security(("admin_jwt" = [])), responses((status = 200, description = "Every tenant")))]
+pub async fn list_tenants(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
+    let list = tenants::list(&state.db).await?;
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": list})))
+}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}", tag = "admin", security(("admin_jwt" = [])),
+    responses((status = 200, description = "The tenant"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_tenant(state: web::Data<AppState>, _admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(tenant_or_404(&state, &path).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    pub weight: Option<i32>,
+    pub disabled: Option<bool>,
+}
+
+#[utoipa::path(patch, path = "/admin/v1/tenants/{id}", tag = "admin", security(("admin_jwt" = [])), request_body = UpdateTenant,
+    responses((status = 200, description = "The updated tenant"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn update_tenant(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<UpdateTenant>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "tenant")?;
+    if let Some(n) = &body.name {
+        check_name(n)?;
+    }
+    if let Some(w) = body.weight {
+        check_weight(w)?;
+    }
+    let t = tenants::update(&state.db, id, body.name.as_deref().map(str::trim), body.weight, body.disabled)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    if body.disabled.is_some() {
+        // Keys cache the tenant's disabled flag: drop them so it applies now.
+        for k in keys::list_for_tenant(&state.db, id).await? {
+            let _ = state.cache.forget_key(&k.prefix).await;
+        }
+    }
+    audit(&state, &admin, "tenant.update", id, json!({"name": body.name, "weight": body.weight, "disabled": body.disabled})).await;
+    Ok(HttpResponse::Ok().json(t))
+}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "admin", security(("admin_jwt" = [])),
+    responses((status = 204, description = "Deleted; its keys are revoked"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete_tenant(state: web::Data<AppState>, admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "tenant")?;
+    let prefixes = tenants::delete(&state.db, id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    for p in &prefixes {
+        let _ = state.cache.forget_key(p).await;
+    }
+    audit(&state, &admin, "tenant.delete", id, json!({"revoked_keys": prefixes.len()})).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: Option<String>,
+    /// Endpoint families and `model:<name>` entries; absent means all.
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A new key: the only response that ever carries the secret.
+#[derive(Serialize)]
+struct CreatedKey {
+    #[serde(flatten)]
+    key: ApiKey,
+    /// The secret, shown once.
+    #[serde(rename = "key")]
+    secret: String,
+}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/keys", tag = "admin", security(("admin_jwt" = [])), request_body = CreateKey,
+    responses((status = 201, description = "Created; `key` is the secret, shown only here"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn create_key(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<CreateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    if let Some(s) = &body.scopes {
+        validate_scopes(s)?;
+    }
+    if body.expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(ApiError::invalid("expires_at must be in the future", Some("expires_at")));
+    }
+    if body.name.as_ref().is_some_and(|n| n.len() > 200) {
+        return Err(ApiError::invalid("name must be at most 200 characters", Some("name")));
+    }
+    // A prefix collision is astronomically unlikely; retry once anyway.
+    let mut attempt = 0;
+    let (created, secret) = loop {
+        let new = NewKey::generate();
+        let row = NewKeyRow {
+            tenant_id: tenant.id,
+            name: body.name.as_deref(),
+            prefix: &new.prefix,
+            secret_hash: &new.hash,
+            scopes: body.scopes.as_deref(),
+            expires_at: body.expires_at,
+        };
+        match keys::create(&state.db, row).await {
+            Ok(k) => break (k, new.secret),
+            Err(StoreError::Conflict(_)) if attempt == 0 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    audit(&state, &admin, "key.create", created.id, json!({"tenant_id": tenant.id, "prefix": created.prefix, "scopes": created.scopes})).await;
+    Ok(HttpResponse::Created().json(CreatedKey { key: created, secret }))
+}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/keys", tag = "admin", security(("admin_jwt" = [])),
+    responses((status = 200, description = "The tenant's keys, without secrets")))]
+pub async fn list_keys(state: web::Data<AppState>, _admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    let list = keys::list_for_tenant(&state.db, tenant.id).await?;
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": list})))
+}
+
+#[utoipa::path(delete, path = "/admin/v1/keys/{key_id}", tag = "admin", security(("admin_jwt" = [])),
+    responses((status = 200, description = "Revoked; refused on its next request on every replica"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn revoke_key(state: web::Data<AppState>, admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "key")?;
+    let key = keys::revoke(&state.db, id).await?.ok_or_else(|| ApiError::not_found("key"))?;
+    state.cache.forget_key(&key.prefix).await.map_err(|e| ApiError::Unavailable {
+        message: format!("the key is revoked in the database but the shared cache could not be cleared ({e}); retry"),
+        retry_after_secs: 1,
+    })?;
+    audit(&state, &admin, "key.revoke", id, json!({"tenant_id": key.tenant_id, "prefix": key.prefix})).await;
+    Ok(HttpResponse::Ok().json(key))
+}
+
+fn check_quota(q: &Quota) -> Result<(), ApiError> {
+    let fields = [
+        ("rpm", q.rpm),
+        ("tpm", q.tpm),
+        ("max_concurrent", q.max_concurrent),
+        ("max_queued", q.max_queued),
+        ("token_budget", q.token_budget),
+    ];
+    for (name, v) in fields {
+        if v.is_some_and(|v| v < 0) {
+            return Err(ApiError::invalid(format!("{name} must not be negative"), Some(name)));
+        }
+    }
+    if let Some(p) = &q.budget_period {
+        if !["day", "week", "month"].contains(&p.as_str()) {
+            return Err(ApiError::invalid("budget_period must be day, week or month", Some("budget_period")));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/quota", tag = "admin", security(("admin_jwt" = [])), request_body = Quota,
+    responses((status = 200, description = "The quota, replacing the previous one; omitted fields are unlimited")))]
+pub async fn put_quota(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<Quota>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    check_quota(&body)?;
+    let q = quotas::put(&state.db, tenant.id, &body).await?;
+    audit(&state, &admin, "quota.put", tenant.id, serde_json::to_value(&q.quota).unwrap_or_default()).await;
+    Ok(HttpResponse::Ok().json(q))
+}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/quota", tag = "admin", security(("admin_jwt" = [])),
+    responses((status = 200, description = "The quota (all null: unlimited)")))]
+pub async fn get_quota(state: web::Data<AppState>, _admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    let q = quotas::get(&state.db, tenant.id).await?;
+    Ok(HttpResponse::Ok().json(match q {
+        Some(q) => serde_json::to_value(q).unwrap_or_default(),
+        None => json!({"tenant_id": tenant.id, "rpm": null, "tpm": null, "max_concurrent": null, "max_queued": null,
+                       "token_budget": null, "budget_period": null, "updated_at": null}),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct UsageQuery {
+    /// Days back from today (1 to 366, default 30).
+    pub days: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage", tag = "admin", security(("admin_jwt" = [])), params(UsageQuery),
+    responses((status = 200, description = "Requests, tokens and compute time per model and day")))]
+pub async fn get_usage(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<String>,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    let days = query.days.unwrap_or(30);
+    if !(1..=366).contains(&days) {
+        return Err(ApiError::invalid("days must be between 1 and 366", Some("days")));
+    }
+    let since = (Utc::now() - Duration::days(days - 1)).date_naive();
+    let rows = usage::by_day(&state.db, tenant.id, since).await?;
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "tenant_id": tenant.id, "data": rows})))
+}

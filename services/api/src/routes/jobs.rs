@@ -1,0 +1,381 @@
+//! The native jobs API: submit (sync or async), get, list, cancel.
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::routes::parse_id;
+use crate::state::AppState;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use maas_core::messages::{CancelJob, JobSubmitted};
+use maas_core::models::{validate_input, ModelName};
+use maas_core::trace::TraceParent;
+use maas_core::{JobMode, JobStatus, Lane};
+use maas_mq::PublishOpts;
+use maas_store::jobs::{self, Job, NewJob};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/jobs")
+            .route(web::post().to(create_job))
+            .route(web::get().to(list_jobs))
+            .default_service(web::to(super::method_not_allowed)),
+    )
+    .route("/v1/jobs/{id}", web::get().to(get_job))
+    .route("/v1/jobs/{id}/cancel", web::post().to(cancel_job));
+}
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// A model of `GET /v1/models`.
+    pub model: String,
+    /// The model's input; for `echo`: `{"text": string, "delay_ms"?: integer}`.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// `sync` waits for the result (up to `timeout_ms`), `async` answers 202 at once.
+    pub mode: JobMode,
+    /// Scheduling lane; defaults to `interactive` for sync and `batch` for async.
+    pub priority: Option<Lane>,
+    /// Sync only: how long to wait before answering 202 (default 30000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// A job as tenants see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: Uuid,
+    /// Always `job`.
+    pub object: &'static str,
+    pub model: String,
+    pub status: JobStatus,
+    pub mode: String,
+    pub priority: String,
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Job> for JobView {
+    fn from(j: &Job) -> Self {
+        Self {
+            id: j.id,
+            object: "job",
+            model: j.model.clone(),
+            status: j.status(),
+            mode: j.mode.clone(),
+            priority: j.lane.clone(),
+            input: j.input.clone(),
+            output: j.output.clone(),
+            error: j.error.clone(),
+            usage: j.usage.clone(),
+            attempts: j.attempts,
+            created_at: j.created_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+fn location(job: &Job) -> String {
+    format!("/v1/jobs/{}", job.id)
+}
+
+fn accepted(job: &Job) -> HttpResponse {
+    HttpResponse::Accepted().insert_header((header::LOCATION, location(job))).json(JobView::from(job))
+}
+
+fn finished_or_accepted(job: &Job) -> HttpResponse {
+    if job.status().is_terminal() {
+        HttpResponse::Ok().json(JobView::from(job))
+    } else {
+        accepted(job)
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII", Some("Idempotency-Key")))?;
+    if s.is_empty() || s.len() > 255 {
+        return Err(ApiError::invalid("Idempotency-Key must be 1 to 255 characters", Some("Idempotency-Key")));
+    }
+    Ok(Some(s.to_owned()))
+}
+
+/// The caller's trace context continued, or a new root.
+fn trace_context(req: &HttpRequest) -> TraceParent {
+    req.headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map(|tp| tp.child())
+        .unwrap_or_else(TraceParent::new_root)
+}
+
+/// Reads a job through the hot cache, falling back to Postgres; `None` when
+/// it does not exist or belongs to another tenant.
+async fn load_job(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Job>, ApiError> {
+    match state.cache.get_job(id).await {
+        Ok(Some(job)) => return Ok((job.tenant_id == tenant_id).then_some(job)),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "job cache unavailable; reading Postgres"),
+    }
+    let job = jobs::get_for_tenant(&state.db, id, tenant_id).await?;
+    if let Some(j) = &job {
+        state.cache.put_job_logged(j).await;
+    }
+    Ok(job)
+}
+
+/// Cancels the job of a sync caller who went away before it finished.
+struct CancelOnDrop {
+    state: Option<AppState>,
+    job_id: Uuid,
+    tenant_id: Uuid,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            let (job_id, tenant_id) = (self.job_id, self.tenant_id);
+            actix_web::rt::spawn(async move {
+                tracing::info!(%job_id, "sync caller disconnected; cancelling its job");
+                if let Err(e) = cancel(&state, job_id, tenant_id).await {
+                    tracing::warn!(%job_id, error = %e, "could not cancel the job of a disconnected caller");
+                }
+            });
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])),
+    request_body = CreateJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key, same job: the first answer is replayed")),
+    responses(
+        (status = 200, description = "Sync job finished", body = JobView),
+        (status = 202, description = "Async job accepted, or sync job still running after timeout_ms", body = JobView),
+        (status = 400, description = "Invalid request", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown model", body = crate::error::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::error::ErrorBody),
+        (status = 503, description = "Broker unavailable; retry", body = crate::error::ErrorBody),
+    ))]
+pub async fn create_job(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    body: web::Json<CreateJob>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let model = ModelName::parse(&body.model).ok_or_else(|| ApiError::NotFound {
+        message: format!("the model '{}' does not exist; see GET /v1/models", body.model),
+        code: "model_not_found",
+    })?;
+    principal.require("jobs", Some(&model))?;
+    validate_input(&model, &body.input).map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
+    let timeout_ms = match (body.mode, body.timeout_ms) {
+        (JobMode::Async, Some(_)) => {
+            return Err(ApiError::invalid("timeout_ms applies to sync jobs only", Some("timeout_ms")));
+        }
+        (JobMode::Sync, Some(t)) if t == 0 || t > state.settings.max_sync_timeout_ms => {
+            return Err(ApiError::invalid(
+                format!("timeout_ms must be between 1 and {}", state.settings.max_sync_timeout_ms),
+                Some("timeout_ms"),
+            ));
+        }
+        (_, t) => t.unwrap_or(state.settings.sync_timeout_ms),
+    };
+    let idem = idempotency_key(&req)?;
+    let lane = body.priority.unwrap_or(body.mode.default_lane());
+    let trace = trace_context(&req).to_string();
+
+    let (job, created) = jobs::insert(
+        &state.db,
+        NewJob {
+            tenant_id: principal.tenant_id,
+            key_id: Some(principal.key_id),
+            model: model.as_str(),
+            mode: body.mode,
+            lane,
+            input: &body.input,
+            idempotency_key: idem.as_deref(),
+            traceparent: Some(&trace),
+        },
+    )
+    .await?;
+    if !created {
+        // Same Idempotency-Key: replay the first answer from the job as it stands.
+        return Ok(match JobMode::parse(&job.mode) {
+            Some(JobMode::Sync) => finished_or_accepted(&job),
+            _ => accepted(&job),
+        });
+    }
+    tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
+
+    let waiter = (body.mode == JobMode::Sync).then(|| state.replies.register(job.id));
+    let msg = JobSubmitted {
+        job_id: job.id,
+        tenant_id: job.tenant_id,
+        model: job.model.clone(),
+        lane,
+        created_at: job.created_at,
+        reply_to: waiter.as_ref().map(|_| state.reply_queue.clone()),
+    };
+    let jobs_queue = state.broker.names.jobs();
+    if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, PublishOpts::traced(Some(&trace))).await {
+        tracing::error!(job_id = %job.id, error = %e, "could not enqueue job");
+        let error = json!({"code": "enqueue_failed", "message": "the job could not be queued"});
+        if let Some(j) = jobs::fail_unqueued(&state.db, job.id, &error).await? {
+            state.cache.put_job_logged(&j).await;
+        }
+        return Err(ApiError::Unavailable { message: "the job queue is unavailable; retry".into(), retry_after_secs: 1 });
+    }
+    state.cache.put_job_logged(&job).await;
+
+    let Some(waiter) = waiter else {
+        return Ok(accepted(&job));
+    };
+    let mut guard = CancelOnDrop { state: Some(state.get_ref().clone()), job_id: job.id, tenant_id: job.tenant_id };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let mut current = job;
+    loop {
+        // The reply wakes us at once; the periodic re-read covers a reply lost
+        // to a restart (a job rebuilt from Postgres carries no reply queue).
+        let slice = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        let _ = tokio::time::timeout_at(slice, waiter.notify.notified()).await;
+        if let Some(j) = load_job(&state, current.id, current.tenant_id).await? {
+            current = j;
+        }
+        if current.status().is_terminal() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    guard.state = None;
+    Ok(finished_or_accepted(&current))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_job(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require("jobs", None)?;
+    let id = parse_id(&path, "job")?;
+    let job = load_job(&state, id, principal.tenant_id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    Ok(HttpResponse::Ok().json(JobView::from(&job)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// 1 to 100, default 20.
+    pub limit: Option<i64>,
+    /// The `last_id` of the previous page.
+    pub after: Option<String>,
+    /// Only jobs in this state.
+    pub status: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobList {
+    pub object: &'static str,
+    pub data: Vec<JobView>,
+    pub first_id: Option<Uuid>,
+    pub last_id: Option<Uuid>,
+    pub has_more: bool,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])), params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn list_jobs(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require("jobs", None)?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 100", Some("limit")));
+    }
+    let after = match &query.after {
+        Some(a) => Some(Uuid::parse_str(a).map_err(|_| ApiError::invalid("after must be a job id", Some("after")))?),
+        None => None,
+    };
+    let status = match &query.status {
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown status '{s}'"), Some("status")))?),
+        None => None,
+    };
+    let mut rows = jobs::list_for_tenant(&state.db, principal.tenant_id, after, status, limit + 1).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let data: Vec<JobView> = rows.iter().map(JobView::from).collect();
+    Ok(HttpResponse::Ok().json(JobList {
+        object: "list",
+        first_id: data.first().map(|j| j.id),
+        last_id: data.last().map(|j| j.id),
+        has_more,
+        data,
+    }))
+}
+
+/// Cancels a job of `tenant_id`: queued jobs at once, running ones by telling
+/// every worker (the one running it stops within one step).
+async fn cancel(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Result<Job, Job>>, ApiError> {
+    if let Some(job) = jobs::cancel(&state.db, id, tenant_id).await? {
+        state.cache.put_job_logged(&job).await;
+        if job.worker_id.is_some() {
+            let exchange = state.broker.names.cancel_exchange();
+            let opts = PublishOpts { traceparent: job.traceparent.as_deref(), persistent: false, expiration_ms: Some(60_000) };
+            if let Err(e) = state.broker.publish(&exchange, "", &CancelJob { job_id: job.id }, opts).await {
+                // The job is cancelled in Postgres already: the worker's result
+                // will be refused; only the compute is not stopped early.
+                tracing::warn!(job_id = %job.id, error = %e, "could not broadcast cancel");
+            }
+        }
+        tracing::info!(job_id = %job.id, "job cancelled");
+        return Ok(Some(Ok(job)));
+    }
+    Ok(jobs::get_for_tenant(&state.db, id, tenant_id).await?.map(Err))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled (or already cancelled)", body = JobView),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "The job already finished", body = crate::error::ErrorBody),
+    ))]
+pub async fn cancel_job(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require("jobs", None)?;
+    let id = parse_id(&path, "job")?;
+    match cancel(&state, id, principal.tenant_id).await? {
+        Some(Ok(job)) => Ok(HttpResponse::Ok().json(JobView::from(&job))),
+        Some(Err(job)) if job.status() == JobStatus::Cancelled => Ok(HttpResponse::Ok().json(JobView::from(&job))),
+        Some(Err(job)) => Err(ApiError::Conflict {
+            message: format!("the job has already finished ({}) and cannot be cancelled", job.status()),
+            code: "job_not_cancellable",
+        }),
+        None => Err(ApiError::not_found("job")),
+    }
+}

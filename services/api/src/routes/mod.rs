@@ -1,0 +1,33 @@
+//! HTTP routes, one module per resource, each with its own `config`.
+
+pub mod admin;
+pub mod health;
+pub mod jobs;
+pub mod models;
+
+use crate::error::ApiError;
+use actix_web::{web, HttpRequest};
+
+/// Everything the API serves.
+pub fn config(cfg: &mut web::ServiceConfig) {
+    health::config(cfg);
+    jobs::config(cfg);
+    models::config(cfg);
+    admin::config(cfg);
+    cfg.route("/openapi.json", web::get().to(crate::openapi::serve));
+}
+
+/// Unknown routes answer with the same error object as everything else.
+pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound { message: format!("no route for {} {}", req.method(), req.path()), code: "unknown_route" })
+}
+
+/// A known route with another method.
+pub async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// A path id that is not a UUID names nothing: 404, like an unknown id.
+pub fn parse_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what))
+}

@@ -1,0 +1,58 @@
+//! Typed settings of the API service.
+
+use maas_core::settings::CommonSettings;
+use maas_core::Secret;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiSettings {
+    #[command(flatten)]
+    pub common: CommonSettings,
+
+    /// Address the HTTP server binds (port 0 picks a free port).
+    #[arg(long, env = "MAAS_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// HS256 key of admin tokens. Required unless --dev is given.
+    #[arg(long, env = "MAAS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Development mode: allows starting without MAAS_JWT_SECRET (a fixed,
+    /// public key is used, so admin tokens are forgeable). Never in production.
+    #[arg(long, env = "MAAS_DEV")]
+    pub dev: bool,
+
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "MAAS_API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long a sync call waits by default before answering 202.
+    #[arg(long, env = "MAAS_API_SYNC_TIMEOUT_MS", default_value_t = 30_000)]
+    pub sync_timeout_ms: u64,
+
+    /// Upper bound of a request's `timeout_ms`.
+    #[arg(long, env = "MAAS_API_MAX_SYNC_TIMEOUT_MS", default_value_t = 600_000)]
+    pub max_sync_timeout_ms: u64,
+
+    /// Seconds the server gives in-flight requests to finish on SIGTERM.
+    #[arg(long, env = "MAAS_API_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "MAAS_API_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// The public development key used with `--dev` when no secret is set.
+pub const DEV_JWT_SECRET: &str = "maas-dev-insecure-secret";
+
+impl ApiSettings {
+    /// The signing key, or an error when none is configured outside dev mode.
+    pub fn jwt_key(&self) -> Result<Secret, String> {
+        match (&self.jwt_secret, self.dev) {
+            (Some(s), _) if !s.expose().is_empty() => Ok(s.clone()),
+            (_, true) => Ok(Secret::new(DEV_JWT_SECRET)),
+            _ => Err("MAAS_JWT_SECRET is not set (set it, or pass --dev / MAAS_DEV=true for a local sandbox)".into()),
+        }
+    }
+}

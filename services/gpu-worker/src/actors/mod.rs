@@ -1,0 +1,4 @@
+//! The worker's actors.
+
+pub mod model;
+pub mod supervisor;

@@ -1,0 +1,266 @@
+//! The supervisor: registration and heartbeats, dispatched jobs in, results
+//! out. Every job's life on this worker:
+//!
+//! 1. `dispatched → running` in Postgres (conditional on this worker and
+//!    attempt; a redelivery of our own running attempt is accepted);
+//! 2. the model pool runs it on a slot thread;
+//! 3. `running → succeeded | failed` with its usage record, in one transaction;
+//! 4. hot status to Redis, a wake-up to the sync caller's API instance;
+//! 5. only then the delivery is acked and the slot reported free.
+//!
+//! A crash anywhere before 5 leaves the job on this worker in Postgres; the
+//! scheduler re-dispatches it once our heartbeats stop.
+
+use crate::actors::model::{ModelRunner, RunJob};
+use crate::models::{CancelFlag, ModelError};
+use actix::prelude::*;
+use maas_core::messages::{Dispatch, JobDone, ModelSlots, WorkerEvent};
+use maas_mq::lapin::message::Delivery;
+use maas_mq::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use maas_mq::{Broker, PublishOpts};
+use maas_store::cache::Cache;
+use maas_store::jobs::{self, Outcome, Usage};
+use serde_json::json;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// What a job needs from the outside world.
+#[derive(Clone)]
+pub struct Deps {
+    pub worker_id: String,
+    pub db: PgPool,
+    pub cache: Cache,
+    pub broker: Arc<Broker>,
+}
+
+pub struct Supervisor {
+    deps: Deps,
+    pools: HashMap<String, Addr<ModelRunner>>,
+    slots: Vec<ModelSlots>,
+    running: HashMap<Uuid, CancelFlag>,
+    draining: bool,
+    heartbeat: Duration,
+}
+
+impl Supervisor {
+    pub fn new(deps: Deps, pools: HashMap<String, Addr<ModelRunner>>, slots: Vec<ModelSlots>, heartbeat: Duration) -> Self {
+        Self { deps, pools, slots, running: HashMap::new(), draining: false, heartbeat }
+    }
+
+    fn send_heartbeat(&self, ctx: &mut Context<Self>) {
+        let event = WorkerEvent::Heartbeat {
+            worker_id: self.deps.worker_id.clone(),
+            models: self.slots.clone(),
+            draining: self.draining,
+        };
+        let broker = self.deps.broker.clone();
+        // A stale heartbeat is worthless: let the broker drop it.
+        let ttl = (self.heartbeat.as_millis() as u64).saturating_mul(10).max(1000);
+        ctx.spawn(
+            async move {
+                let opts = PublishOpts { traceparent: None, persistent: false, expiration_ms: Some(ttl) };
+                if let Err(e) = broker.publish_to_queue(&broker.names.events(), &event, opts).await {
+                    tracing::warn!(error = %e, "heartbeat not sent");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.send_heartbeat(ctx);
+        ctx.run_interval(self.heartbeat, |act, ctx| act.send_heartbeat(ctx));
+        tracing::info!(worker_id = %self.deps.worker_id, models = ?self.slots, "worker supervisor started");
+    }
+}
+
+/// A dispatch delivery from this worker's queue.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dispatched(pub Delivery);
+
+/// A cancel broadcast.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelRequested(pub Uuid);
+
+/// Stop taking work; tell the scheduler.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// How many jobs are still in progress.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct InFlight;
+
+impl Handler<Dispatched> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Dispatched(delivery): Dispatched, ctx: &mut Context<Self>) {
+        let dispatch: Dispatch = match serde_json::from_slice(&delivery.data) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed dispatch dead-lettered");
+                ctx.spawn(async move { let _ = delivery.reject(BasicRejectOptions { requeue: false }).await; }.into_actor(self));
+                return;
+            }
+        };
+        let cancel = CancelFlag::default();
+        self.running.insert(dispatch.job_id, cancel.clone());
+        let pool = self.pools.get(&dispatch.model).cloned();
+        let deps = self.deps.clone();
+        let traceparent = maas_mq::traceparent_of(&delivery.properties);
+        let job_id = dispatch.job_id;
+        ctx.spawn(
+            run_attempt(deps, pool, dispatch, delivery, cancel, traceparent)
+                .into_actor(self)
+                .map(move |_, act, _| {
+                    act.running.remove(&job_id);
+                }),
+        );
+    }
+}
+
+impl Handler<CancelRequested> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, CancelRequested(job_id): CancelRequested, _: &mut Context<Self>) {
+        if let Some(flag) = self.running.get(&job_id) {
+            tracing::info!(%job_id, "cancelling running job");
+            flag.cancel();
+        }
+    }
+}
+
+impl Handler<Drain> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.draining = true;
+        self.send_heartbeat(ctx);
+    }
+}
+
+impl Handler<InFlight> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: InFlight, _: &mut Context<Self>) -> usize {
+        self.running.len()
+    }
+}
+
+/// Retries a Postgres step a few times: a result in hand is not given up on
+/// a passing database error.
+async fn with_retries<T, F, Fut>(what: &str, mut f: F) -> Result<T, maas_store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, maas_store::StoreError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    for _ in 0..5 {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!(error = %e, step = what, "database step failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    f().await
+}
+
+async fn run_attempt(
+    deps: Deps,
+    pool: Option<Addr<ModelRunner>>,
+    d: Dispatch,
+    delivery: Delivery,
+    cancel: CancelFlag,
+    traceparent: Option<String>,
+) {
+    let (job_id, attempt) = (d.job_id, d.attempt);
+    let started = with_retries("mark running", || jobs::mark_running(&deps.db, job_id, &deps.worker_id, attempt)).await;
+    let job = match started {
+        Ok(Some(job)) => Some(job),
+        Ok(None) => {
+            // Not ours to run any more (cancelled, or handed elsewhere); or our
+            // own earlier delivery of this attempt that is already running.
+            match jobs::get(&deps.db, job_id).await {
+                Ok(Some(j)) if j.status == "running" && j.worker_id.as_deref() == Some(&deps.worker_id) && j.attempts == attempt => Some(j),
+                _ => None,
+            }
+        }
+        Err(e) => {
+            tracing::error!(%job_id, error = %e, "could not start job; delivery returned to the queue");
+            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            return;
+        }
+    };
+    if let Some(job) = job {
+        deps.cache.put_job_logged(&job).await;
+        tracing::info!(%job_id, attempt, model = %d.model, "job running");
+        let t0 = Instant::now();
+        let result = match &pool {
+            Some(p) => p.send(RunJob { input: d.input.clone(), cancel }).await.unwrap_or_else(|e| Err(ModelError::Failed(e.to_string()))),
+            None => Err(ModelError::Failed(format!("model '{}' is not loaded on this worker", d.model))),
+        };
+        let compute_ms = t0.elapsed().as_millis() as i64;
+        let outcome = match result {
+            Ok(out) => Some(Outcome::Succeeded {
+                output: out.output,
+                usage: Usage { prompt_tokens: out.prompt_tokens, completion_tokens: out.completion_tokens, compute_ms },
+            }),
+            Err(ModelError::Cancelled) => None,
+            Err(ModelError::InvalidInput(m)) => Some(Outcome::Failed { error: json!({"code": "invalid_input", "message": m}) }),
+            Err(ModelError::Failed(m)) => Some(Outcome::Failed { error: json!({"code": "model_error", "message": m}) }),
+        };
+        match outcome {
+            None => tracing::info!(%job_id, "job stopped by cancel"),
+            Some(outcome) => {
+                let done = with_retries("complete", || {
+                    let o = match &outcome {
+                        Outcome::Succeeded { output, usage } => Outcome::Succeeded { output: output.clone(), usage: *usage },
+                        Outcome::Failed { error } => Outcome::Failed { error: error.clone() },
+                    };
+                    jobs::complete(&deps.db, job_id, &deps.worker_id, attempt, o)
+                })
+                .await;
+                match done {
+                    Ok(Some(job)) => {
+                        tracing::info!(%job_id, status = %job.status, compute_ms, "job finished");
+                        deps.cache.put_job_logged(&job).await;
+                    }
+                    Ok(None) => tracing::info!(%job_id, "result dropped: the job was cancelled or reassigned meanwhile"),
+                    Err(e) => {
+                        // Leave the delivery unacked: the attempt stays ours in
+                        // Postgres and is retried when the delivery returns.
+                        tracing::error!(%job_id, error = %e, "could not record result");
+                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(reply_to) = &d.reply_to {
+        let opts = PublishOpts { traceparent: traceparent.as_deref(), persistent: false, expiration_ms: Some(60_000) };
+        if let Err(e) = deps.broker.publish_to_queue(reply_to, &JobDone { job_id }, opts).await {
+            tracing::debug!(%job_id, error = %e, "sync caller not notified (it polls as well)");
+        }
+    }
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::warn!(%job_id, error = %e, "ack failed");
+    }
+    let finished = WorkerEvent::Finished { worker_id: deps.worker_id.clone(), job_id, attempt };
+    if let Err(e) = deps.broker.publish_to_queue(&deps.broker.names.events(), &finished, PublishOpts::traced(traceparent.as_deref())).await {
+        tracing::warn!(%job_id, error = %e, "slot release not sent");
+    }
+}

@@ -1,0 +1,20 @@
+//! The worker: an actix actor system that runs models.
+//!
+//! - [`actors::supervisor::Supervisor`] registers with the scheduler and
+//!   heartbeats, receives dispatched jobs, records their transitions in
+//!   Postgres, reports results and frees slots; it never computes.
+//! - One [`actors::model::ModelRunner`] pool per model, started with
+//!   `SyncArbiter`: each slot is an OS thread owning its model instance, so
+//!   compute never runs on the async runtime.
+//!
+//! A cancel (fanout from the API) sets the job's flag; models check it between
+//! steps and stop.
+
+pub mod actors;
+pub mod health;
+pub mod models;
+pub mod settings;
+pub mod startup;
+
+pub use settings::WorkerSettings;
+pub use startup::Worker;

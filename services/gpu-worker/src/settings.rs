@@ -1,0 +1,93 @@
+//! Typed settings of the worker.
+
+use maas_core::settings::CommonSettings;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerSettings {
+    #[command(flatten)]
+    pub common: CommonSettings,
+
+    /// Address of the health endpoints (port 0 picks a free port, so several
+    /// workers can run on one host).
+    #[arg(long, env = "MAAS_WORKER_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+
+    /// `cpu`, or `cuda:N` where the build has CUDA support.
+    #[arg(long, env = "MAAS_WORKER_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Folder holding one sub-folder per model.
+    #[arg(long, env = "MAAS_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+
+    /// Concurrent jobs per model: `4` for every model, or `echo=8,all-minilm-l6-v2=2`.
+    #[arg(long, env = "MAAS_WORKER_SLOTS", default_value = "4")]
+    pub slots: String,
+
+    /// This worker's id (default: a new random id per process).
+    #[arg(long, env = "MAAS_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Heartbeat period.
+    #[arg(long, env = "MAAS_WORKER_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub heartbeat_ms: u64,
+
+    /// On SIGTERM, how long running jobs may take to finish before the rest
+    /// is handed back to the scheduler.
+    #[arg(long, env = "MAAS_WORKER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Parsed `--slots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    default: u32,
+    per_model: HashMap<String, u32>,
+}
+
+impl Slots {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut out = Self { default: 4, per_model: HashMap::new() };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || format!("invalid slots entry '{part}': expected N or model=N with N in 1..=256");
+            match part.split_once('=') {
+                Some((m, n)) => {
+                    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+                    if !(1..=256).contains(&n) {
+                        return Err(bad());
+                    }
+                    out.per_model.insert(m.trim().to_owned(), n);
+                }
+                None => {
+                    let n: u32 = part.parse().map_err(|_| bad())?;
+                    if !(1..=256).contains(&n) {
+                        return Err(bad());
+                    }
+                    out.default = n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn for_model(&self, model: &str) -> u32 {
+        self.per_model.get(model).copied().unwrap_or(self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_accept_a_default_and_per_model_overrides() {
+        let s = Slots::parse("2,echo=8").unwrap();
+        assert_eq!(s.for_model("echo"), 8);
+        assert_eq!(s.for_model("all-minilm-l6-v2"), 2);
+        assert!(Slots::parse("echo=0").is_err());
+        assert!(Slots::parse("x").is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! Wires the worker: connections, model pools (warmed up before the first
+//! heartbeat), private queues, the supervisor, consumers and health endpoints.
+
+use crate::actors::model::{ModelRunner, RunJob};
+use crate::actors::supervisor::{CancelRequested, Deps, Dispatched, Drain, InFlight, Supervisor};
+use crate::health::{self, HealthState};
+use crate::models::{echo::Echo, CancelFlag};
+use crate::settings::{Slots, WorkerSettings};
+use actix::{Actor, Addr, SyncArbiter};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use futures_util::StreamExt;
+use maas_core::messages::{CancelJob, ModelSlots, WorkerEvent};
+use maas_core::models::{MINILM, SMOLLM2};
+use maas_mq::lapin::options::{BasicCancelOptions, BasicConsumeOptions};
+use maas_mq::lapin::types::FieldTable;
+use maas_mq::{Broker, PublishOpts};
+use maas_store::cache::Cache;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Worker {
+    settings: WorkerSettings,
+    worker_id: String,
+    deps: Deps,
+    slots: Vec<ModelSlots>,
+    listener: TcpListener,
+    port: u16,
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+impl Worker {
+    pub async fn build(settings: WorkerSettings) -> anyhow::Result<Self> {
+        if settings.device != "cpu" {
+            anyhow::bail!(
+                "device '{}' is not available in this build: only 'cpu' is supported until the CUDA kernels land",
+                settings.device
+            );
+        }
+        let slot_cfg = Slots::parse(&settings.slots).map_err(anyhow::Error::msg)?;
+        let worker_id = settings.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let common = &settings.common;
+        let db = maas_store::connect(&common.database_url, 8).await.context("connecting to Postgres")?;
+        maas_store::migrate(&db).await.context("applying migrations")?;
+        let cache = Cache::connect(&common.redis_url, &common.namespace).await.context("connecting to Redis")?;
+        let broker = Arc::new(
+            Broker::connect(&common.amqp_url, &common.namespace, &format!("maas-worker-{worker_id}"), common.amqp_queue_expires_ms)
+                .await
+                .context("connecting to RabbitMQ")?,
+        );
+        for model in [MINILM, SMOLLM2] {
+            let dir = settings.models_dir.join(model);
+            if dir.is_dir() {
+                tracing::warn!(model, dir = %dir.display(), "model files found, but this build cannot serve this model yet");
+            } else {
+                tracing::warn!(model, dir = %dir.display(), "model files missing; not serving this model");
+            }
+        }
+        let slots = vec![ModelSlots { model: maas_core::models::ECHO.into(), slots: slot_cfg.for_model(maas_core::models::ECHO) }];
+        let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let deps = Deps { worker_id: worker_id.clone(), db, cache, broker };
+        Ok(Self { settings, worker_id, deps, slots, listener, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains: stops taking jobs, lets the
+    /// running ones finish within the grace period, and deregisters so the
+    /// scheduler hands anything left to other workers.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let broker = self.deps.broker.clone();
+        let names = broker.names.clone();
+
+        // Model pools: one thread per slot, warmed up before we announce ourselves.
+        let mut pools: HashMap<String, Addr<ModelRunner>> = HashMap::new();
+        for s in &self.slots {
+            let pool = SyncArbiter::start(s.slots as usize, || ModelRunner::new(Box::new(Echo)));
+            pool.send(RunJob { input: serde_json::json!({"text": "warm-up"}), cancel: CancelFlag::default() })
+                .await
+                .context("model pool unreachable")?
+                .map_err(|e| anyhow::anyhow!("warm-up of {} failed: {e}", s.model))?;
+            pools.insert(s.model.clone(), pool);
+        }
+
+        // Private queues exist before the first heartbeat, so no dispatch is lost.
+        let total_slots: u32 = self.slots.iter().map(|s| s.slots).sum();
+        let work_ch = broker.consumer_channel(total_slots.min(u16::MAX as u32) as u16).await?;
+        let work_queue = names.worker(&self.worker_id);
+        broker.declare_private_queue(&work_ch, &work_queue).await?;
+        let cancel_ch = broker.consumer_channel(64).await?;
+        let cancel_queue = names.cancel_queue(&self.worker_id);
+        broker.declare_private_queue(&cancel_ch, &cancel_queue).await?;
+        broker.bind(&cancel_ch, &cancel_queue, &names.cancel_exchange()).await?;
+
+        let supervisor = Supervisor::new(
+            self.deps.clone(),
+            pools,
+            self.slots.clone(),
+            Duration::from_millis(self.settings.heartbeat_ms),
+        )
+        .start();
+
+        let mut work = work_ch
+            .basic_consume(work_queue.as_str().into(), "worker-jobs".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let sup = supervisor.clone();
+        let work_task = actix_web::rt::spawn(async move {
+            while let Some(Ok(d)) = work.next().await {
+                sup.do_send(Dispatched(d));
+            }
+        });
+        let cancel_opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut cancels = cancel_ch
+            .basic_consume(cancel_queue.as_str().into(), "worker-cancels".into(), cancel_opts, FieldTable::default())
+            .await?;
+        let sup = supervisor.clone();
+        actix_web::rt::spawn(async move {
+            while let Some(Ok(d)) = cancels.next().await {
+                if let Ok(c) = serde_json::from_slice::<CancelJob>(&d.data) {
+                    sup.do_send(CancelRequested(c.job_id));
+                }
+            }
+        });
+
+        let health = web::Data::new(HealthState {
+            broker: broker.clone(),
+            worker_id: self.worker_id.clone(),
+            models: self.slots.iter().map(|s| s.model.clone()).collect(),
+        });
+        let server = HttpServer::new(move || App::new().app_data(health.clone()).configure(health::config))
+            .workers(1)
+            .disable_signals()
+            .listen(self.listener)?
+            .run();
+        let server_handle = server.handle();
+        actix_web::rt::spawn(server);
+
+        shutdown_signal().await;
+        tracing::info!("draining: no new jobs; running ones may finish");
+        supervisor.do_send(Drain);
+        let _ = work_ch.basic_cancel("worker-jobs".into(), BasicCancelOptions::default()).await;
+        work_task.abort();
+        let deadline = Instant::now() + Duration::from_millis(self.settings.shutdown_grace_ms);
+        while Instant::now() < deadline {
+            if supervisor.send(InFlight).await.unwrap_or(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let bye = WorkerEvent::Deregister { worker_id: self.worker_id.clone() };
+        if let Err(e) = broker.publish_to_queue(&names.events(), &bye, PublishOpts::default()).await {
+            tracing::warn!(error = %e, "deregistration not sent; the scheduler will notice the silence");
+        }
+        server_handle.stop(true).await;
+        broker.close().await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}

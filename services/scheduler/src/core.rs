@@ -1,0 +1,325 @@
+//! Scheduling state and its transitions: queues per model, the worker
+//! registry with slot accounting, dispatch, and recovery from lost workers.
+//!
+//! Owned by one task; every method runs to completion before the next
+//! message is looked at, so no locks are needed. Postgres is consulted for
+//! every transition, so this state can always be thrown away and rebuilt.
+
+use crate::fair::{FairQueue, QueuedJob};
+use crate::settings::SchedulerSettings;
+use chrono::Utc;
+use maas_core::messages::{Dispatch, JobSubmitted, ModelSlots, WorkerEvent};
+use maas_core::Lane;
+use maas_mq::{Broker, PublishOpts};
+use maas_store::cache::Cache;
+use maas_store::jobs::{self, Job};
+use maas_store::{tenants, workers};
+use serde_json::json;
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(Debug)]
+struct WorkerState {
+    slots: HashMap<String, u32>,
+    /// job id → model, for the attempts this worker holds.
+    assigned: HashMap<Uuid, String>,
+    last_seen: Instant,
+    draining: bool,
+}
+
+impl WorkerState {
+    fn free_slots(&self, model: &str) -> u32 {
+        let total = self.slots.get(model).copied().unwrap_or(0);
+        let used = self.assigned.values().filter(|m| m.as_str() == model).count() as u32;
+        total.saturating_sub(used)
+    }
+}
+
+pub struct Core {
+    settings: SchedulerSettings,
+    db: PgPool,
+    cache: Cache,
+    broker: Arc<Broker>,
+    queues: HashMap<String, FairQueue>,
+    /// Ids in `queues`, so a redelivered message does not queue a job twice.
+    queued: HashSet<Uuid>,
+    workers: HashMap<String, WorkerState>,
+    weights: HashMap<Uuid, u32>,
+}
+
+/// Outcome of handling one message: whether to ack it or send it to the
+/// dead-letter exchange.
+pub enum Handled {
+    Ack,
+    Reject,
+}
+
+impl Core {
+    pub fn new(settings: SchedulerSettings, db: PgPool, cache: Cache, broker: Arc<Broker>) -> Self {
+        Self {
+            settings,
+            db,
+            cache,
+            broker,
+            queues: HashMap::new(),
+            queued: HashSet::new(),
+            workers: HashMap::new(),
+            weights: HashMap::new(),
+        }
+    }
+
+    fn aging(&self) -> Duration {
+        Duration::from_millis(self.settings.batch_aging_ms)
+    }
+
+    fn enqueue(&mut self, job: QueuedJob, model: &str, front: bool) {
+        if !self.queued.insert(job.id) {
+            return;
+        }
+        let aging = self.aging();
+        let q = self.queues.entry(model.to_owned()).or_insert_with(|| FairQueue::new(aging));
+        if front {
+            q.push_front(job);
+        } else {
+            q.push(job);
+        }
+    }
+
+    /// Converts a wall-clock creation time into the `Instant` aging is measured from.
+    fn instant_of(created_at: chrono::DateTime<Utc>) -> Instant {
+        let age = (Utc::now() - created_at).to_std().unwrap_or_default();
+        Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+    }
+
+    /// Rebuilds everything from Postgres: live workers and what they hold,
+    /// then every queued job. Called when this scheduler becomes active.
+    pub async fn rebuild(&mut self) -> anyhow::Result<()> {
+        self.refresh_weights().await?;
+        for w in workers::live(&self.db).await? {
+            let slots: Vec<ModelSlots> = serde_json::from_value(w.models).unwrap_or_default();
+            let age = (Utc::now() - w.last_heartbeat_at).to_std().unwrap_or_default();
+            self.workers.insert(
+                w.id.clone(),
+                WorkerState {
+                    slots: slots.into_iter().map(|s| (s.model, s.slots)).collect(),
+                    assigned: HashMap::new(),
+                    last_seen: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                    draining: w.status == "draining",
+                },
+            );
+        }
+        for (job_id, worker_id, _) in jobs::active(&self.db).await? {
+            let model = jobs::get(&self.db, job_id).await?.map(|j| j.model).unwrap_or_default();
+            match self.workers.get_mut(&worker_id) {
+                Some(w) => {
+                    w.assigned.insert(job_id, model);
+                }
+                None => self.recover_job(job_id, &worker_id).await?,
+            }
+        }
+        let queued = jobs::queued(&self.db).await?;
+        let n = queued.len();
+        for j in queued {
+            let job = QueuedJob {
+                id: j.id,
+                tenant_id: j.tenant_id,
+                lane: Lane::parse(&j.lane).unwrap_or(Lane::Batch),
+                enqueued_at: Self::instant_of(j.created_at),
+                reply_to: None,
+            };
+            self.enqueue(job, &j.model, false);
+        }
+        tracing::info!(workers = self.workers.len(), queued = n, "state rebuilt from Postgres");
+        Ok(())
+    }
+
+    pub async fn refresh_weights(&mut self) -> anyhow::Result<()> {
+        self.weights = tenants::weights(&self.db).await?.into_iter().map(|(id, w)| (id, w.max(1) as u32)).collect();
+        Ok(())
+    }
+
+    pub fn on_submitted(&mut self, msg: JobSubmitted) {
+        let job = QueuedJob {
+            id: msg.job_id,
+            tenant_id: msg.tenant_id,
+            lane: msg.lane,
+            enqueued_at: Self::instant_of(msg.created_at),
+            reply_to: msg.reply_to,
+        };
+        self.enqueue(job, &msg.model, false);
+    }
+
+    pub async fn on_event(&mut self, event: WorkerEvent) -> anyhow::Result<()> {
+        match event {
+            WorkerEvent::Heartbeat { worker_id, models, draining } => {
+                let models_json = serde_json::to_value(&models)?;
+                let w = self.workers.entry(worker_id.clone()).or_insert_with(|| {
+                    tracing::info!(worker_id = %worker_id, ?models, "worker registered");
+                    WorkerState { slots: HashMap::new(), assigned: HashMap::new(), last_seen: Instant::now(), draining }
+                });
+                w.slots = models.into_iter().map(|s| (s.model, s.slots)).collect();
+                w.last_seen = Instant::now();
+                w.draining = draining;
+                workers::heartbeat(&self.db, &worker_id, &models_json, draining).await?;
+            }
+            WorkerEvent::Finished { worker_id, job_id, .. } => {
+                if let Some(w) = self.workers.get_mut(&worker_id) {
+                    w.assigned.remove(&job_id);
+                }
+            }
+            WorkerEvent::Deregister { worker_id } => {
+                tracing::info!(worker_id = %worker_id, "worker deregistered");
+                self.release_worker(&worker_id, "gone").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares dead every worker silent for longer than the heartbeat timeout.
+    pub async fn check_workers(&mut self) -> anyhow::Result<()> {
+        let timeout = Duration::from_millis(self.settings.heartbeat_timeout_ms);
+        let dead: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.last_seen.elapsed() > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            tracing::warn!(worker_id = %id, "worker stopped heartbeating; re-dispatching its jobs");
+            self.release_worker(&id, "dead").await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a worker and hands every job it still holds (per Postgres) to others.
+    async fn release_worker(&mut self, worker_id: &str, status: &str) -> anyhow::Result<()> {
+        self.workers.remove(worker_id);
+        workers::set_status(&self.db, worker_id, status).await?;
+        for (job_id, _) in jobs::active_on_worker(&self.db, worker_id).await? {
+            self.recover_job(job_id, worker_id).await?;
+        }
+        Ok(())
+    }
+
+    /// A job whose worker is gone: queued again, or failed and dead-lettered
+    /// once its attempts are spent.
+    async fn recover_job(&mut self, job_id: Uuid, worker_id: &str) -> anyhow::Result<()> {
+        let Some(job) = jobs::get(&self.db, job_id).await? else { return Ok(()) };
+        if job.attempts >= self.settings.max_attempts {
+            let error = json!({
+                "code": "worker_lost",
+                "message": format!("the job's worker was lost {} times; giving up", job.attempts),
+            });
+            if let Some(failed) = jobs::fail_lost(&self.db, job_id, worker_id, &error).await? {
+                tracing::warn!(%job_id, attempts = failed.attempts, "job failed after its last attempt; dead-lettered");
+                self.cache.put_job_logged(&failed).await;
+                self.dead_letter(&failed).await;
+            }
+            return Ok(());
+        }
+        if let Some(requeued) = jobs::requeue(&self.db, job_id, worker_id, false).await? {
+            tracing::info!(%job_id, attempts = requeued.attempts, "job queued again");
+            self.cache.put_job_logged(&requeued).await;
+            self.enqueue_job_row(&requeued, true);
+        }
+        Ok(())
+    }
+
+    fn enqueue_job_row(&mut self, job: &Job, front: bool) {
+        let q = QueuedJob {
+            id: job.id,
+            tenant_id: job.tenant_id,
+            lane: job.lane(),
+            enqueued_at: Self::instant_of(job.created_at),
+            reply_to: None,
+        };
+        self.enqueue(q, &job.model, front);
+    }
+
+    async fn dead_letter(&self, job: &Job) {
+        let body = json!({"job_id": job.id, "tenant_id": job.tenant_id, "model": job.model, "attempts": job.attempts, "error": job.error});
+        let opts = PublishOpts::traced(job.traceparent.as_deref());
+        if let Err(e) = self.broker.publish(&self.broker.names.dlx(), "", &body, opts).await {
+            tracing::error!(job_id = %job.id, error = %e, "could not dead-letter job");
+        }
+    }
+
+    /// The live, non-draining worker with the most free slots for `model`.
+    fn pick_worker(&self, model: &str) -> Option<String> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| !w.draining)
+            .map(|(id, w)| (id, w.free_slots(model)))
+            .filter(|(_, free)| *free > 0)
+            .max_by_key(|(id, free)| (*free, std::cmp::Reverse((*id).clone())))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Dispatches while some model has both queued work and a free slot.
+    pub async fn dispatch(&mut self) -> anyhow::Result<usize> {
+        let mut sent = 0;
+        let models: Vec<String> = self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(m, _)| m.clone()).collect();
+        for model in models {
+            while let Some(worker_id) = self.pick_worker(&model) {
+                let weights = &self.weights;
+                let Some(next) = self.queues.get_mut(&model).and_then(|q| q.pop(Instant::now(), |t| weights.get(&t).copied().unwrap_or(1)))
+                else {
+                    break;
+                };
+                self.queued.remove(&next.id);
+                let Some(job) = jobs::mark_dispatched(&self.db, next.id, &worker_id).await? else {
+                    continue; // cancelled, expired or already handled
+                };
+                let msg = Dispatch {
+                    job_id: job.id,
+                    tenant_id: job.tenant_id,
+                    key_id: job.key_id,
+                    attempt: job.attempts,
+                    model: job.model.clone(),
+                    input: job.input.clone().unwrap_or_default(),
+                    reply_to: next.reply_to.clone(),
+                };
+                let queue = self.broker.names.worker(&worker_id);
+                let traceparent = job.traceparent.clone();
+                if let Err(e) = self.broker.publish_to_queue(&queue, &msg, PublishOpts::traced(traceparent.as_deref())).await {
+                    tracing::error!(job_id = %job.id, error = %e, "could not send dispatch; job queued again");
+                    if let Some(back) = jobs::requeue(&self.db, job.id, &worker_id, true).await? {
+                        self.enqueue(next, &back.model, true);
+                    }
+                    return Err(e.into());
+                }
+                if let Some(w) = self.workers.get_mut(&worker_id) {
+                    w.assigned.insert(job.id, job.model.clone());
+                }
+                self.cache.put_job_logged(&job).await;
+                tracing::debug!(job_id = %job.id, worker_id = %worker_id, attempt = job.attempts, "dispatched");
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Expires jobs queued too long and purges old inputs and outputs.
+    pub async fn sweep(&mut self) -> anyhow::Result<()> {
+        for job in jobs::expire_stale(&self.db, self.settings.job_expiry_secs).await? {
+            tracing::info!(job_id = %job.id, "job expired before it started");
+            self.cache.put_job_logged(&job).await;
+        }
+        let purged = jobs::purge_finished(&self.db, self.settings.job_retention_secs).await?;
+        if purged > 0 {
+            tracing::info!(purged, "inputs and outputs past retention deleted");
+        }
+        Ok(())
+    }
+
+    pub fn sweep_secs(&self) -> u64 {
+        self.settings.sweep_secs.max(1)
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+}

@@ -1,0 +1,194 @@
+//! Weighted fair share across tenants, with two lanes and aging.
+//!
+//! Stride scheduling: each tenant has a virtual `pass`; the tenant with the
+//! smallest pass among those with work is served next, and its pass grows by
+//! `1 / weight`. A tenant that becomes active starts at the current virtual
+//! time, so idle time earns no credit and a backlog earns no penalty.
+//!
+//! Lanes: interactive work is served first, unless the oldest batch job has
+//! waited past `aging`, in which case the batch lane is served; batch work
+//! therefore never starves.
+
+use maas_core::Lane;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct QueuedJob {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub lane: Lane,
+    pub enqueued_at: Instant,
+    pub reply_to: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct TenantQueue {
+    pass: f64,
+    lanes: [VecDeque<QueuedJob>; 2],
+}
+
+impl TenantQueue {
+    fn is_empty(&self) -> bool {
+        self.lanes.iter().all(VecDeque::is_empty)
+    }
+}
+
+#[derive(Debug)]
+pub struct FairQueue {
+    tenants: HashMap<Uuid, TenantQueue>,
+    vtime: f64,
+    aging: Duration,
+    len: usize,
+}
+
+impl FairQueue {
+    pub fn new(aging: Duration) -> Self {
+        Self { tenants: HashMap::new(), vtime: 0.0, aging, len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn tenant(&mut self, tenant_id: Uuid) -> &mut TenantQueue {
+        let vtime = self.vtime;
+        let t = self.tenants.entry(tenant_id).or_default();
+        if t.is_empty() {
+            t.pass = t.pass.max(vtime);
+        }
+        t
+    }
+
+    /// Adds a job at the back of its tenant's lane.
+    pub fn push(&mut self, job: QueuedJob) {
+        let lane = job.lane.index();
+        self.tenant(job.tenant_id).lanes[lane].push_back(job);
+        self.len += 1;
+    }
+
+    /// Puts a job back at the front (a retry keeps its place).
+    pub fn push_front(&mut self, job: QueuedJob) {
+        let lane = job.lane.index();
+        self.tenant(job.tenant_id).lanes[lane].push_front(job);
+        self.len += 1;
+    }
+
+    fn pick_lane(&self, now: Instant) -> Option<Lane> {
+        let oldest_batch = self.tenants.values().filter_map(|t| t.lanes[Lane::Batch.index()].front()).map(|j| j.enqueued_at).min();
+        if oldest_batch.is_some_and(|t| now.saturating_duration_since(t) >= self.aging) {
+            return Some(Lane::Batch);
+        }
+        if self.tenants.values().any(|t| !t.lanes[Lane::Interactive.index()].is_empty()) {
+            return Some(Lane::Interactive);
+        }
+        oldest_batch.map(|_| Lane::Batch)
+    }
+
+    /// The next job to dispatch. `weight` gives each tenant's weight (≥ 1).
+    pub fn pop(&mut self, now: Instant, weight: impl Fn(Uuid) -> u32) -> Option<QueuedJob> {
+        let lane = self.pick_lane(now)?.index();
+        let (&tenant_id, _) = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| !t.lanes[lane].is_empty())
+            .min_by(|(a_id, a), (b_id, b)| a.pass.total_cmp(&b.pass).then_with(|| a_id.cmp(b_id)))?;
+        let t = self.tenants.get_mut(&tenant_id)?;
+        let job = t.lanes[lane].pop_front()?;
+        self.vtime = self.vtime.max(t.pass);
+        t.pass += 1.0 / f64::from(weight(tenant_id).max(1));
+        self.len -= 1;
+        if t.is_empty() && t.pass <= self.vtime {
+            self.tenants.remove(&tenant_id);
+        }
+        Some(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(tenant: Uuid, lane: Lane, at: Instant) -> QueuedJob {
+        QueuedJob { id: Uuid::new_v4(), tenant_id: tenant, lane, enqueued_at: at, reply_to: None }
+    }
+
+    fn drain(q: &mut FairQueue, n: usize, now: Instant, w: &HashMap<Uuid, u32>) -> Vec<Uuid> {
+        (0..n).filter_map(|_| q.pop(now, |t| w.get(&t).copied().unwrap_or(1))).map(|j| j.tenant_id).collect()
+    }
+
+    #[test]
+    fn a_late_tenant_is_interleaved_with_a_large_backlog() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        let mut q = FairQueue::new(Duration::from_secs(3600));
+        for _ in 0..1000 {
+            q.push(job(a, Lane::Batch, now));
+        }
+        let w = HashMap::new();
+        assert_eq!(drain(&mut q, 100, now, &w), vec![a; 100]);
+        for _ in 0..50 {
+            q.push(job(b, Lane::Batch, now));
+        }
+        let next = drain(&mut q, 100, now, &w);
+        assert_eq!(next.iter().filter(|t| **t == b).count(), 50, "B is served every other dispatch");
+        assert_eq!(q.len(), 1000 - 100 - 50);
+    }
+
+    #[test]
+    fn weights_set_the_share_of_dispatches() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        let mut q = FairQueue::new(Duration::from_secs(3600));
+        for _ in 0..600 {
+            q.push(job(a, Lane::Batch, now));
+            q.push(job(b, Lane::Batch, now));
+        }
+        let w = HashMap::from([(a, 2), (b, 1)]);
+        let served = drain(&mut q, 300, now, &w);
+        let from_a = served.iter().filter(|t| **t == a).count();
+        assert_eq!(from_a, 200);
+    }
+
+    #[test]
+    fn interactive_goes_first_until_batch_work_ages() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let start = Instant::now();
+        let mut q = FairQueue::new(Duration::from_secs(10));
+        q.push(job(a, Lane::Batch, start));
+        q.push(job(b, Lane::Interactive, start));
+        q.push(job(b, Lane::Interactive, start));
+        let w = HashMap::new();
+        assert_eq!(q.pop(start, |_| 1).map(|j| j.lane), Some(Lane::Interactive));
+        let later = start + Duration::from_secs(11);
+        assert_eq!(q.pop(later, |_| 1).map(|j| j.lane), Some(Lane::Batch), "aged batch work is served");
+        assert_eq!(drain(&mut q, 5, later, &w), vec![b]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_idle_tenant_earns_no_credit() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        let mut q = FairQueue::new(Duration::from_secs(3600));
+        q.push(job(b, Lane::Batch, now));
+        let w = HashMap::new();
+        drain(&mut q, 1, now, &w);
+        for _ in 0..100 {
+            q.push(job(a, Lane::Batch, now));
+        }
+        drain(&mut q, 50, now, &w);
+        for _ in 0..10 {
+            q.push(job(b, Lane::Batch, now));
+        }
+        // B returns after idling: it alternates with A, it does not get 10 in a row.
+        let next = drain(&mut q, 16, now, &w);
+        let from_b = next.iter().filter(|t| **t == b).count();
+        assert!((7..=9).contains(&from_b), "B got {from_b} of 16");
+    }
+}
