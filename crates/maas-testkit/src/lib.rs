@@ -1,1 +1,331 @@
-//! placeholder
+//! Test harness for black-box tests of the whole platform.
+//!
+//! [`Platform::start`] gives each test its own Postgres database, its own
+//! namespace for RabbitMQ queues and Redis keys, and real `maas-api`,
+//! `maas-scheduler` and `maas-worker` processes on free ports, so tests run
+//! in parallel without seeing each other. Processes are killed when the
+//! `Platform` is dropped; their logs are shown only when `TEST_LOG` is set.
+
+#![allow(clippy::unwrap_used)]
+
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// Knobs a test may turn; the defaults make failures show up fast.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workers: usize,
+    pub worker_slots: u32,
+    pub schedulers: usize,
+    pub heartbeat_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub max_attempts: i32,
+    pub batch_aging_ms: u64,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            worker_slots: 4,
+            schedulers: 1,
+            heartbeat_ms: 200,
+            heartbeat_timeout_ms: 1_500,
+            max_attempts: 3,
+            batch_aging_ms: 10_000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// One running service process.
+pub struct Service {
+    pub name: &'static str,
+    pub port: u16,
+    child: Child,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// SIGKILL: no cleanup, as in a crash.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, then wait (up to `limit`) for a clean exit; returns the exit success.
+    pub async fn terminate(&mut self, limit: Duration) -> bool {
+        let pid = self.pid().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => {
+                self.kill9().await;
+                false
+            }
+        }
+    }
+}
+
+pub struct Platform {
+    pub opts: Options,
+    pub db: PgPool,
+    pub database_url: String,
+    pub namespace: String,
+    pub jwt_secret: String,
+    pub http: reqwest::Client,
+    pub api: Vec<Service>,
+    pub schedulers: Vec<Service>,
+    pub workers: Vec<Service>,
+}
+
+/// A tenant with one key, as created through the admin API.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    pub id: String,
+    pub key: String,
+    pub key_id: String,
+}
+
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("MAAS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("MAAS_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl Platform {
+    /// A fresh database and namespace, an API, the schedulers and workers of `opts`.
+    pub async fn start(opts: Options) -> anyhow::Result<Self> {
+        let suffix = Uuid::new_v4().simple().to_string();
+        let db_name = format!("maas_t_{}", &suffix[..16]);
+        let admin = PgPool::connect(&pg_admin_url()).await.context("connecting to Postgres (is it running?)")?;
+        sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await?;
+        admin.close().await;
+        let base = pg_admin_url();
+        let database_url = format!("{}/{db_name}", base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base));
+        let db = maas_store::connect(&database_url, 8).await?;
+        maas_store::migrate(&db).await?;
+        let mut p = Self {
+            opts: opts.clone(),
+            db,
+            database_url,
+            namespace: format!("t{}", &suffix[..12]),
+            jwt_secret: format!("secret-{suffix}"),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+            api: Vec::new(),
+            schedulers: Vec::new(),
+            workers: Vec::new(),
+        };
+        p.spawn_api().await?;
+        for _ in 0..opts.schedulers {
+            p.spawn_scheduler().await?;
+        }
+        for _ in 0..opts.workers {
+            p.spawn_worker(opts.worker_slots).await?;
+        }
+        if opts.workers > 0 && opts.schedulers > 0 {
+            p.wait_for_live_workers(opts.workers).await?;
+        }
+        Ok(p)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let o = &self.opts;
+        [
+            ("MAAS_DATABASE_URL", self.database_url.clone()),
+            ("MAAS_NAMESPACE", self.namespace.clone()),
+            ("MAAS_JWT_SECRET", self.jwt_secret.clone()),
+            ("MAAS_LOG_FORMAT", "json".into()),
+            ("MAAS_AMQP_QUEUE_EXPIRES_MS", "600000".into()),
+            ("MAAS_API_LISTEN", "127.0.0.1:0".into()),
+            ("MAAS_API_WORKERS", "2".into()),
+            ("MAAS_API_MAX_BODY_BYTES", o.max_body_bytes.to_string()),
+            ("MAAS_API_SHUTDOWN_TIMEOUT_SECS", "5".into()),
+            ("MAAS_SCHEDULER_LISTEN", "127.0.0.1:0".into()),
+            ("MAAS_SCHEDULER_HEARTBEAT_TIMEOUT_MS", o.heartbeat_timeout_ms.to_string()),
+            ("MAAS_SCHEDULER_MAX_ATTEMPTS", o.max_attempts.to_string()),
+            ("MAAS_SCHEDULER_BATCH_AGING_MS", o.batch_aging_ms.to_string()),
+            ("MAAS_WORKER_LISTEN", "127.0.0.1:0".into()),
+            ("MAAS_WORKER_HEARTBEAT_MS", o.heartbeat_ms.to_string()),
+            ("MAAS_WORKER_SHUTDOWN_GRACE_MS", "10000".into()),
+            ("MAAS_MODELS_DIR", "/nonexistent-models".into()),
+            ("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    async fn spawn(&self, name: &'static str, extra: &[(&str, String)]) -> anyhow::Result<Service> {
+        let path = bin_dir().join(name);
+        if !path.exists() {
+            bail!("{} not found: build the binaries first (cargo build --release --bins)", path.display());
+        }
+        let mut cmd = Command::new(&path);
+        cmd.envs(self.env())
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .with_context(|| format!("{name} did not start within 60 s"))??
+            .with_context(|| format!("{name} exited before listening (run with TEST_LOG=1 to see why)"))?;
+        let port: u16 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("unexpected first line from {name}: {line}"))?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Service { name, port, child })
+    }
+
+    pub async fn spawn_api(&mut self) -> anyhow::Result<usize> {
+        let s = self.spawn("maas-api", &[]).await?;
+        self.api.push(s);
+        Ok(self.api.len() - 1)
+    }
+
+    pub async fn spawn_scheduler(&mut self) -> anyhow::Result<usize> {
+        let s = self.spawn("maas-scheduler", &[]).await?;
+        self.schedulers.push(s);
+        Ok(self.schedulers.len() - 1)
+    }
+
+    pub async fn spawn_worker(&mut self, slots: u32) -> anyhow::Result<usize> {
+        let s = self.spawn("maas-worker", &[("MAAS_WORKER_SLOTS", slots.to_string())]).await?;
+        self.workers.push(s);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Base URL of the first API instance.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api[0].port)
+    }
+
+    pub fn url_of(&self, service: &Service, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", service.port)
+    }
+
+    /// Waits until the scheduler has recorded `n` live workers.
+    pub async fn wait_for_live_workers(&self, n: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE status = 'alive'").fetch_one(&self.db).await?;
+            if live as usize >= n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("only {live} of {n} workers registered within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A valid admin token.
+    pub fn admin_token(&self) -> String {
+        self.token_with(&self.jwt_secret, json!({"role": "admin", "aud": "maas-admin", "iss": "maas", "exp": chrono::Utc::now().timestamp() + 600}))
+    }
+
+    /// A token with the given claims (`sub` is added), signed HS256 with `secret`.
+    pub fn token_with(&self, secret: &str, mut claims: Value) -> String {
+        claims["sub"] = json!("test-admin");
+        let key = EncodingKey::from_secret(secret.as_bytes()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http.post(self.url(path)).bearer_auth(self.admin_token()).json(&body).send().await.unwrap()
+    }
+
+    /// Creates a tenant and a key for it through the admin API.
+    pub async fn create_tenant(&self, name: &str, weight: i32) -> TestTenant {
+        let r = self.admin_post("/admin/v1/tenants", json!({"name": name, "weight": weight})).await;
+        assert_eq!(r.status(), 201, "create tenant");
+        let t: Value = r.json().await.unwrap();
+        let id = t["id"].as_str().unwrap().to_owned();
+        let r = self.admin_post(&format!("/admin/v1/tenants/{id}/keys"), json!({})).await;
+        assert_eq!(r.status(), 201, "create key");
+        let k: Value = r.json().await.unwrap();
+        TestTenant { id, key: k["key"].as_str().unwrap().to_owned(), key_id: k["id"].as_str().unwrap().to_owned() }
+    }
+
+    /// `POST /v1/jobs` with a tenant key.
+    pub async fn submit(&self, key: &str, body: Value) -> reqwest::Response {
+        self.http.post(self.url("/v1/jobs")).bearer_auth(key).json(&body).send().await.unwrap()
+    }
+
+    /// Submits an async echo job and returns its id.
+    pub async fn submit_async_echo(&self, key: &str, text: &str, delay_ms: u64) -> String {
+        let r = self.submit(key, json!({"model": "echo", "mode": "async", "input": {"text": text, "delay_ms": delay_ms}})).await;
+        assert_eq!(r.status(), 202, "async submit");
+        let v: Value = r.json().await.unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get_job(&self, key: &str, id: &str) -> reqwest::Response {
+        self.http.get(self.url(&format!("/v1/jobs/{id}"))).bearer_auth(key).send().await.unwrap()
+    }
+
+    /// Polls a job until it is in a terminal state.
+    pub async fn wait_finished(&self, key: &str, id: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v: Value = self.get_job(key, id).await.json().await.unwrap();
+            let s = v["status"].as_str().unwrap_or_default();
+            if ["succeeded", "failed", "cancelled", "expired"].contains(&s) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job {id} still {s} after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls Postgres until `sql` (a count) reaches `n`.
+    pub async fn wait_count(&self, sql: &str, n: i64, limit: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let c: i64 = sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap();
+            if c >= n || tokio::time::Instant::now() > deadline {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Asserts an OpenAI-style error object with the given status and code.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let v: Value = resp.json().await.expect("error body is JSON");
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "error.message in {v}");
+    assert!(e["type"].is_string(), "error.type in {v}");
+    assert!(e.get("param").is_some(), "error.param in {v}");
+    assert_eq!(e["code"], code, "error.code in {v}");
+    v
+}

@@ -1,0 +1,8 @@
+//! Black-box tests of the API against the real services.
+
+#![allow(clippy::unwrap_used)]
+
+mod admin;
+mod auth;
+mod bad_input;
+mod jobs;
