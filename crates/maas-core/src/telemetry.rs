@@ -2,6 +2,7 @@
 //! machines) or text (for people), filtered by `RUST_LOG`, written to stderr so
 //! stdout stays free for the one "listening on" line tests and scripts read.
 
+use std::io::IsTerminal;
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// `MAAS_LOG_FORMAT`.
@@ -28,7 +29,7 @@ pub fn init(service: &'static str, format: LogFormat) {
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
     };
     if result.is_ok() {
         tracing::debug!(service, "logging initialised");
