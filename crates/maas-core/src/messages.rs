@@ -44,12 +44,29 @@ pub struct ModelSlots {
     pub slots: u32,
 }
 
+/// One attempt a worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningAttempt {
+    pub job_id: Uuid,
+    pub attempt: i32,
+}
+
 /// worker → scheduler (`<ns>.events`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerEvent {
     /// Sent at start and then periodically: registration and liveness in one.
-    Heartbeat { worker_id: String, models: Vec<ModelSlots>, draining: bool },
+    /// `incarnation` is new for every process, so a restart under the same
+    /// `worker_id` is seen as one; `running` lists the attempts the worker has
+    /// received and not finished, so the scheduler can correct its slot count.
+    Heartbeat {
+        worker_id: String,
+        incarnation: String,
+        models: Vec<ModelSlots>,
+        draining: bool,
+        #[serde(default)]
+        running: Vec<RunningAttempt>,
+    },
     /// The worker is done with an attempt (whatever the outcome), so its slot is free.
     Finished { worker_id: String, job_id: Uuid, attempt: i32 },
     /// The worker is leaving; whatever is still assigned to it must be handed to others.

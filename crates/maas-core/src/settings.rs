@@ -7,15 +7,15 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonSettings {
     /// Postgres, the source of truth.
-    #[arg(long, env = "MAAS_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/maas")]
+    #[arg(long, env = "MAAS_DATABASE_URL", hide_env_values = true, default_value = "postgres://postgres@127.0.0.1:5432/maas")]
     pub database_url: String,
 
     /// Redis (a `/N` database index is honoured).
-    #[arg(long, env = "MAAS_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = "MAAS_REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
     /// RabbitMQ (the vhost is honoured).
-    #[arg(long, env = "MAAS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "MAAS_AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
 
     /// Prefix of every queue, exchange and Redis key, so several platforms

@@ -136,6 +136,15 @@ impl Broker {
         Ok(())
     }
 
+    /// Resolves once the connection is lost. Services stop then (non-zero
+    /// exit) so their supervisor restarts them against the recovered broker:
+    /// nothing is lost, since Postgres holds every job.
+    pub async fn disconnected(&self) {
+        while self.is_connected() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// A new channel with at most `prefetch` unacknowledged deliveries.
     pub async fn consumer_channel(&self, prefetch: u16) -> Result<Channel> {
         let ch = self.conn.create_channel().await?;

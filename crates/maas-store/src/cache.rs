@@ -11,7 +11,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 const KEY_TTL_SECS: u64 = 60;
-const JOB_TTL_SECS: u64 = 3600;
+/// A finished job never changes: keep it for an hour of polling.
+const FINISHED_JOB_TTL_SECS: u64 = 3600;
+/// A live job's entry is short-lived, so a missed update heals quickly.
+const LIVE_JOB_TTL_SECS: u64 = 10;
 
 /// Stores a job only if it is newer than what is cached: concurrent writers
 /// (api, scheduler, worker) can then never put an older state over a newer one.
@@ -62,35 +65,50 @@ impl Cache {
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    pub async fn put_key(&self, prefix: &str, auth: &KeyAuth) -> Result<()> {
+    /// Fills the cache after a miss. `NX`: a reader holding an older copy of
+    /// the row can never overwrite what an admin change wrote meanwhile.
+    pub async fn fill_key(&self, prefix: &str, auth: &KeyAuth) -> Result<()> {
+        let mut c = self.conn.clone();
+        let body = serde_json::to_string(auth).unwrap_or_default();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(self.key_key(prefix))
+            .arg(body)
+            .arg("EX")
+            .arg(KEY_TTL_SECS)
+            .arg("NX")
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a key's new state after an admin change (revocation, tenant
+    /// disabled), replacing whatever was cached, so every replica sees the
+    /// change on its next request. Kept twice as long as a fill, so a fill
+    /// racing with the change finds it and backs off.
+    pub async fn replace_key(&self, prefix: &str, auth: &KeyAuth) -> Result<()> {
         let mut c = self.conn.clone();
         let body = serde_json::to_string(auth).unwrap_or_default();
         let _: () = redis::cmd("SET")
             .arg(self.key_key(prefix))
             .arg(body)
             .arg("EX")
-            .arg(KEY_TTL_SECS)
+            .arg(2 * KEY_TTL_SECS)
             .query_async(&mut c)
             .await?;
-        Ok(())
-    }
-
-    /// Drops a key from the cache, so its next use reads Postgres (revocation).
-    pub async fn forget_key(&self, prefix: &str) -> Result<()> {
-        let mut c = self.conn.clone();
-        let _: () = redis::cmd("DEL").arg(self.key_key(prefix)).query_async(&mut c).await?;
         Ok(())
     }
 
     pub async fn put_job(&self, job: &Job) -> Result<()> {
         let mut c = self.conn.clone();
         let body = serde_json::to_string(job).unwrap_or_default();
+        let finished = maas_core::JobStatus::parse(&job.status).is_some_and(|s| s.is_terminal());
+        let ttl = if finished { FINISHED_JOB_TTL_SECS } else { LIVE_JOB_TTL_SECS };
         let _: i64 = self
             .put_if_newer
             .key(self.job_key(job.id))
             .arg(job.version)
             .arg(body)
-            .arg(JOB_TTL_SECS)
+            .arg(ttl)
             .invoke_async(&mut c)
             .await?;
         Ok(())
@@ -106,7 +124,9 @@ impl Cache {
     /// since the next read falls back to Postgres.
     pub async fn put_job_logged(&self, job: &Job) {
         if let Err(e) = self.put_job(job).await {
-            tracing::warn!(job_id = %job.id, error = %e, "could not update job status cache");
+            tracing::warn!(job_id = %job.id, error = %e, "could not update job status cache; dropping the entry");
+            let mut c = self.conn.clone();
+            let _: Result<(), _> = redis::cmd("DEL").arg(self.job_key(job.id)).query_async(&mut c).await;
         }
     }
 }

@@ -309,10 +309,21 @@ pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
     .await?)
 }
 
-/// (job id, worker id, attempts) of every job held by a worker.
-pub async fn active(pool: &PgPool) -> Result<Vec<(Uuid, String, i32)>> {
-    Ok(sqlx::query_as(
-        "SELECT id, worker_id, attempts FROM jobs WHERE status IN ('dispatched', 'running') AND worker_id IS NOT NULL",
+/// A job held by a worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ActiveRef {
+    pub id: Uuid,
+    pub worker_id: String,
+    pub attempts: i32,
+    pub model: String,
+    pub dispatched_at: Option<DateTime<Utc>>,
+}
+
+/// Every job held by a worker.
+pub async fn active(pool: &PgPool) -> Result<Vec<ActiveRef>> {
+    Ok(sqlx::query_as::<_, ActiveRef>(
+        "SELECT id, worker_id, attempts, model, dispatched_at FROM jobs
+         WHERE status IN ('dispatched', 'running') AND worker_id IS NOT NULL",
     )
     .fetch_all(pool)
     .await?)

@@ -92,6 +92,27 @@ pub async fn auth_by_prefix(pool: &PgPool, prefix: &str) -> Result<Option<KeyAut
     .await?)
 }
 
+/// Authentication data of every key of a tenant (to refresh caches after a change).
+pub async fn auth_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<(String, KeyAuth)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        prefix: String,
+        #[sqlx(flatten)]
+        auth: KeyAuth,
+    }
+    let rows = sqlx::query_as::<_, Row>(
+        "SELECT k.prefix, k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
+                (k.revoked_at IS NOT NULL) AS revoked,
+                (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.prefix, r.auth)).collect())
+}
+
 /// Records use, at most once a minute per key so busy keys cost no extra writes.
 pub async fn touch(pool: &PgPool, key_id: Uuid) -> Result<()> {
     sqlx::query(

@@ -19,7 +19,7 @@ pub async fn heartbeat(pool: &PgPool, id: &str, models: &Value, draining: bool) 
     sqlx::query(
         "INSERT INTO workers (id, models, status) VALUES ($1, $2, $3)
          ON CONFLICT (id) DO UPDATE SET models = $2, status = $3, last_heartbeat_at = now()
-         WHERE workers.status IN ('alive', 'draining')",
+         WHERE workers.status <> 'gone'",
     )
     .bind(id)
     .bind(models)
@@ -38,6 +38,17 @@ pub async fn set_status(pool: &PgPool, id: &str, status: &str) -> Result<()> {
 pub async fn live(pool: &PgPool) -> Result<Vec<WorkerRow>> {
     Ok(sqlx::query_as::<_, WorkerRow>(
         "SELECT id, models, status, last_heartbeat_at FROM workers WHERE status IN ('alive', 'draining')",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Models offered by a worker alive now or heard from in the last ten minutes
+/// (so a worker restart does not turn jobs away).
+pub async fn served_models(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT m->>'model' FROM workers, jsonb_array_elements(models) AS m
+         WHERE status = 'alive' OR last_heartbeat_at > now() - interval '10 minutes'",
     )
     .fetch_all(pool)
     .await?)

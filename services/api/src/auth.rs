@@ -102,7 +102,7 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
         Some(a) => a,
         None => {
             let a = keys::auth_by_prefix(&state.db, prefix).await?.ok_or_else(invalid_key)?;
-            if let Err(e) = state.cache.put_key(prefix, &a).await {
+            if let Err(e) = state.cache.fill_key(prefix, &a).await {
                 tracing::warn!(error = %e, "could not cache key");
             }
             a

@@ -25,6 +25,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     /// 415: the body is not JSON.
     UnsupportedMediaType,
+    /// 503: no worker serves this model at present.
+    ModelUnavailable { model: String },
     /// 503: a dependency is unavailable; retry later.
     Unavailable { message: String, retry_after_secs: u64 },
     /// 500: a bug or an unexpected failure; details go to the log only.
@@ -92,6 +94,13 @@ impl ApiError {
                 None,
                 "unsupported_media_type",
             ),
+            Self::ModelUnavailable { model } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!("no worker serves the model '{model}' at present; retry later"),
+                Some("model".into()),
+                "model_unavailable",
+            ),
             Self::Unavailable { message, .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message.clone(), None, "service_unavailable")
             }
@@ -124,8 +133,14 @@ impl ResponseError for ApiError {
             tracing::error!(error = %detail, "internal error");
         }
         let mut resp = HttpResponse::build(status);
-        if let Self::Unavailable { retry_after_secs, .. } = self {
-            resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        match self {
+            Self::Unavailable { retry_after_secs, .. } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            Self::ModelUnavailable { .. } => {
+                resp.insert_header((header::RETRY_AFTER, "5"));
+            }
+            _ => {}
         }
         resp.json(ErrorBody { error: ErrorObject { message, kind, param, code } })
     }
@@ -137,8 +152,14 @@ impl From<maas_store::StoreError> for ApiError {
             maas_store::StoreError::Conflict(what) => {
                 Self::Conflict { message: format!("an object with this {what} already exists"), code: "conflict" }
             }
-            maas_store::StoreError::Db(sqlx::Error::PoolTimedOut) => {
-                Self::Unavailable { message: "the database is busy or unreachable".into(), retry_after_secs: 1 }
+            maas_store::StoreError::Db(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
+            ) => Self::Unavailable { message: "the database is busy or unreachable".into(), retry_after_secs: 1 },
+            // Text Postgres cannot store (a NUL character, invalid encoding) is bad input.
+            maas_store::StoreError::Db(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("22P05") | Some("22021")) =>
+            {
+                Self::invalid("the request contains characters that cannot be stored (such as \\u0000)", None)
             }
             maas_store::StoreError::Db(other) => Self::Internal(other.to_string()),
             maas_store::StoreError::Migrate(other) => Self::Internal(other.to_string()),

@@ -1,6 +1,5 @@
 //! `maas-api`: serve the HTTP API, apply migrations, or mint an admin token.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use maas_api::{ApiSettings, Application};
 
@@ -39,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(cli.settings).await?;
             println!("maas-api listening on port {}", app.port());
             tracing::info!(port = app.port(), "maas-api listening");
-            app.run_until_stopped().await.context("server error")
+            app.run_until_stopped().await
         }
         Command::Migrate => {
             let db = maas_store::connect(&cli.settings.common.database_url, 2).await?;

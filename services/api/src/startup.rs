@@ -86,6 +86,7 @@ impl Application {
             jwt: Arc::new(JwtVerifier::new(&jwt_key).map_err(anyhow::Error::msg)?),
             settings: Arc::new(settings.clone()),
             reply_queue,
+            served: Default::default(),
         };
         let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -115,9 +116,23 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT: then stops accepting, lets in-flight
     /// requests finish (up to the shutdown timeout) and closes the broker.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        self.broker.close().await;
-        result
+    /// Also stops (with an error) when the broker connection is lost, so the
+    /// process supervisor restarts it rather than leaving it unable to queue.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        tokio::select! {
+            result = &mut server => {
+                self.broker.close().await;
+                result??;
+                Ok(())
+            }
+            _ = self.broker.disconnected() => {
+                tracing::error!("lost the RabbitMQ connection; stopping");
+                handle.stop(true).await;
+                let _ = server.await;
+                anyhow::bail!("lost the RabbitMQ connection")
+            }
+        }
     }
 }

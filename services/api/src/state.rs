@@ -6,7 +6,9 @@ use crate::settings::ApiSettings;
 use maas_mq::Broker;
 use maas_store::cache::Cache;
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,4 +20,28 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// This instance's reply queue, named in sync jobs' `reply_to`.
     pub reply_queue: String,
+    pub served: Arc<ServedModels>,
+}
+
+/// Which models some worker serves, re-read from Postgres at most every 2 s.
+#[derive(Default)]
+pub struct ServedModels {
+    cached: Mutex<Option<(Instant, HashSet<String>)>>,
+}
+
+impl ServedModels {
+    pub async fn contains(&self, db: &PgPool, model: &str) -> Result<bool, maas_store::StoreError> {
+        let fresh = self.cached.lock().ok().and_then(|c| {
+            c.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(2)).map(|(_, set)| set.contains(model))
+        });
+        if let Some(hit) = fresh {
+            return Ok(hit);
+        }
+        let set: HashSet<String> = maas_store::workers::served_models(db).await?.into_iter().collect();
+        let hit = set.contains(model);
+        if let Ok(mut c) = self.cached.lock() {
+            *c = Some((Instant::now(), set));
+        }
+        Ok(hit)
+    }
 }

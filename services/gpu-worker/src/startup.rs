@@ -159,7 +159,16 @@ impl Worker {
         let server_handle = server.handle();
         actix_web::rt::spawn(server);
 
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = broker.disconnected() => {
+                // Results cannot be reported without the broker's events queue
+                // anyway; the scheduler re-dispatches what this worker held.
+                tracing::error!("lost the RabbitMQ connection; stopping");
+                server_handle.stop(false).await;
+                anyhow::bail!("lost the RabbitMQ connection");
+            }
+        }
         tracing::info!("draining: no new jobs; running ones may finish");
         supervisor.do_send(Drain);
         let _ = work_ch.basic_cancel("worker-jobs".into(), BasicCancelOptions::default()).await;

@@ -7,8 +7,8 @@
 
 use crate::fair::{FairQueue, QueuedJob};
 use crate::settings::SchedulerSettings;
-use chrono::Utc;
-use maas_core::messages::{Dispatch, JobSubmitted, ModelSlots, WorkerEvent};
+use chrono::{DateTime, Utc};
+use maas_core::messages::{Dispatch, JobSubmitted, ModelSlots, RunningAttempt, WorkerEvent};
 use maas_core::Lane;
 use maas_mq::{Broker, PublishOpts};
 use maas_store::cache::Cache;
@@ -21,11 +21,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// An attempt the scheduler believes a worker holds.
+#[derive(Debug, Clone)]
+struct Assigned {
+    model: String,
+    attempt: i32,
+    at: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 struct WorkerState {
+    /// Unknown (empty) for workers rebuilt from Postgres until their next heartbeat.
+    incarnation: String,
     slots: HashMap<String, u32>,
-    /// job id → model, for the attempts this worker holds.
-    assigned: HashMap<Uuid, String>,
+    assigned: HashMap<Uuid, Assigned>,
     last_seen: Instant,
     draining: bool,
 }
@@ -33,10 +42,14 @@ struct WorkerState {
 impl WorkerState {
     fn free_slots(&self, model: &str) -> u32 {
         let total = self.slots.get(model).copied().unwrap_or(0);
-        let used = self.assigned.values().filter(|m| m.as_str() == model).count() as u32;
+        let used = self.assigned.values().filter(|a| a.model == model).count() as u32;
         total.saturating_sub(used)
     }
 }
+
+/// How long a dispatch may take to reach its worker before a heartbeat that
+/// does not list it proves it lost.
+const DISPATCH_GRACE_SECS: i64 = 3;
 
 pub struct Core {
     settings: SchedulerSettings,
@@ -98,26 +111,28 @@ impl Core {
     /// then every queued job. Called when this scheduler becomes active.
     pub async fn rebuild(&mut self) -> anyhow::Result<()> {
         self.refresh_weights().await?;
+        // Every known worker gets a full heartbeat timeout from now to be
+        // heard from: the time this scheduler was away is not their silence.
         for w in workers::live(&self.db).await? {
             let slots: Vec<ModelSlots> = serde_json::from_value(w.models).unwrap_or_default();
-            let age = (Utc::now() - w.last_heartbeat_at).to_std().unwrap_or_default();
             self.workers.insert(
                 w.id.clone(),
                 WorkerState {
+                    incarnation: String::new(),
                     slots: slots.into_iter().map(|s| (s.model, s.slots)).collect(),
                     assigned: HashMap::new(),
-                    last_seen: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                    last_seen: Instant::now(),
                     draining: w.status == "draining",
                 },
             );
         }
-        for (job_id, worker_id, _) in jobs::active(&self.db).await? {
-            let model = jobs::get(&self.db, job_id).await?.map(|j| j.model).unwrap_or_default();
-            match self.workers.get_mut(&worker_id) {
+        for a in jobs::active(&self.db).await? {
+            match self.workers.get_mut(&a.worker_id) {
                 Some(w) => {
-                    w.assigned.insert(job_id, model);
+                    let held = Assigned { model: a.model, attempt: a.attempts, at: a.dispatched_at.unwrap_or_else(Utc::now) };
+                    w.assigned.insert(a.id, held);
                 }
-                None => self.recover_job(job_id, &worker_id).await?,
+                None => self.recover_job(a.id, &a.worker_id).await?,
             }
         }
         let queued = jobs::queued(&self.db).await?;
@@ -154,20 +169,38 @@ impl Core {
 
     pub async fn on_event(&mut self, event: WorkerEvent) -> anyhow::Result<()> {
         match event {
-            WorkerEvent::Heartbeat { worker_id, models, draining } => {
+            WorkerEvent::Heartbeat { worker_id, incarnation, models, draining, running } => {
+                let restarted = self
+                    .workers
+                    .get(&worker_id)
+                    .is_some_and(|w| !w.incarnation.is_empty() && w.incarnation != incarnation);
+                if restarted {
+                    tracing::warn!(worker_id = %worker_id, "worker restarted under the same id; recovering what the old process held");
+                    self.release_worker(&worker_id, "dead").await?;
+                }
                 let models_json = serde_json::to_value(&models)?;
+                workers::heartbeat(&self.db, &worker_id, &models_json, draining).await?;
                 let w = self.workers.entry(worker_id.clone()).or_insert_with(|| {
                     tracing::info!(worker_id = %worker_id, ?models, "worker registered");
-                    WorkerState { slots: HashMap::new(), assigned: HashMap::new(), last_seen: Instant::now(), draining }
+                    WorkerState {
+                        incarnation: incarnation.clone(),
+                        slots: HashMap::new(),
+                        assigned: HashMap::new(),
+                        last_seen: Instant::now(),
+                        draining,
+                    }
                 });
+                w.incarnation = incarnation;
                 w.slots = models.into_iter().map(|s| (s.model, s.slots)).collect();
                 w.last_seen = Instant::now();
                 w.draining = draining;
-                workers::heartbeat(&self.db, &worker_id, &models_json, draining).await?;
+                self.reconcile(&worker_id, &running).await?;
             }
-            WorkerEvent::Finished { worker_id, job_id, .. } => {
+            WorkerEvent::Finished { worker_id, job_id, attempt } => {
                 if let Some(w) = self.workers.get_mut(&worker_id) {
-                    w.assigned.remove(&job_id);
+                    if w.assigned.get(&job_id).is_some_and(|a| a.attempt == attempt) {
+                        w.assigned.remove(&job_id);
+                    }
                 }
             }
             WorkerEvent::Deregister { worker_id } => {
@@ -194,13 +227,48 @@ impl Core {
         Ok(())
     }
 
-    /// Forgets a worker and hands every job it still holds (per Postgres) to others.
+    /// Corrects the slot count with what the worker says it holds: an
+    /// attempt dispatched a while ago that the worker does not list was lost
+    /// on the way (or its `Finished` was); Postgres decides which.
+    async fn reconcile(&mut self, worker_id: &str, running: &[RunningAttempt]) -> anyhow::Result<()> {
+        let cutoff = Utc::now() - chrono::Duration::seconds(DISPATCH_GRACE_SECS);
+        let Some(w) = self.workers.get_mut(worker_id) else { return Ok(()) };
+        let missing: Vec<(Uuid, i32)> = w
+            .assigned
+            .iter()
+            .filter(|(id, a)| a.at < cutoff && !running.iter().any(|r| r.job_id == **id && r.attempt == a.attempt))
+            .map(|(id, a)| (*id, a.attempt))
+            .collect();
+        for (job_id, attempt) in missing {
+            if let Some(w) = self.workers.get_mut(worker_id) {
+                w.assigned.remove(&job_id);
+            }
+            let Some(job) = jobs::get(&self.db, job_id).await? else { continue };
+            let ours = job.worker_id.as_deref() == Some(worker_id) && job.attempts == attempt;
+            if ours && !job.status().is_terminal() {
+                tracing::warn!(%job_id, worker_id, "dispatch never reached its worker; queued again");
+                let refund = job.status == "dispatched";
+                if let Some(back) = jobs::requeue(&self.db, job_id, worker_id, refund).await? {
+                    self.cache.put_job_logged(&back).await;
+                    self.enqueue_job_row(&back, true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a worker after handing every job it still holds (per Postgres)
+    /// to others. On a database error the worker stays known (and gets no
+    /// work), so the next tick tries again.
     async fn release_worker(&mut self, worker_id: &str, status: &str) -> anyhow::Result<()> {
-        self.workers.remove(worker_id);
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.draining = true;
+        }
         workers::set_status(&self.db, worker_id, status).await?;
         for (job_id, _) in jobs::active_on_worker(&self.db, worker_id).await? {
             self.recover_job(job_id, worker_id).await?;
         }
+        self.workers.remove(worker_id);
         Ok(())
     }
 
@@ -208,7 +276,7 @@ impl Core {
     /// once its attempts are spent.
     async fn recover_job(&mut self, job_id: Uuid, worker_id: &str) -> anyhow::Result<()> {
         let Some(job) = jobs::get(&self.db, job_id).await? else { return Ok(()) };
-        if job.attempts >= self.settings.max_attempts {
+        if job.status == "running" && job.attempts >= self.settings.max_attempts {
             let error = json!({
                 "code": "worker_lost",
                 "message": format!("the job's worker was lost {} times; giving up", job.attempts),
@@ -220,7 +288,9 @@ impl Core {
             }
             return Ok(());
         }
-        if let Some(requeued) = jobs::requeue(&self.db, job_id, worker_id, false).await? {
+        // An attempt that never started is not counted against the job.
+        let refund = job.status == "dispatched";
+        if let Some(requeued) = jobs::requeue(&self.db, job_id, worker_id, refund).await? {
             tracing::info!(%job_id, attempts = requeued.attempts, "job queued again");
             self.cache.put_job_logged(&requeued).await;
             self.enqueue_job_row(&requeued, true);
@@ -270,7 +340,14 @@ impl Core {
                     break;
                 };
                 self.queued.remove(&next.id);
-                let Some(job) = jobs::mark_dispatched(&self.db, next.id, &worker_id).await? else {
+                let marked = match jobs::mark_dispatched(&self.db, next.id, &worker_id).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.enqueue(next, &model, true);
+                        return Err(e.into());
+                    }
+                };
+                let Some(job) = marked else {
                     continue; // cancelled, expired or already handled
                 };
                 let msg = Dispatch {
@@ -286,13 +363,20 @@ impl Core {
                 let traceparent = job.traceparent.clone();
                 if let Err(e) = self.broker.publish_to_queue(&queue, &msg, PublishOpts::traced(traceparent.as_deref())).await {
                     tracing::error!(job_id = %job.id, error = %e, "could not send dispatch; job queued again");
-                    if let Some(back) = jobs::requeue(&self.db, job.id, &worker_id, true).await? {
-                        self.enqueue(next, &back.model, true);
+                    match jobs::requeue(&self.db, job.id, &worker_id, true).await {
+                        Ok(Some(back)) => self.enqueue(next, &back.model, true),
+                        Ok(None) => {}
+                        // Left `dispatched` to a worker that never got it: the
+                        // next heartbeat's reconciliation queues it again.
+                        Err(db) => tracing::error!(job_id = %job.id, error = %db, "could not queue the job again yet"),
+                    }
+                    if let Some(w) = self.workers.get_mut(&worker_id) {
+                        w.assigned.insert(job.id, Assigned { model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
                     }
                     return Err(e.into());
                 }
                 if let Some(w) = self.workers.get_mut(&worker_id) {
-                    w.assigned.insert(job.id, job.model.clone());
+                    w.assigned.insert(job.id, Assigned { model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
                 }
                 self.cache.put_job_logged(&job).await;
                 tracing::debug!(job_id = %job.id, worker_id = %worker_id, attempt = job.attempts, "dispatched");
@@ -302,8 +386,27 @@ impl Core {
         Ok(sent)
     }
 
-    /// Expires jobs queued too long and purges old inputs and outputs.
+    /// Expires jobs queued too long, purges old inputs and outputs, and picks
+    /// up queued jobs whose announcement never arrived.
     pub async fn sweep(&mut self) -> anyhow::Result<()> {
+        let cutoff = Utc::now() - chrono::Duration::seconds(5);
+        let mut found = 0;
+        for j in jobs::queued(&self.db).await? {
+            if j.created_at < cutoff && !self.queued.contains(&j.id) {
+                found += 1;
+                let job = QueuedJob {
+                    id: j.id,
+                    tenant_id: j.tenant_id,
+                    lane: Lane::parse(&j.lane).unwrap_or(Lane::Batch),
+                    enqueued_at: Self::instant_of(j.created_at),
+                    reply_to: None,
+                };
+                self.enqueue(job, &j.model, false);
+            }
+        }
+        if found > 0 {
+            tracing::warn!(found, "queued jobs without a message picked up from Postgres");
+        }
         for job in jobs::expire_stale(&self.db, self.settings.job_expiry_secs).await? {
             tracing::info!(job_id = %job.id, "job expired before it started");
             self.cache.put_job_logged(&job).await;

@@ -135,7 +135,6 @@ async fn run_active(
     core.dispatch().await?;
     loop {
         tokio::select! {
-            biased;
             _ = stop.changed() => break,
             d = events.next() => {
                 let Some(Ok(d)) = d else { anyhow::bail!("events consumer closed") };

@@ -3,7 +3,7 @@
 
 use crate::auth::{validate_scopes, Admin};
 use crate::error::ApiError;
-use crate::routes::parse_id;
+use crate::routes::{parse_id, resource};
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
@@ -18,17 +18,17 @@ use uuid::Uuid;
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin/v1")
-            .service(web::resource("/tenants").route(web::post().to(create_tenant)).route(web::get().to(list_tenants)))
+            .service(resource("/tenants").route(web::post().to(create_tenant)).route(web::get().to(list_tenants)))
             .service(
-                web::resource("/tenants/{id}")
+                resource("/tenants/{id}")
                     .route(web::get().to(get_tenant))
                     .route(web::patch().to(update_tenant))
                     .route(web::delete().to(delete_tenant)),
             )
-            .service(web::resource("/tenants/{id}/keys").route(web::post().to(create_key)).route(web::get().to(list_keys)))
-            .service(web::resource("/tenants/{id}/quota").route(web::put().to(put_quota)).route(web::get().to(get_quota)))
-            .route("/tenants/{id}/usage", web::get().to(get_usage))
-            .route("/keys/{key_id}", web::delete().to(revoke_key)),
+            .service(resource("/tenants/{id}/keys").route(web::post().to(create_key)).route(web::get().to(list_keys)))
+            .service(resource("/tenants/{id}/quota").route(web::put().to(put_quota)).route(web::get().to(get_quota)))
+            .service(resource("/tenants/{id}/usage").route(web::get().to(get_usage)))
+            .service(resource("/keys/{key_id}").route(web::delete().to(revoke_key))),
     );
 }
 
@@ -36,6 +36,18 @@ async fn audit(state: &AppState, admin: &Admin, action: &str, target: Uuid, deta
     if let Err(e) = audit::record(&state.db, &admin.sub, action, Some(&target.to_string()), details).await {
         tracing::error!(error = %e, action, "could not write audit log");
     }
+}
+
+/// Rewrites the cached authentication data of every key of a tenant, so a
+/// change (revocation, disabling) applies on the next request on every replica.
+async fn refresh_key_cache(state: &AppState, tenant_id: Uuid) -> Result<(), ApiError> {
+    for (prefix, auth) in keys::auth_for_tenant(&state.db, tenant_id).await? {
+        state.cache.replace_key(&prefix, &auth).await.map_err(|e| ApiError::Unavailable {
+            message: format!("the change is saved but the shared key cache could not be updated ({e}); retry"),
+            retry_after_secs: 1,
+        })?;
+    }
+    Ok(())
 }
 
 async fn tenant_or_404(state: &AppState, raw: &str) -> Result<tenants::Tenant, ApiError> {
@@ -115,10 +127,8 @@ pub async fn update_tenant(
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     if body.disabled.is_some() {
-        // Keys cache the tenant's disabled flag: drop them so it applies now.
-        for k in keys::list_for_tenant(&state.db, id).await? {
-            let _ = state.cache.forget_key(&k.prefix).await;
-        }
+        // Keys cache the tenant's disabled flag.
+        refresh_key_cache(&state, id).await?;
     }
     audit(&state, &admin, "tenant.update", id, json!({"name": body.name, "weight": body.weight, "disabled": body.disabled})).await;
     Ok(HttpResponse::Ok().json(t))
@@ -129,9 +139,7 @@ pub async fn update_tenant(
 pub async fn delete_tenant(state: web::Data<AppState>, admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "tenant")?;
     let prefixes = tenants::delete(&state.db, id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
-    for p in &prefixes {
-        let _ = state.cache.forget_key(p).await;
-    }
+    refresh_key_cache(&state, id).await?;
     audit(&state, &admin, "tenant.delete", id, json!({"revoked_keys": prefixes.len()})).await;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -208,10 +216,7 @@ pub async fn list_keys(state: web::Data<AppState>, _admin: Admin, path: web::Pat
 pub async fn revoke_key(state: web::Data<AppState>, admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "key")?;
     let key = keys::revoke(&state.db, id).await?.ok_or_else(|| ApiError::not_found("key"))?;
-    state.cache.forget_key(&key.prefix).await.map_err(|e| ApiError::Unavailable {
-        message: format!("the key is revoked in the database but the shared cache could not be cleared ({e}); retry"),
-        retry_after_secs: 1,
-    })?;
+    refresh_key_cache(&state, key.tenant_id).await?;
     audit(&state, &admin, "key.revoke", id, json!({"tenant_id": key.tenant_id, "prefix": key.prefix})).await;
     Ok(HttpResponse::Ok().json(key))
 }

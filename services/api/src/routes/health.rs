@@ -7,7 +7,8 @@ use serde_json::json;
 use std::time::Duration;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
+    cfg.service(super::resource("/healthz").route(web::get().to(healthz)))
+        .service(super::resource("/readyz").route(web::get().to(readyz)));
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process is alive")))]

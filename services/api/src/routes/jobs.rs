@@ -2,7 +2,7 @@
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::routes::parse_id;
+use crate::routes::{parse_id, resource};
 use crate::state::AppState;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -19,14 +19,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/jobs")
-            .route(web::post().to(create_job))
-            .route(web::get().to(list_jobs))
-            .default_service(web::to(super::method_not_allowed)),
-    )
-    .route("/v1/jobs/{id}", web::get().to(get_job))
-    .route("/v1/jobs/{id}/cancel", web::post().to(cancel_job));
+    cfg.service(resource("/v1/jobs").route(web::post().to(create_job)).route(web::get().to(list_jobs)))
+        .service(resource("/v1/jobs/{id}").route(web::get().to(get_job)))
+        .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(cancel_job)));
 }
 
 /// Body of `POST /v1/jobs`.
@@ -200,6 +195,9 @@ pub async fn create_job(
         (_, t) => t.unwrap_or(state.settings.sync_timeout_ms),
     };
     let idem = idempotency_key(&req)?;
+    if !state.served.contains(&state.db, model.as_str()).await? {
+        return Err(ApiError::ModelUnavailable { model: model.as_str().to_owned() });
+    }
     let lane = body.priority.unwrap_or(body.mode.default_lane());
     let trace = trace_context(&req).to_string();
 
@@ -227,6 +225,12 @@ pub async fn create_job(
     tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
 
     let waiter = (body.mode == JobMode::Sync).then(|| state.replies.register(job.id));
+    // From here a sync caller that goes away cancels its job.
+    let mut guard = CancelOnDrop {
+        state: waiter.as_ref().map(|_| state.get_ref().clone()),
+        job_id: job.id,
+        tenant_id: job.tenant_id,
+    };
     let msg = JobSubmitted {
         job_id: job.id,
         tenant_id: job.tenant_id,
@@ -238,18 +242,26 @@ pub async fn create_job(
     let jobs_queue = state.broker.names.jobs();
     if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, PublishOpts::traced(Some(&trace))).await {
         tracing::error!(job_id = %job.id, error = %e, "could not enqueue job");
+        guard.state = None;
         let error = json!({"code": "enqueue_failed", "message": "the job could not be queued"});
-        if let Some(j) = jobs::fail_unqueued(&state.db, job.id, &error).await? {
-            state.cache.put_job_logged(&j).await;
+        match jobs::fail_unqueued(&state.db, job.id, &error).await? {
+            Some(j) => {
+                state.cache.put_job_logged(&j).await;
+                return Err(ApiError::Unavailable { message: "the job queue is unavailable; retry".into(), retry_after_secs: 1 });
+            }
+            // The broker had stored it after all and the job is under way:
+            // answer as for any accepted job rather than invite a duplicate.
+            None => {
+                let j = jobs::get(&state.db, job.id).await?.unwrap_or(job);
+                return Ok(finished_or_accepted(&j));
+            }
         }
-        return Err(ApiError::Unavailable { message: "the job queue is unavailable; retry".into(), retry_after_secs: 1 });
     }
     state.cache.put_job_logged(&job).await;
 
     let Some(waiter) = waiter else {
         return Ok(accepted(&job));
     };
-    let mut guard = CancelOnDrop { state: Some(state.get_ref().clone()), job_id: job.id, tenant_id: job.tenant_id };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut current = job;
     loop {
@@ -257,8 +269,14 @@ pub async fn create_job(
         // to a restart (a job rebuilt from Postgres carries no reply queue).
         let slice = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
         let _ = tokio::time::timeout_at(slice, waiter.notify.notified()).await;
-        if let Some(j) = load_job(&state, current.id, current.tenant_id).await? {
-            current = j;
+        match load_job(&state, current.id, current.tenant_id).await {
+            Ok(Some(j)) => current = j,
+            Ok(None) => {}
+            // A failed read is not the caller going away: keep the job.
+            Err(e) => {
+                guard.state = None;
+                return Err(e);
+            }
         }
         if current.status().is_terminal() || tokio::time::Instant::now() >= deadline {
             break;

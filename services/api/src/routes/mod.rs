@@ -14,12 +14,17 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     jobs::config(cfg);
     models::config(cfg);
     admin::config(cfg);
-    cfg.route("/openapi.json", web::get().to(crate::openapi::serve));
+    cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::serve)));
 }
 
 /// Unknown routes answer with the same error object as everything else.
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound { message: format!("no route for {} {}", req.method(), req.path()), code: "unknown_route" })
+}
+
+/// A resource whose other methods answer 405 with the error object.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
 }
 
 /// A known route with another method.

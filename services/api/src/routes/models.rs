@@ -6,7 +6,7 @@ use maas_core::models::CATALOGUE;
 use serde_json::json;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/models", web::get().to(list_models));
+    cfg.service(super::resource("/v1/models").route(web::get().to(list_models)));
 }
 
 #[utoipa::path(get, path = "/v1/models", tag = "models", security(("api_key" = [])),

@@ -37,8 +37,15 @@ async fn bad_requests_get_a_4xx_with_an_openai_error_object() {
     assert_error(r, 404, "unknown_route").await;
     let r = p.http.delete(p.url("/v1/jobs")).bearer_auth(&t.key).send().await.unwrap();
     assert_error(r, 405, "method_not_allowed").await;
+    let r = p.http.delete(p.url(&format!("/v1/jobs/{}", uuid::Uuid::new_v4()))).bearer_auth(&t.key).send().await.unwrap();
+    assert_error(r, 405, "method_not_allowed").await;
     let r = p.http.patch(p.url("/admin/v1/tenants")).bearer_auth(p.admin_token()).send().await.unwrap();
-    assert!(r.status().is_client_error());
+    assert_error(r, 405, "method_not_allowed").await;
+
+    // A valid job for a model no worker serves is turned away, not parked for 24 h.
+    let r = p.submit(&t.key, json!({"model": "echo", "mode": "async", "input": {"text": "x"}})).await;
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_error(r, 503, "model_unavailable").await;
 
     // Nothing above created a job.
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&p.db).await.unwrap();
@@ -62,4 +69,14 @@ async fn health_readiness_models_and_openapi_are_served() {
     for path in ["/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/cancel", "/admin/v1/tenants", "/admin/v1/keys/{key_id}"] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
+}
+
+#[tokio::test]
+async fn text_that_postgres_cannot_store_is_a_400_not_a_500() {
+    let p = Platform::start(Options::default()).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let r = p.submit(&t.key, json!({"model": "echo", "mode": "sync", "input": {"text": "a\u{0}b"}})).await;
+    assert_error(r, 400, "invalid_request").await;
+    let r = p.admin_post("/admin/v1/tenants", json!({"name": "bad\u{0}name"})).await;
+    assert_error(r, 400, "invalid_request").await;
 }

@@ -14,7 +14,7 @@
 use crate::actors::model::{ModelRunner, RunJob};
 use crate::models::{CancelFlag, ModelError};
 use actix::prelude::*;
-use maas_core::messages::{Dispatch, JobDone, ModelSlots, WorkerEvent};
+use maas_core::messages::{Dispatch, JobDone, ModelSlots, RunningAttempt, WorkerEvent};
 use maas_mq::lapin::message::Delivery;
 use maas_mq::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use maas_mq::{Broker, PublishOpts};
@@ -40,25 +40,33 @@ pub struct Supervisor {
     deps: Deps,
     pools: HashMap<String, Addr<ModelRunner>>,
     slots: Vec<ModelSlots>,
-    running: HashMap<Uuid, CancelFlag>,
+    /// Attempts received and not yet finished: job → (attempt, cancel flag).
+    running: HashMap<Uuid, (i32, CancelFlag)>,
     draining: bool,
     heartbeat: Duration,
+    /// New for every process, so a restart under a fixed worker id is visible.
+    incarnation: String,
 }
 
 impl Supervisor {
     pub fn new(deps: Deps, pools: HashMap<String, Addr<ModelRunner>>, slots: Vec<ModelSlots>, heartbeat: Duration) -> Self {
-        Self { deps, pools, slots, running: HashMap::new(), draining: false, heartbeat }
+        let incarnation = Uuid::new_v4().simple().to_string();
+        Self { deps, pools, slots, running: HashMap::new(), draining: false, heartbeat, incarnation }
     }
 
     fn send_heartbeat(&self, ctx: &mut Context<Self>) {
         let event = WorkerEvent::Heartbeat {
             worker_id: self.deps.worker_id.clone(),
+            incarnation: self.incarnation.clone(),
             models: self.slots.clone(),
             draining: self.draining,
+            running: self.running.iter().map(|(id, (attempt, _))| RunningAttempt { job_id: *id, attempt: *attempt }).collect(),
         };
         let broker = self.deps.broker.clone();
-        // A stale heartbeat is worthless: let the broker drop it.
-        let ttl = (self.heartbeat.as_millis() as u64).saturating_mul(10).max(1000);
+        // A stale heartbeat is worse than none (it could revive a worker the
+        // scheduler has declared dead): let the broker drop it after three
+        // periods, which stays below the scheduler's timeout (5 periods by default).
+        let ttl = (self.heartbeat.as_millis() as u64).saturating_mul(3).max(500);
         ctx.spawn(
             async move {
                 let opts = PublishOpts { traceparent: None, persistent: false, expiration_ms: Some(ttl) };
@@ -114,7 +122,7 @@ impl Handler<Dispatched> for Supervisor {
             }
         };
         let cancel = CancelFlag::default();
-        self.running.insert(dispatch.job_id, cancel.clone());
+        self.running.insert(dispatch.job_id, (dispatch.attempt, cancel.clone()));
         let pool = self.pools.get(&dispatch.model).cloned();
         let deps = self.deps.clone();
         let traceparent = maas_mq::traceparent_of(&delivery.properties);
@@ -133,7 +141,7 @@ impl Handler<CancelRequested> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, CancelRequested(job_id): CancelRequested, _: &mut Context<Self>) {
-        if let Some(flag) = self.running.get(&job_id) {
+        if let Some((_, flag)) = self.running.get(&job_id) {
             tracing::info!(%job_id, "cancelling running job");
             flag.cancel();
         }
