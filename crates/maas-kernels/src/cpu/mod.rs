@@ -1,0 +1,33 @@
+//! CPU kernels.
+
+mod attention;
+mod elementwise;
+mod linear;
+mod norm;
+mod pool;
+
+pub use attention::attention;
+pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
+pub use linear::{linear, Threads};
+pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
+pub use pool::{l2_normalize_inplace, mean_pool};
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use rand::{Rng, SeedableRng};
+
+    pub fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Largest absolute difference relative to the reference's scale.
+    pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let err = (f64::from(*g) - w).abs() / scale;
+            assert!(err <= tol, "{what}: element {i}: got {g}, want {w} (relative error {err:e})");
+        }
+    }
+}

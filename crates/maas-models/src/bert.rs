@@ -1,0 +1,229 @@
+//! all-MiniLM-L6-v2: a 6-layer BERT encoder (hidden 384, 12 heads, FFN 1536)
+//! with mean pooling and L2 normalisation, as sentence-transformers runs it.
+//!
+//! A batch is packed without padding: the sequences' tokens are concatenated,
+//! every linear layer runs once over all of them, and attention runs per
+//! sequence. Inputs longer than 256 word pieces (with [CLS] and [SEP]) are
+//! truncated, as sentence-transformers does for this model.
+
+use crate::weights::{Weights, WeightsError};
+use maas_kernels::cpu::{self, Threads};
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Longest sequence, in word pieces including [CLS] and [SEP].
+pub const MAX_TOKENS: usize = 256;
+const CLS: u32 = 101;
+const SEP: u32 = 102;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("model files: {0}")]
+    Files(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+/// One input: text, or word-piece ids of this model's vocabulary (wrapped in
+/// [CLS] … [SEP] and truncated like text).
+#[derive(Debug, Clone)]
+pub enum EmbedInput {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+struct Layer {
+    qkv_w: Vec<f32>,
+    qkv_b: Vec<f32>,
+    out_w: Vec<f32>,
+    out_b: Vec<f32>,
+    ln1_g: Vec<f32>,
+    ln1_b: Vec<f32>,
+    ff1_w: Vec<f32>,
+    ff1_b: Vec<f32>,
+    ff2_w: Vec<f32>,
+    ff2_b: Vec<f32>,
+    ln2_g: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Config {
+    hidden_size: usize,
+    num_attention_heads: usize,
+    num_hidden_layers: usize,
+    intermediate_size: usize,
+    vocab_size: usize,
+    max_position_embeddings: usize,
+    layer_norm_eps: f32,
+    type_vocab_size: usize,
+}
+
+pub struct Embedder {
+    cfg: Config,
+    tokenizer: Tokenizer,
+    word: Vec<f32>,
+    pos: Vec<f32>,
+    token_type0: Vec<f32>,
+    emb_ln_g: Vec<f32>,
+    emb_ln_b: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// The output of one batch.
+pub struct Embeddings {
+    /// One unit-length vector per input.
+    pub vectors: Vec<Vec<f32>>,
+    /// Word pieces per input (after truncation), for usage accounting.
+    pub tokens: Vec<usize>,
+}
+
+impl Embedder {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, EmbedError> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| EmbedError::Files(format!("{}: {e}", dir.join(name).display())))
+        };
+        let cfg: Config = serde_json::from_str(&read("config.json")?).map_err(|e| EmbedError::Files(format!("config.json: {e}")))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        // The file ships truncation at 128 and fixed padding; sentence-
+        // transformers truncates at 256 and pads nothing that we would use.
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+
+        let w = Weights::open(&dir.join("model.safetensors"))?;
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let mut qkv_w = w.f32(&format!("{p}.attention.self.query.weight"), &[h, h])?;
+            qkv_w.extend(w.f32(&format!("{p}.attention.self.key.weight"), &[h, h])?);
+            qkv_w.extend(w.f32(&format!("{p}.attention.self.value.weight"), &[h, h])?);
+            let mut qkv_b = w.f32(&format!("{p}.attention.self.query.bias"), &[h])?;
+            qkv_b.extend(w.f32(&format!("{p}.attention.self.key.bias"), &[h])?);
+            qkv_b.extend(w.f32(&format!("{p}.attention.self.value.bias"), &[h])?);
+            layers.push(Layer {
+                qkv_w,
+                qkv_b,
+                out_w: w.f32(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
+                out_b: w.f32(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                ln1_g: w.f32(&format!("{p}.attention.output.LayerNorm.weight"), &[h])?,
+                ln1_b: w.f32(&format!("{p}.attention.output.LayerNorm.bias"), &[h])?,
+                ff1_w: w.f32(&format!("{p}.intermediate.dense.weight"), &[f, h])?,
+                ff1_b: w.f32(&format!("{p}.intermediate.dense.bias"), &[f])?,
+                ff2_w: w.f32(&format!("{p}.output.dense.weight"), &[h, f])?,
+                ff2_b: w.f32(&format!("{p}.output.dense.bias"), &[h])?,
+                ln2_g: w.f32(&format!("{p}.output.LayerNorm.weight"), &[h])?,
+                ln2_b: w.f32(&format!("{p}.output.LayerNorm.bias"), &[h])?,
+            });
+        }
+        let token_types = w.f32("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?;
+        Ok(Self {
+            word: w.f32("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
+            pos: w.f32("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?,
+            token_type0: token_types[..h].to_vec(),
+            emb_ln_g: w.f32("embeddings.LayerNorm.weight", &[h])?,
+            emb_ln_b: w.f32("embeddings.LayerNorm.bias", &[h])?,
+            layers,
+            tokenizer,
+            cfg,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// Word-piece ids of each input, [CLS] … [SEP], truncated to 256.
+    pub fn tokenize(&self, inputs: &[EmbedInput]) -> Result<Vec<Vec<u32>>, EmbedError> {
+        inputs
+            .iter()
+            .map(|input| match input {
+                EmbedInput::Text(t) => self
+                    .tokenizer
+                    .encode(t.as_str(), true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| EmbedError::Tokenizer(e.to_string())),
+                EmbedInput::Ids(ids) => {
+                    if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+                        return Err(EmbedError::InvalidInput(format!(
+                            "token id {bad} is outside the vocabulary (0..{})",
+                            self.cfg.vocab_size
+                        )));
+                    }
+                    let mut v = Vec::with_capacity(ids.len().min(MAX_TOKENS - 2) + 2);
+                    v.push(CLS);
+                    v.extend(ids.iter().take(MAX_TOKENS - 2));
+                    v.push(SEP);
+                    Ok(v)
+                }
+            })
+            .collect()
+    }
+
+    /// Embeds a batch of inputs.
+    pub fn embed(&self, inputs: &[EmbedInput]) -> Result<Embeddings, EmbedError> {
+        let ids = self.tokenize(inputs)?;
+        let vectors = self.forward(&ids);
+        Ok(Embeddings { tokens: ids.iter().map(Vec::len).collect(), vectors })
+    }
+
+    /// Runs the encoder over tokenized sequences and pools them.
+    pub fn forward(&self, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let cfg = &self.cfg;
+        let (h, f, heads) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads);
+        let eps = cfg.layer_norm_eps;
+        let mut seqs = Vec::with_capacity(ids.len());
+        let mut t = 0;
+        for s in ids {
+            seqs.push((t, s.len()));
+            t += s.len();
+        }
+        if t == 0 {
+            return ids.iter().map(|_| vec![0.0; h]).collect();
+        }
+        // Embeddings: word + position + token type 0, then LayerNorm.
+        let mut x = vec![0.0f32; t * h];
+        for (s, &(start, _)) in ids.iter().zip(&seqs) {
+            for (p, &id) in s.iter().enumerate() {
+                let row = &mut x[(start + p) * h..(start + p + 1) * h];
+                let w = &self.word[id as usize * h..(id as usize + 1) * h];
+                let pe = &self.pos[p * h..(p + 1) * h];
+                for i in 0..h {
+                    row[i] = w[i] + pe[i] + self.token_type0[i];
+                }
+            }
+        }
+        cpu::layer_norm_inplace(&mut x, h, &self.emb_ln_g, &self.emb_ln_b, eps);
+
+        let mut qkv = vec![0.0f32; t * 3 * h];
+        let mut ctx = vec![0.0f32; t * h];
+        let mut proj = vec![0.0f32; t * h];
+        let mut ff = vec![0.0f32; t * f];
+        for l in &self.layers {
+            cpu::linear(&x, &l.qkv_w, Some(&l.qkv_b), t, h, 3 * h, &mut qkv, Threads::All);
+            cpu::attention(&qkv, &seqs, heads, h / heads, &mut ctx);
+            cpu::linear(&ctx, &l.out_w, Some(&l.out_b), t, h, h, &mut proj, Threads::All);
+            cpu::add_layer_norm_inplace(&mut x, &proj, h, &l.ln1_g, &l.ln1_b, eps);
+            cpu::linear(&x, &l.ff1_w, Some(&l.ff1_b), t, h, f, &mut ff, Threads::All);
+            cpu::gelu_inplace(&mut ff);
+            cpu::linear(&ff, &l.ff2_w, Some(&l.ff2_b), t, f, h, &mut proj, Threads::All);
+            cpu::add_layer_norm_inplace(&mut x, &proj, h, &l.ln2_g, &l.ln2_b, eps);
+        }
+        let mut pooled = vec![0.0f32; seqs.len() * h];
+        cpu::mean_pool(&x, h, &seqs, &mut pooled);
+        cpu::l2_normalize_inplace(&mut pooled, h);
+        pooled.chunks_exact(h).map(<[f32]>::to_vec).collect()
+    }
+}
