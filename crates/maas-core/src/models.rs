@@ -37,6 +37,59 @@ pub struct EchoInput {
     pub delay_ms: Option<u64>,
 }
 
+/// Most inputs in one embeddings request.
+pub const EMBED_MAX_INPUTS: usize = 2048;
+/// Most characters (over all text inputs) in one embeddings request.
+pub const EMBED_MAX_CHARS: usize = 2_000_000;
+/// Most token ids (over all token-id inputs) in one embeddings request.
+pub const EMBED_MAX_IDS: usize = 524_288;
+
+/// One input of an embeddings request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbeddingItem {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// Parses OpenAI's embeddings `input`: a string, an array of strings, an
+/// array of token ids, or an array of such arrays, within the request limits.
+pub fn parse_embedding_input(v: &Value) -> Result<Vec<EmbeddingItem>, InputError> {
+    let err = |m: String| InputError { param: "input".into(), message: m };
+    let bad = || err("input must be a string, an array of strings, an array of token ids or an array of such arrays".into());
+    let ids = |a: &[Value]| -> Result<Vec<u32>, InputError> {
+        a.iter().map(|x| x.as_u64().filter(|n| *n <= u64::from(u32::MAX)).map(|n| n as u32).ok_or_else(bad)).collect()
+    };
+    let items = match v {
+        Value::String(s) => vec![EmbeddingItem::Text(s.clone())],
+        Value::Array(items) if items.is_empty() => return Err(err("input must not be empty".into())),
+        Value::Array(items) => match &items[0] {
+            Value::String(_) => items.iter().map(|x| x.as_str().map(|s| EmbeddingItem::Text(s.into())).ok_or_else(bad)).collect::<Result<_, _>>()?,
+            Value::Number(_) => vec![EmbeddingItem::Ids(ids(items)?)],
+            Value::Array(_) => items
+                .iter()
+                .map(|x| x.as_array().ok_or_else(bad).and_then(|a| ids(a)).map(EmbeddingItem::Ids))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        },
+        _ => return Err(bad()),
+    };
+    if items.len() > EMBED_MAX_INPUTS {
+        return Err(err(format!("at most {EMBED_MAX_INPUTS} inputs per request (got {})", items.len())));
+    }
+    let chars: usize = items.iter().map(|i| if let EmbeddingItem::Text(t) = i { t.chars().count() } else { 0 }).sum();
+    if chars > EMBED_MAX_CHARS {
+        return Err(err(format!("at most {EMBED_MAX_CHARS} characters per request (got {chars})")));
+    }
+    let n_ids: usize = items.iter().map(|i| if let EmbeddingItem::Ids(v) = i { v.len() } else { 0 }).sum();
+    if n_ids > EMBED_MAX_IDS {
+        return Err(err(format!("at most {EMBED_MAX_IDS} token ids per request (got {n_ids})")));
+    }
+    if items.iter().any(|i| matches!(i, EmbeddingItem::Ids(v) if v.is_empty())) {
+        return Err(err("a token-id input must not be empty".into()));
+    }
+    Ok(items)
+}
+
 /// Why an input was refused; `param` names the offending field for the
 /// OpenAI-style error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +114,13 @@ pub fn validate_input(model: &ModelName, input: &Value) -> Result<(), InputError
             }
             Ok(())
         }
+        MINILM => {
+            let inner = input.get("input").ok_or_else(|| InputError {
+                param: "input.input".into(),
+                message: "expected {\"input\": string | [string] | [int] | [[int]]}".into(),
+            })?;
+            parse_embedding_input(inner).map(|_| ())
+        }
         _ => {
             if input.is_null() {
                 return Err(InputError { param: "input".into(), message: "input is required".into() });
@@ -74,6 +134,19 @@ pub fn validate_input(model: &ModelName, input: &Value) -> Result<(), InputError
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn embedding_inputs_take_every_openai_form_within_limits() {
+        assert_eq!(parse_embedding_input(&json!("hi")).unwrap(), vec![EmbeddingItem::Text("hi".into())]);
+        assert_eq!(parse_embedding_input(&json!(["a", "b"])).unwrap().len(), 2);
+        assert_eq!(parse_embedding_input(&json!([1, 2, 3])).unwrap(), vec![EmbeddingItem::Ids(vec![1, 2, 3])]);
+        assert_eq!(parse_embedding_input(&json!([[1], [2, 3]])).unwrap().len(), 2);
+        for bad in [json!([]), json!([1, "a"]), json!([-1]), json!({"x": 1}), json!(null), json!([[]]), json!([true])] {
+            assert!(parse_embedding_input(&bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=EMBED_MAX_INPUTS).map(|i| i.to_string()).collect();
+        assert!(parse_embedding_input(&json!(many)).is_err());
+    }
 
     #[test]
     fn only_catalogue_models_parse() {

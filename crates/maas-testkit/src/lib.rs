@@ -30,6 +30,32 @@ pub struct Options {
     pub max_attempts: i32,
     pub batch_aging_ms: u64,
     pub max_body_bytes: usize,
+    /// Serve the real models from the repository's `models/` (fetched by
+    /// `scripts/fetch-models`); off, workers serve `echo` only.
+    pub with_models: bool,
+}
+
+/// The repository's `models/` folder.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var("MAAS_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")));
+    assert!(
+        dir.join("all-minilm-l6-v2/model.safetensors").exists(),
+        "{} has no models: run scripts/fetch-models",
+        dir.display()
+    );
+    dir
+}
+
+/// The Python of the repository's `.venv` (made by scripts/test, with the
+/// official `openai` client).
+pub fn python() -> PathBuf {
+    let p = std::env::var("MAAS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python")));
+    assert!(p.exists(), "{} is missing: scripts/test creates it", p.display());
+    p
 }
 
 impl Default for Options {
@@ -43,6 +69,7 @@ impl Default for Options {
             max_attempts: 3,
             batch_aging_ms: 10_000,
             max_body_bytes: 64 * 1024,
+            with_models: false,
         }
     }
 }
@@ -167,7 +194,10 @@ impl Platform {
             ("MAAS_WORKER_LISTEN", "127.0.0.1:0".into()),
             ("MAAS_WORKER_HEARTBEAT_MS", o.heartbeat_ms.to_string()),
             ("MAAS_WORKER_SHUTDOWN_GRACE_MS", "10000".into()),
-            ("MAAS_MODELS_DIR", "/nonexistent-models".into()),
+            (
+                "MAAS_MODELS_DIR",
+                if o.with_models { models_dir().display().to_string() } else { "/nonexistent-models".into() },
+            ),
             ("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".into())),
         ]
         .into_iter()

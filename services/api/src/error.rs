@@ -29,6 +29,8 @@ pub enum ApiError {
     ModelUnavailable { model: String },
     /// 503: a dependency is unavailable; retry later.
     Unavailable { message: String, retry_after_secs: u64 },
+    /// 504: a sync call's result was not ready in time.
+    Timeout { message: String },
     /// 500: a bug or an unexpected failure; details go to the log only.
     Internal(String),
 }
@@ -104,6 +106,7 @@ impl ApiError {
             Self::Unavailable { message, .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message.clone(), None, "service_unavailable")
             }
+            Self::Timeout { message } => (StatusCode::GATEWAY_TIMEOUT, "timeout_error", message.clone(), None, "timeout"),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",

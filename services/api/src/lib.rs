@@ -16,6 +16,7 @@ pub mod replies;
 pub mod routes;
 pub mod settings;
 pub mod startup;
+pub mod submit;
 pub mod state;
 
 pub use settings::ApiSettings;

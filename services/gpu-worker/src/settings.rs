@@ -23,8 +23,9 @@ pub struct WorkerSettings {
     #[arg(long, env = "MAAS_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
 
-    /// Concurrent jobs per model: `4` for every model, or `echo=8,all-minilm-l6-v2=2`.
-    #[arg(long, env = "MAAS_WORKER_SLOTS", default_value = "4")]
+    /// Concurrent jobs per model: `N` for every model, or `echo=8,all-minilm-l6-v2=64`.
+    /// Unset: 4 for echo, 32 for the embedder (its jobs are batched together).
+    #[arg(long, env = "MAAS_WORKER_SLOTS", default_value = "")]
     pub slots: String,
 
     /// This worker's id (default: a new random id per process).
@@ -35,6 +36,14 @@ pub struct WorkerSettings {
     #[arg(long, env = "MAAS_WORKER_HEARTBEAT_MS", default_value_t = 1_000)]
     pub heartbeat_ms: u64,
 
+    /// Dynamic batching: most word pieces in one embeddings batch.
+    #[arg(long, env = "MAAS_EMBED_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    pub embed_max_batch_tokens: usize,
+
+    /// Dynamic batching: longest wait for more requests once one is there.
+    #[arg(long, env = "MAAS_EMBED_MAX_WAIT_MS", default_value_t = 2)]
+    pub embed_max_wait_ms: u64,
+
     /// On SIGTERM, how long running jobs may take to finish before the rest
     /// is handed back to the scheduler.
     #[arg(long, env = "MAAS_WORKER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
@@ -44,13 +53,13 @@ pub struct WorkerSettings {
 /// Parsed `--slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slots {
-    default: u32,
+    default: Option<u32>,
     per_model: HashMap<String, u32>,
 }
 
 impl Slots {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut out = Self { default: 4, per_model: HashMap::new() };
+        let mut out = Self { default: None, per_model: HashMap::new() };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let bad = || format!("invalid slots entry '{part}': expected N or model=N with N in 1..=256");
             match part.split_once('=') {
@@ -66,7 +75,7 @@ impl Slots {
                     if !(1..=256).contains(&n) {
                         return Err(bad());
                     }
-                    out.default = n;
+                    out.default = Some(n);
                 }
             }
         }
@@ -74,7 +83,8 @@ impl Slots {
     }
 
     pub fn for_model(&self, model: &str) -> u32 {
-        self.per_model.get(model).copied().unwrap_or(self.default)
+        let builtin = if model == maas_core::models::MINILM { 32 } else { 4 };
+        self.per_model.get(model).copied().or(self.default).unwrap_or(builtin)
     }
 }
 
@@ -87,6 +97,8 @@ mod tests {
         let s = Slots::parse("2,echo=8").unwrap();
         assert_eq!(s.for_model("echo"), 8);
         assert_eq!(s.for_model("all-minilm-l6-v2"), 2);
+        let d = Slots::parse("").unwrap();
+        assert_eq!((d.for_model("echo"), d.for_model("all-minilm-l6-v2")), (4, 32));
         assert!(Slots::parse("echo=0").is_err());
         assert!(Slots::parse("x").is_err());
     }

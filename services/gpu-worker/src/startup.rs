@@ -1,7 +1,9 @@
 //! Wires the worker: connections, model pools (warmed up before the first
 //! heartbeat), private queues, the supervisor, consumers and health endpoints.
 
+use crate::actors::batcher::{BatchConfig, EmbedderHandle};
 use crate::actors::model::{ModelRunner, RunJob};
+use crate::actors::Pool;
 use crate::actors::supervisor::{CancelRequested, Deps, Dispatched, Drain, InFlight, Supervisor};
 use crate::health::{self, HealthState};
 use crate::models::{echo::Echo, CancelFlag};
@@ -26,6 +28,7 @@ pub struct Worker {
     worker_id: String,
     deps: Deps,
     slots: Vec<ModelSlots>,
+    embedder: Option<maas_models::Embedder>,
     listener: TcpListener,
     port: u16,
 }
@@ -65,19 +68,32 @@ impl Worker {
                 .await
                 .context("connecting to RabbitMQ")?,
         );
-        for model in [MINILM, SMOLLM2] {
-            let dir = settings.models_dir.join(model);
-            if dir.is_dir() {
-                tracing::warn!(model, dir = %dir.display(), "model files found, but this build cannot serve this model yet");
-            } else {
-                tracing::warn!(model, dir = %dir.display(), "model files missing; not serving this model");
+        let mut slots = vec![ModelSlots { model: maas_core::models::ECHO.into(), slots: slot_cfg.for_model(maas_core::models::ECHO) }];
+        let mut embedder = None;
+        let dir = settings.models_dir.join(MINILM);
+        if dir.join("model.safetensors").is_file() {
+            let t0 = Instant::now();
+            match tokio::task::spawn_blocking(move || maas_models::Embedder::load(&dir)).await? {
+                Ok(e) => {
+                    // Warm-up: one forward pass before we announce the model.
+                    let warm = e.embed(&[maas_models::EmbedInput::Text("warm up".into())]);
+                    if warm.is_ok() {
+                        tracing::info!(model = MINILM, load_ms = t0.elapsed().as_millis() as u64, "model loaded");
+                        slots.push(ModelSlots { model: MINILM.into(), slots: slot_cfg.for_model(MINILM) });
+                        embedder = Some(e);
+                    }
+                }
+                Err(e) => tracing::error!(model = MINILM, error = %e, "model files present but unusable; not serving this model"),
             }
+        } else {
+            tracing::warn!(model = MINILM, dir = %dir.display(), "model files missing; not serving this model (run scripts/fetch-models)");
         }
-        let slots = vec![ModelSlots { model: maas_core::models::ECHO.into(), slots: slot_cfg.for_model(maas_core::models::ECHO) }];
+        let dir = settings.models_dir.join(SMOLLM2);
+        tracing::warn!(model = SMOLLM2, dir = %dir.display(), "this build cannot serve this model yet");
         let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let deps = Deps { worker_id: worker_id.clone(), db, cache, broker };
-        Ok(Self { settings, worker_id, deps, slots, listener, port })
+        Ok(Self { settings, worker_id, deps, slots, embedder, listener, port })
     }
 
     pub fn port(&self) -> u16 {
@@ -91,19 +107,29 @@ impl Worker {
     /// Serves until SIGTERM/SIGINT, then drains: stops taking jobs, lets the
     /// running ones finish within the grace period, and deregisters so the
     /// scheduler hands anything left to other workers.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
         let broker = self.deps.broker.clone();
         let names = broker.names.clone();
 
         // Model pools: one thread per slot, warmed up before we announce ourselves.
-        let mut pools: HashMap<String, Addr<ModelRunner>> = HashMap::new();
+        let mut pools: HashMap<String, Pool> = HashMap::new();
         for s in &self.slots {
-            let pool = SyncArbiter::start(s.slots as usize, || ModelRunner::new(Box::new(Echo)));
+            if s.model == MINILM {
+                if let Some(e) = self.embedder.take() {
+                    let cfg = BatchConfig {
+                        max_batch_tokens: self.settings.embed_max_batch_tokens.max(256),
+                        max_wait: Duration::from_millis(self.settings.embed_max_wait_ms),
+                    };
+                    pools.insert(s.model.clone(), Pool::Batched(EmbedderHandle::start(e, cfg)));
+                }
+                continue;
+            }
+            let pool: Addr<ModelRunner> = SyncArbiter::start(s.slots as usize, || ModelRunner::new(Box::new(Echo)));
             pool.send(RunJob { input: serde_json::json!({"text": "warm-up"}), cancel: CancelFlag::default() })
                 .await
                 .context("model pool unreachable")?
                 .map_err(|e| anyhow::anyhow!("warm-up of {} failed: {e}", s.model))?;
-            pools.insert(s.model.clone(), pool);
+            pools.insert(s.model.clone(), Pool::Threads(pool));
         }
 
         // Private queues exist before the first heartbeat, so no dispatch is lost.

@@ -4,17 +4,16 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::routes::{parse_id, resource};
 use crate::state::AppState;
+use crate::submit::{cancel, load_job, submit, Submission, Submitted};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use maas_core::messages::{CancelJob, JobSubmitted};
 use maas_core::models::{validate_input, ModelName};
 use maas_core::trace::TraceParent;
 use maas_core::{JobMode, JobStatus, Lane};
-use maas_mq::PublishOpts;
-use maas_store::jobs::{self, Job, NewJob};
+use maas_store::jobs::{self, Job};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -90,11 +89,11 @@ fn location(job: &Job) -> String {
     format!("/v1/jobs/{}", job.id)
 }
 
-fn accepted(job: &Job) -> HttpResponse {
+pub(crate) fn accepted(job: &Job) -> HttpResponse {
     HttpResponse::Accepted().insert_header((header::LOCATION, location(job))).json(JobView::from(job))
 }
 
-fn finished_or_accepted(job: &Job) -> HttpResponse {
+pub(crate) fn finished_or_accepted(job: &Job) -> HttpResponse {
     if job.status().is_terminal() {
         HttpResponse::Ok().json(JobView::from(job))
     } else {
@@ -112,49 +111,13 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// The caller's trace context continued, or a new root.
-fn trace_context(req: &HttpRequest) -> TraceParent {
+pub(crate) fn trace_context(req: &HttpRequest) -> TraceParent {
     req.headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
         .map(|tp| tp.child())
         .unwrap_or_else(TraceParent::new_root)
-}
-
-/// Reads a job through the hot cache, falling back to Postgres; `None` when
-/// it does not exist or belongs to another tenant.
-async fn load_job(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Job>, ApiError> {
-    match state.cache.get_job(id).await {
-        Ok(Some(job)) => return Ok((job.tenant_id == tenant_id).then_some(job)),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "job cache unavailable; reading Postgres"),
-    }
-    let job = jobs::get_for_tenant(&state.db, id, tenant_id).await?;
-    if let Some(j) = &job {
-        state.cache.put_job_logged(j).await;
-    }
-    Ok(job)
-}
-
-/// Cancels the job of a sync caller who went away before it finished.
-struct CancelOnDrop {
-    state: Option<AppState>,
-    job_id: Uuid,
-    tenant_id: Uuid,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
-            let (job_id, tenant_id) = (self.job_id, self.tenant_id);
-            actix_web::rt::spawn(async move {
-                tracing::info!(%job_id, "sync caller disconnected; cancelling its job");
-                if let Err(e) = cancel(&state, job_id, tenant_id).await {
-                    tracing::warn!(%job_id, error = %e, "could not cancel the job of a disconnected caller");
-                }
-            });
-        }
-    }
 }
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])),
@@ -194,96 +157,24 @@ pub async fn create_job(
         }
         (_, t) => t.unwrap_or(state.settings.sync_timeout_ms),
     };
-    let idem = idempotency_key(&req)?;
-    if !state.served.contains(&state.db, model.as_str()).await? {
-        return Err(ApiError::ModelUnavailable { model: model.as_str().to_owned() });
-    }
-    let lane = body.priority.unwrap_or(body.mode.default_lane());
-    let trace = trace_context(&req).to_string();
-
-    let (job, created) = jobs::insert(
-        &state.db,
-        NewJob {
-            tenant_id: principal.tenant_id,
-            key_id: Some(principal.key_id),
-            model: model.as_str(),
-            mode: body.mode,
-            lane,
-            input: &body.input,
-            idempotency_key: idem.as_deref(),
-            traceparent: Some(&trace),
-        },
-    )
-    .await?;
-    if !created {
+    let sub = Submission {
+        model: &model,
+        input: &body.input,
+        mode: body.mode,
+        lane: body.priority.unwrap_or(body.mode.default_lane()),
+        idempotency_key: idempotency_key(&req)?,
+        traceparent: trace_context(&req).to_string(),
+        timeout: Duration::from_millis(timeout_ms),
+    };
+    Ok(match submit(&state, &principal, sub).await? {
         // Same Idempotency-Key: replay the first answer from the job as it stands.
-        return Ok(match JobMode::parse(&job.mode) {
+        Submitted::Replayed(job) => match JobMode::parse(&job.mode) {
             Some(JobMode::Sync) => finished_or_accepted(&job),
             _ => accepted(&job),
-        });
-    }
-    tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
-
-    let waiter = (body.mode == JobMode::Sync).then(|| state.replies.register(job.id));
-    // From here a sync caller that goes away cancels its job.
-    let mut guard = CancelOnDrop {
-        state: waiter.as_ref().map(|_| state.get_ref().clone()),
-        job_id: job.id,
-        tenant_id: job.tenant_id,
-    };
-    let msg = JobSubmitted {
-        job_id: job.id,
-        tenant_id: job.tenant_id,
-        model: job.model.clone(),
-        lane,
-        created_at: job.created_at,
-        reply_to: waiter.as_ref().map(|_| state.reply_queue.clone()),
-    };
-    let jobs_queue = state.broker.names.jobs();
-    if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, PublishOpts::traced(Some(&trace))).await {
-        tracing::error!(job_id = %job.id, error = %e, "could not enqueue job");
-        guard.state = None;
-        let error = json!({"code": "enqueue_failed", "message": "the job could not be queued"});
-        match jobs::fail_unqueued(&state.db, job.id, &error).await? {
-            Some(j) => {
-                state.cache.put_job_logged(&j).await;
-                return Err(ApiError::Unavailable { message: "the job queue is unavailable; retry".into(), retry_after_secs: 1 });
-            }
-            // The broker had stored it after all and the job is under way:
-            // answer as for any accepted job rather than invite a duplicate.
-            None => {
-                let j = jobs::get(&state.db, job.id).await?.unwrap_or(job);
-                return Ok(finished_or_accepted(&j));
-            }
-        }
-    }
-    state.cache.put_job_logged(&job).await;
-
-    let Some(waiter) = waiter else {
-        return Ok(accepted(&job));
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let mut current = job;
-    loop {
-        // The reply wakes us at once; the periodic re-read covers a reply lost
-        // to a restart (a job rebuilt from Postgres carries no reply queue).
-        let slice = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
-        let _ = tokio::time::timeout_at(slice, waiter.notify.notified()).await;
-        match load_job(&state, current.id, current.tenant_id).await {
-            Ok(Some(j)) => current = j,
-            Ok(None) => {}
-            // A failed read is not the caller going away: keep the job.
-            Err(e) => {
-                guard.state = None;
-                return Err(e);
-            }
-        }
-        if current.status().is_terminal() || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-    }
-    guard.state = None;
-    Ok(finished_or_accepted(&current))
+        },
+        Submitted::Accepted(job) => accepted(&job),
+        Submitted::Waited(job) => finished_or_accepted(&job),
+    })
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("api_key" = [])),
@@ -351,26 +242,6 @@ pub async fn list_jobs(
         has_more,
         data,
     }))
-}
-
-/// Cancels a job of `tenant_id`: queued jobs at once, running ones by telling
-/// every worker (the one running it stops within one step).
-async fn cancel(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Result<Job, Job>>, ApiError> {
-    if let Some(job) = jobs::cancel(&state.db, id, tenant_id).await? {
-        state.cache.put_job_logged(&job).await;
-        if job.worker_id.is_some() {
-            let exchange = state.broker.names.cancel_exchange();
-            let opts = PublishOpts { traceparent: job.traceparent.as_deref(), persistent: false, expiration_ms: Some(60_000) };
-            if let Err(e) = state.broker.publish(&exchange, "", &CancelJob { job_id: job.id }, opts).await {
-                // The job is cancelled in Postgres already: the worker's result
-                // will be refused; only the compute is not stopped early.
-                tracing::warn!(job_id = %job.id, error = %e, "could not broadcast cancel");
-            }
-        }
-        tracing::info!(job_id = %job.id, "job cancelled");
-        return Ok(Some(Ok(job)));
-    }
-    Ok(jobs::get_for_tenant(&state.db, id, tenant_id).await?.map(Err))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("api_key" = [])),

@@ -1,4 +1,29 @@
-//! The worker's actors.
+//! The worker's actors and model runtimes.
 
+pub mod batcher;
 pub mod model;
 pub mod supervisor;
+
+use crate::models::{CancelFlag, ModelError, ModelOutput};
+use actix::Addr;
+use serde_json::Value;
+
+/// How a model is run: a pool of slot threads (one job each), or one model
+/// thread that batches jobs dynamically.
+#[derive(Clone)]
+pub enum Pool {
+    Threads(Addr<model::ModelRunner>),
+    Batched(batcher::EmbedderHandle),
+}
+
+impl Pool {
+    pub async fn run(&self, input: Value, cancel: CancelFlag) -> Result<ModelOutput, ModelError> {
+        match self {
+            Pool::Threads(addr) => addr
+                .send(model::RunJob { input, cancel })
+                .await
+                .unwrap_or_else(|e| Err(ModelError::Failed(e.to_string()))),
+            Pool::Batched(handle) => handle.run(&input, cancel).await,
+        }
+    }
+}

@@ -11,7 +11,7 @@
 //! A crash anywhere before 5 leaves the job on this worker in Postgres; the
 //! scheduler re-dispatches it once our heartbeats stop.
 
-use crate::actors::model::{ModelRunner, RunJob};
+use crate::actors::Pool;
 use crate::models::{CancelFlag, ModelError};
 use actix::prelude::*;
 use maas_core::messages::{Dispatch, JobDone, ModelSlots, RunningAttempt, WorkerEvent};
@@ -38,7 +38,7 @@ pub struct Deps {
 
 pub struct Supervisor {
     deps: Deps,
-    pools: HashMap<String, Addr<ModelRunner>>,
+    pools: HashMap<String, Pool>,
     slots: Vec<ModelSlots>,
     /// Attempts received and not yet finished: job → (attempt, cancel flag).
     running: HashMap<Uuid, (i32, CancelFlag)>,
@@ -49,7 +49,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(deps: Deps, pools: HashMap<String, Addr<ModelRunner>>, slots: Vec<ModelSlots>, heartbeat: Duration) -> Self {
+    pub fn new(deps: Deps, pools: HashMap<String, Pool>, slots: Vec<ModelSlots>, heartbeat: Duration) -> Self {
         let incarnation = Uuid::new_v4().simple().to_string();
         Self { deps, pools, slots, running: HashMap::new(), draining: false, heartbeat, incarnation }
     }
@@ -188,7 +188,7 @@ where
 
 async fn run_attempt(
     deps: Deps,
-    pool: Option<Addr<ModelRunner>>,
+    pool: Option<Pool>,
     d: Dispatch,
     delivery: Delivery,
     cancel: CancelFlag,
@@ -217,7 +217,7 @@ async fn run_attempt(
         tracing::info!(%job_id, attempt, model = %d.model, "job running");
         let t0 = Instant::now();
         let result = match &pool {
-            Some(p) => p.send(RunJob { input: d.input.clone(), cancel }).await.unwrap_or_else(|e| Err(ModelError::Failed(e.to_string()))),
+            Some(p) => p.run(d.input.clone(), cancel).await,
             None => Err(ModelError::Failed(format!("model '{}' is not loaded on this worker", d.model))),
         };
         let compute_ms = t0.elapsed().as_millis() as i64;

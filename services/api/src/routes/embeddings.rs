@@ -1,0 +1,149 @@
+//! `POST /v1/embeddings`, OpenAI's schema. Runs as a sync job through the
+//! scheduler like every other job (fair share and limits apply); the worker
+//! batches concurrent requests together.
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::routes::jobs::trace_context;
+use crate::routes::resource;
+use crate::state::AppState;
+use crate::submit::{cancel, submit, Submission, Submitted};
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use maas_core::models::{validate_input, ModelName, MINILM};
+use maas_core::{JobMode, JobStatus, Lane};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/embeddings").route(web::post().to(create_embeddings)));
+}
+
+/// Body of `POST /v1/embeddings`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    /// A string, an array of strings, an array of token ids, or an array of
+    /// such arrays; at most 2048 inputs. Inputs longer than 256 word pieces
+    /// are truncated.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// `float` (default) or `base64` (little-endian f32).
+    pub encoding_format: Option<String>,
+    /// Must be 384 if given: this model's only size.
+    pub dimensions: Option<u32>,
+    /// Accepted and ignored.
+    pub user: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EmbeddingsResponse {
+    pub object: &'static str,
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<Value>,
+    pub model: String,
+    #[schema(value_type = Object)]
+    pub usage: Value,
+}
+
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", security(("api_key" = [])),
+    request_body = EmbeddingsRequest,
+    responses(
+        (status = 200, body = EmbeddingsResponse),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown model", body = crate::error::ErrorBody),
+        (status = 503, description = "No worker serves the model", body = crate::error::ErrorBody),
+        (status = 504, description = "Not finished within the sync timeout", body = crate::error::ErrorBody),
+    ))]
+pub async fn create_embeddings(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    body: web::Json<EmbeddingsRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let model = ModelName::parse(&body.model).ok_or_else(|| ApiError::NotFound {
+        message: format!("the model '{}' does not exist; see GET /v1/models", body.model),
+        code: "model_not_found",
+    })?;
+    principal.require("embeddings", Some(&model))?;
+    if model.as_str() != MINILM {
+        return Err(ApiError::InvalidRequest {
+            message: format!("the model '{}' does not produce embeddings", model.as_str()),
+            param: Some("model".into()),
+            code: "model_not_supported",
+        });
+    }
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!("encoding_format must be float or base64, not '{other}'"), Some("encoding_format")));
+        }
+    };
+    if body.dimensions.is_some_and(|d| d != 384) {
+        return Err(ApiError::invalid("this model only produces 384 dimensions", Some("dimensions")));
+    }
+    let input = json!({"input": body.input});
+    validate_input(&model, &input).map_err(|e| ApiError::invalid(e.message, Some("input")))?;
+    let sub = Submission {
+        model: &model,
+        input: &input,
+        mode: JobMode::Sync,
+        lane: Lane::Interactive,
+        idempotency_key: None,
+        traceparent: trace_context(&req).to_string(),
+        timeout: Duration::from_millis(state.settings.sync_timeout_ms),
+    };
+    let job = match submit(&state, &principal, sub).await? {
+        Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
+    };
+    match job.status() {
+        JobStatus::Succeeded => {}
+        JobStatus::Failed => {
+            let code = job.error.as_ref().and_then(|e| e["code"].as_str()).unwrap_or_default();
+            let message = job.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("the job failed").to_owned();
+            return Err(if code == "invalid_input" {
+                ApiError::invalid(message, Some("input"))
+            } else {
+                ApiError::internal(format!("embedding job {} failed: {message}", job.id))
+            });
+        }
+        JobStatus::Cancelled | JobStatus::Expired => {
+            return Err(ApiError::Conflict { message: format!("the job was {}", job.status()), code: "job_not_completed" });
+        }
+        JobStatus::Queued | JobStatus::Dispatched | JobStatus::Running => {
+            // Nobody will poll an embeddings call: stop the work.
+            let _ = cancel(&state, job.id, principal.tenant_id).await;
+            return Err(ApiError::Timeout {
+                message: format!("the embeddings were not ready within {} ms", state.settings.sync_timeout_ms),
+            });
+        }
+    }
+    let out = job.output.unwrap_or_default();
+    let vectors = out["embeddings"].as_array().cloned().unwrap_or_default();
+    let tokens = out["prompt_tokens"].as_u64().unwrap_or(0);
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v
+                    .as_array()
+                    .map(|a| a.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect())
+                    .unwrap_or_default();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                v
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: model.as_str().to_owned(),
+        usage: json!({"prompt_tokens": tokens, "total_tokens": tokens}),
+    }))
+}

@@ -1,0 +1,178 @@
+//! Submitting a job and waiting for it: shared by the native jobs API and
+//! the OpenAI-compatible endpoints.
+//!
+//! The row is written as `queued`, then announced on RabbitMQ with a
+//! publisher confirm; only then is the caller answered. A sync caller waits on
+//! this instance's reply queue; if it goes away, its job is cancelled.
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+use maas_core::messages::{CancelJob, JobSubmitted};
+use maas_core::models::ModelName;
+use maas_core::{JobMode, Lane};
+use maas_mq::PublishOpts;
+use maas_store::jobs::{self, Job, NewJob};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+pub struct Submission<'a> {
+    pub model: &'a ModelName,
+    pub input: &'a Value,
+    pub mode: JobMode,
+    pub lane: Lane,
+    pub idempotency_key: Option<String>,
+    pub traceparent: String,
+    /// Sync only: how long to wait.
+    pub timeout: Duration,
+}
+
+pub enum Submitted {
+    /// The tenant used this idempotency key before: the first job, as it stands.
+    Replayed(Job),
+    /// An async job, queued.
+    Accepted(Job),
+    /// A sync job after waiting: finished, or still going when the wait ran out.
+    Waited(Job),
+}
+
+/// Reads a job through the hot cache, falling back to Postgres; `None` when
+/// it does not exist or belongs to another tenant.
+pub(crate) async fn load_job(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Job>, ApiError> {
+    match state.cache.get_job(id).await {
+        Ok(Some(job)) => return Ok((job.tenant_id == tenant_id).then_some(job)),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "job cache unavailable; reading Postgres"),
+    }
+    let job = jobs::get_for_tenant(&state.db, id, tenant_id).await?;
+    if let Some(j) = &job {
+        state.cache.put_job_logged(j).await;
+    }
+    Ok(job)
+}
+
+/// Cancels the job of a sync caller who went away before it finished.
+struct CancelOnDrop {
+    state: Option<AppState>,
+    job_id: Uuid,
+    tenant_id: Uuid,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            let (job_id, tenant_id) = (self.job_id, self.tenant_id);
+            actix_web::rt::spawn(async move {
+                tracing::info!(%job_id, "sync caller disconnected; cancelling its job");
+                if let Err(e) = cancel(&state, job_id, tenant_id).await {
+                    tracing::warn!(%job_id, error = %e, "could not cancel the job of a disconnected caller");
+                }
+            });
+        }
+    }
+}
+
+/// Cancels a job of `tenant_id`: queued jobs at once, running ones by telling
+/// every worker (the one running it stops within one step).
+pub(crate) async fn cancel(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Result<Job, Job>>, ApiError> {
+    if let Some(job) = jobs::cancel(&state.db, id, tenant_id).await? {
+        state.cache.put_job_logged(&job).await;
+        if job.worker_id.is_some() {
+            let exchange = state.broker.names.cancel_exchange();
+            let opts = PublishOpts { traceparent: job.traceparent.as_deref(), persistent: false, expiration_ms: Some(60_000) };
+            if let Err(e) = state.broker.publish(&exchange, "", &CancelJob { job_id: job.id }, opts).await {
+                // The job is cancelled in Postgres already: the worker's result
+                // will be refused; only the compute is not stopped early.
+                tracing::warn!(job_id = %job.id, error = %e, "could not broadcast cancel");
+            }
+        }
+        tracing::info!(job_id = %job.id, "job cancelled");
+        return Ok(Some(Ok(job)));
+    }
+    Ok(jobs::get_for_tenant(&state.db, id, tenant_id).await?.map(Err))
+}
+
+
+/// Admits, records, announces and (for sync jobs) waits.
+pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>) -> Result<Submitted, ApiError> {
+    if !state.served.contains(&state.db, sub.model.as_str()).await? {
+        return Err(ApiError::ModelUnavailable { model: sub.model.as_str().to_owned() });
+    }
+    let (job, created) = jobs::insert(
+        &state.db,
+        NewJob {
+            tenant_id: principal.tenant_id,
+            key_id: Some(principal.key_id),
+            model: sub.model.as_str(),
+            mode: sub.mode,
+            lane: sub.lane,
+            input: sub.input,
+            idempotency_key: sub.idempotency_key.as_deref(),
+            traceparent: Some(&sub.traceparent),
+        },
+    )
+    .await?;
+    if !created {
+        return Ok(Submitted::Replayed(job));
+    }
+    tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
+
+    let waiter = (sub.mode == JobMode::Sync).then(|| state.replies.register(job.id));
+    // From here a sync caller that goes away cancels its job.
+    let mut guard = CancelOnDrop {
+        state: waiter.as_ref().map(|_| state.clone()),
+        job_id: job.id,
+        tenant_id: job.tenant_id,
+    };
+    let msg = JobSubmitted {
+        job_id: job.id,
+        tenant_id: job.tenant_id,
+        model: job.model.clone(),
+        lane: sub.lane,
+        created_at: job.created_at,
+        reply_to: waiter.as_ref().map(|_| state.reply_queue.clone()),
+    };
+    let jobs_queue = state.broker.names.jobs();
+    if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, PublishOpts::traced(Some(&sub.traceparent))).await {
+        tracing::error!(job_id = %job.id, error = %e, "could not enqueue job");
+        guard.state = None;
+        let error = json!({"code": "enqueue_failed", "message": "the job could not be queued"});
+        return match jobs::fail_unqueued(&state.db, job.id, &error).await? {
+            Some(j) => {
+                state.cache.put_job_logged(&j).await;
+                Err(ApiError::Unavailable { message: "the job queue is unavailable; retry".into(), retry_after_secs: 1 })
+            }
+            // The broker had stored it after all and the job is under way:
+            // answer as for any accepted job rather than invite a duplicate.
+            None => Ok(Submitted::Waited(jobs::get(&state.db, job.id).await?.unwrap_or(job))),
+        };
+    }
+    state.cache.put_job_logged(&job).await;
+
+    let Some(waiter) = waiter else {
+        return Ok(Submitted::Accepted(job));
+    };
+    let deadline = tokio::time::Instant::now() + sub.timeout;
+    let mut current = job;
+    loop {
+        // The reply wakes us at once; the periodic re-read covers a reply lost
+        // to a restart (a job rebuilt from Postgres carries no reply queue).
+        let slice = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        let _ = tokio::time::timeout_at(slice, waiter.notify.notified()).await;
+        match load_job(state, current.id, current.tenant_id).await {
+            Ok(Some(j)) => current = j,
+            Ok(None) => {}
+            // A failed read is not the caller going away: keep the job.
+            Err(e) => {
+                guard.state = None;
+                return Err(e);
+            }
+        }
+        if current.status().is_terminal() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    guard.state = None;
+    Ok(Submitted::Waited(current))
+}
