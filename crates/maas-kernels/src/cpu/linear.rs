@@ -15,6 +15,11 @@ pub enum Threads {
 /// more than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
+/// Up to this many rows, [`linear`] streams the weights once with its own
+/// dot-product kernel instead of packing them for a GEMM: with few rows the
+/// packing costs more than the multiply.
+pub const SMALL_M: usize = 32;
+
 /// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`.
 pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
     assert_eq!(x.len(), m * k, "linear: x is not m×k");
@@ -28,6 +33,9 @@ pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n:
     }
     if m == 0 || n == 0 {
         return;
+    }
+    if m <= SMALL_M {
+        return small_m(x, w, bias.is_some(), m, k, n, out, threads);
     }
     let parallelism = match threads {
         Threads::All if m * n * k >= PARALLEL_MIN_MACS => Parallelism::Rayon(0),
@@ -62,6 +70,154 @@ pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n:
     }
 }
 
+/// Rows of `w` per task of the small-m kernel.
+const BLOCK_N: usize = 64;
+
+/// Few rows: each task takes a block of weight rows and computes their dot
+/// products with every input row, so each weight is read from memory once.
+#[allow(clippy::too_many_arguments)]
+fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
+    use rayon::prelude::*;
+    let blocks: Vec<usize> = (0..n).step_by(BLOCK_N).collect();
+    let compute = |&n0: &usize| -> (usize, Vec<f32>) {
+        let nb = BLOCK_N.min(n - n0);
+        let mut part = vec![0f32; m * nb];
+        dots(x, &w[n0 * k..(n0 + nb) * k], m, k, nb, &mut part);
+        (n0, part)
+    };
+    let parts: Vec<(usize, Vec<f32>)> = match threads {
+        Threads::All if m * n * k >= PARALLEL_MIN_MACS => blocks.par_iter().map(compute).collect(),
+        _ => blocks.iter().map(compute).collect(),
+    };
+    for (n0, part) in parts {
+        let nb = part.len() / m;
+        for i in 0..m {
+            let dst = &mut out[i * n + n0..i * n + n0 + nb];
+            let src = &part[i * nb..(i + 1) * nb];
+            if accumulate {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += *s;
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// `part[i][j] = x[i] · w[j]` for `m` rows of x and `nb` rows of w (both k long).
+fn dots(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (both calls): the CPU supports the instructions (checked
+        // right here); the kernels read x (m×k), w (nb×k) and write part
+        // (m×nb) only inside those bounds, asserted by the caller's slicing.
+        if is_x86_feature_detected!("avx512f") {
+            return unsafe { dots_avx512(x, w, m, k, nb, part) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return unsafe { dots_avx2(x, w, m, k, nb, part) };
+        }
+    }
+    dots_generic(x, w, m, k, nb, 0, nb, part)
+}
+
+/// AVX-512: four weight rows per pass, one 16-lane accumulator each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let kk = k - k % 16;
+    let mut j = 0;
+    while j + 4 <= nb {
+        let w0 = w.as_ptr().add(j * k);
+        let (w1, w2, w3) = (w0.add(k), w0.add(2 * k), w0.add(3 * k));
+        for i in 0..m {
+            let xi = x.as_ptr().add(i * k);
+            let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut p = 0;
+            while p < kk {
+                let xv = _mm512_loadu_ps(xi.add(p));
+                a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0.add(p)), a0);
+                a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1.add(p)), a1);
+                a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2.add(p)), a2);
+                a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3.add(p)), a3);
+                p += 16;
+            }
+            let mut s = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
+            for q in kk..k {
+                let xq = *xi.add(q);
+                s[0] += xq * *w0.add(q);
+                s[1] += xq * *w1.add(q);
+                s[2] += xq * *w2.add(q);
+                s[3] += xq * *w3.add(q);
+            }
+            part[i * nb + j..i * nb + j + 4].copy_from_slice(&s);
+        }
+        j += 4;
+    }
+    if j < nb {
+        dots_generic(x, &w[j * k..], m, k, nb - j, j, nb, part);
+    }
+}
+
+/// AVX2: as above with 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hsum = |v: __m256| {
+        let mut o = [0f32; 8];
+        _mm256_storeu_ps(o.as_mut_ptr(), v);
+        o.iter().sum::<f32>()
+    };
+    let kk = k - k % 8;
+    let mut j = 0;
+    while j + 4 <= nb {
+        let w0 = w.as_ptr().add(j * k);
+        let (w1, w2, w3) = (w0.add(k), w0.add(2 * k), w0.add(3 * k));
+        for i in 0..m {
+            let xi = x.as_ptr().add(i * k);
+            let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut p = 0;
+            while p < kk {
+                let xv = _mm256_loadu_ps(xi.add(p));
+                a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0.add(p)), a0);
+                a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1.add(p)), a1);
+                a2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2.add(p)), a2);
+                a3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3.add(p)), a3);
+                p += 8;
+            }
+            let mut s = [hsum(a0), hsum(a1), hsum(a2), hsum(a3)];
+            for q in kk..k {
+                let xq = *xi.add(q);
+                s[0] += xq * *w0.add(q);
+                s[1] += xq * *w1.add(q);
+                s[2] += xq * *w2.add(q);
+                s[3] += xq * *w3.add(q);
+            }
+            part[i * nb + j..i * nb + j + 4].copy_from_slice(&s);
+        }
+        j += 4;
+    }
+    if j < nb {
+        dots_generic(x, &w[j * k..], m, k, nb - j, j, nb, part);
+    }
+}
+
+/// Portable version (and the tail of the SIMD ones): weight rows `w` (`rows`
+/// of them) land in columns `col0..` of `part`, whose rows are `stride` wide.
+#[allow(clippy::too_many_arguments)]
+fn dots_generic(x: &[f32], w: &[f32], m: usize, k: usize, rows: usize, col0: usize, stride: usize, part: &mut [f32]) {
+    for r in 0..rows {
+        let wr = &w[r * k..(r + 1) * k];
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            part[i * stride + col0 + r] = xi.iter().zip(wr).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,7 +239,8 @@ mod tests {
 
     #[test]
     fn linear_matches_a_float64_reference_on_random_shapes() {
-        for (seed, &(m, k, n)) in [(1, 384, 384), (16, 384, 1152), (37, 1536, 384), (130, 64, 70), (3, 5, 7)].iter().enumerate() {
+        let shapes = [(1, 384, 384), (16, 384, 1152), (32, 1536, 384), (37, 1536, 384), (130, 64, 70), (3, 5, 7), (5, 33, 67)];
+        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
             let x = random(m * k, seed as u64);
             let w = random(n * k, 100 + seed as u64);
             let b = random(n, 200 + seed as u64);

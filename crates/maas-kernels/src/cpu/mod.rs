@@ -4,11 +4,13 @@ mod attention;
 mod elementwise;
 mod linear;
 mod norm;
+mod peak;
 mod pool;
 
 pub use attention::attention;
 pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
 pub use linear::{linear, Threads};
+pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
 pub use pool::{l2_normalize_inplace, mean_pool};
 
