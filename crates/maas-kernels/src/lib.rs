@@ -10,6 +10,7 @@
 //! run them on a dedicated thread, never on an async runtime.
 
 pub mod cpu;
+pub mod cuda;
 
 /// Where each sequence of a packed batch lies: `(first row, length)`.
 pub type Seqs = [(usize, usize)];
