@@ -11,6 +11,7 @@ pub mod messages;
 pub mod models;
 pub mod secret;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
 

@@ -65,7 +65,15 @@ pub struct NewJob<'a> {
 
 /// Inserts a queued job. With an idempotency key already used by this
 /// tenant, nothing is inserted and the first job is returned with `false`.
+///
+/// A sync job's caller is waiting and retries on failure, so its row need not
+/// be flushed to disk before the answer (`synchronous_commit = off` for that
+/// transaction); an async job's row is durable before the 202.
 pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
+    let mut tx = pool.begin().await?;
+    if j.mode == JobMode::Sync {
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    }
     let inserted = sqlx::query_as::<_, Job>(&format!(
         "INSERT INTO jobs (id, tenant_id, key_id, model, mode, lane, status, input, idempotency_key, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9)
@@ -81,8 +89,9 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     .bind(j.input)
     .bind(j.idempotency_key)
     .bind(j.traceparent)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     if let Some(job) = inserted {
         return Ok((job, true));
     }

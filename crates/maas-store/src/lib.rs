@@ -51,6 +51,22 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     Ok(pool)
 }
 
+/// A pool for the scheduler and workers, whose writes are job transitions
+/// that can always be derived again: their commits do not wait for the WAL
+/// flush (`synchronous_commit = off`). A transition lost in a Postgres crash
+/// leaves the job in its previous state, from which the lease and
+/// reconciliation logic moves it on again; nothing is lost and nothing runs
+/// twice to completion. Job creation (the API's pool) stays fully durable.
+pub async fn connect_for_transitions(url: &str, max_connections: u32) -> Result<PgPool> {
+    let opts = PgConnectOptions::from_str(url)?.options([("synchronous_commit", "off")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
 /// Applies pending migrations. Postgres advisory locks inside sqlx make this
 /// safe when several services start at once.
 pub async fn migrate(pool: &PgPool) -> Result<()> {

@@ -134,7 +134,10 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
         reply_to: waiter.as_ref().map(|_| state.reply_queue.clone()),
     };
     let jobs_queue = state.broker.names.jobs();
-    if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, PublishOpts::traced(Some(&sub.traceparent))).await {
+    // An async job's announcement survives a broker restart; a sync job's
+    // caller is waiting (and the scheduler's sweep finds the row anyway).
+    let opts = PublishOpts { persistent: sub.mode == JobMode::Async, ..PublishOpts::traced(Some(&sub.traceparent)) };
+    if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, opts).await {
         tracing::error!(job_id = %job.id, error = %e, "could not enqueue job");
         guard.state = None;
         let error = json!({"code": "enqueue_failed", "message": "the job could not be queued"});

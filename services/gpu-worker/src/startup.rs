@@ -33,21 +33,6 @@ pub struct Worker {
     port: u16,
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
 
 impl Worker {
     pub async fn build(settings: WorkerSettings) -> anyhow::Result<Self> {
@@ -60,7 +45,7 @@ impl Worker {
         let slot_cfg = Slots::parse(&settings.slots).map_err(anyhow::Error::msg)?;
         let worker_id = settings.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let common = &settings.common;
-        let db = maas_store::connect(&common.database_url, 8).await.context("connecting to Postgres")?;
+        let db = maas_store::connect_for_transitions(&common.database_url, 8).await.context("connecting to Postgres")?;
         maas_store::migrate(&db).await.context("applying migrations")?;
         let cache = Cache::connect(&common.redis_url, &common.namespace).await.context("connecting to Redis")?;
         let broker = Arc::new(
@@ -186,7 +171,7 @@ impl Worker {
         actix_web::rt::spawn(server);
 
         tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = maas_core::shutdown::signal() => {}
             _ = broker.disconnected() => {
                 // Results cannot be reported without the broker's events queue
                 // anyway; the scheduler re-dispatches what this worker held.

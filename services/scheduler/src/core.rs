@@ -137,15 +137,8 @@ impl Core {
         }
         let queued = jobs::queued(&self.db).await?;
         let n = queued.len();
-        for j in queued {
-            let job = QueuedJob {
-                id: j.id,
-                tenant_id: j.tenant_id,
-                lane: Lane::parse(&j.lane).unwrap_or(Lane::Batch),
-                enqueued_at: Self::instant_of(j.created_at),
-                reply_to: None,
-            };
-            self.enqueue(job, &j.model, false);
+        for j in &queued {
+            self.enqueue_ref(j);
         }
         tracing::info!(workers = self.workers.len(), queued = n, "state rebuilt from Postgres");
         Ok(())
@@ -154,6 +147,19 @@ impl Core {
     pub async fn refresh_weights(&mut self) -> anyhow::Result<()> {
         self.weights = tenants::weights(&self.db).await?.into_iter().map(|(id, w)| (id, w.max(1) as u32)).collect();
         Ok(())
+    }
+
+    /// Queues a job read back from Postgres (no reply queue: its sync caller, if
+    /// any, polls).
+    fn enqueue_ref(&mut self, j: &jobs::QueuedRef) {
+        let job = QueuedJob {
+            id: j.id,
+            tenant_id: j.tenant_id,
+            lane: Lane::parse(&j.lane).unwrap_or(Lane::Batch),
+            enqueued_at: Self::instant_of(j.created_at),
+            reply_to: None,
+        };
+        self.enqueue(job, &j.model, false);
     }
 
     pub fn on_submitted(&mut self, msg: JobSubmitted) {
@@ -361,7 +367,9 @@ impl Core {
                 };
                 let queue = self.broker.names.worker(&worker_id);
                 let traceparent = job.traceparent.clone();
-                if let Err(e) = self.broker.publish_to_queue(&queue, &msg, PublishOpts::traced(traceparent.as_deref())).await {
+                // Worker queues are not durable: a persistent message would only cost a disk write.
+                let opts = PublishOpts { persistent: false, ..PublishOpts::traced(traceparent.as_deref()) };
+                if let Err(e) = self.broker.publish_to_queue(&queue, &msg, opts).await {
                     tracing::error!(job_id = %job.id, error = %e, "could not send dispatch; job queued again");
                     match jobs::requeue(&self.db, job.id, &worker_id, true).await {
                         Ok(Some(back)) => self.enqueue(next, &back.model, true),
@@ -394,14 +402,7 @@ impl Core {
         for j in jobs::queued(&self.db).await? {
             if j.created_at < cutoff && !self.queued.contains(&j.id) {
                 found += 1;
-                let job = QueuedJob {
-                    id: j.id,
-                    tenant_id: j.tenant_id,
-                    lane: Lane::parse(&j.lane).unwrap_or(Lane::Batch),
-                    enqueued_at: Self::instant_of(j.created_at),
-                    reply_to: None,
-                };
-                self.enqueue(job, &j.model, false);
+                self.enqueue_ref(&j);
             }
         }
         if found > 0 {

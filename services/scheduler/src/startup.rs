@@ -31,21 +31,6 @@ pub struct Scheduler {
     server: Server,
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
 
 async fn ack(d: &Delivery) {
     if let Err(e) = d.ack(BasicAckOptions::default()).await {
@@ -60,7 +45,7 @@ async fn reject(d: &Delivery) {
 impl Scheduler {
     pub async fn build(settings: SchedulerSettings) -> anyhow::Result<Self> {
         let common = &settings.common;
-        let db = maas_store::connect(&common.database_url, 8).await.context("connecting to Postgres")?;
+        let db = maas_store::connect_for_transitions(&common.database_url, 8).await.context("connecting to Postgres")?;
         maas_store::migrate(&db).await.context("applying migrations")?;
         let cache = Cache::connect(&common.redis_url, &common.namespace).await.context("connecting to Redis")?;
         let name = format!("maas-scheduler-{}", std::process::id());
@@ -89,7 +74,7 @@ impl Scheduler {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         tokio::spawn(async move {
-            shutdown_signal().await;
+            maas_core::shutdown::signal().await;
             let _ = stop_tx.send(true);
         });
         let handle = self.server.handle();

@@ -10,7 +10,7 @@ use crate::state::AppState;
 use crate::submit::{cancel, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
-use maas_core::models::{validate_input, ModelName, MINILM};
+use maas_core::models::{validate_input, MINILM};
 use maas_core::{JobMode, JobStatus, Lane};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -63,10 +63,7 @@ pub async fn create_embeddings(
     body: web::Json<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let model = ModelName::parse(&body.model).ok_or_else(|| ApiError::NotFound {
-        message: format!("the model '{}' does not exist; see GET /v1/models", body.model),
-        code: "model_not_found",
-    })?;
+    let model = super::parse_model(&body.model)?;
     principal.require("embeddings", Some(&model))?;
     if model.as_str() != MINILM {
         return Err(ApiError::InvalidRequest {

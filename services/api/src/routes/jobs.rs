@@ -8,7 +8,7 @@ use crate::submit::{cancel, load_job, submit, Submission, Submitted};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use maas_core::models::{validate_input, ModelName};
+use maas_core::models::validate_input;
 use maas_core::trace::TraceParent;
 use maas_core::{JobMode, JobStatus, Lane};
 use maas_store::jobs::{self, Job};
@@ -139,10 +139,7 @@ pub async fn create_job(
     body: web::Json<CreateJob>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let model = ModelName::parse(&body.model).ok_or_else(|| ApiError::NotFound {
-        message: format!("the model '{}' does not exist; see GET /v1/models", body.model),
-        code: "model_not_found",
-    })?;
+    let model = super::parse_model(&body.model)?;
     principal.require("jobs", Some(&model))?;
     validate_input(&model, &body.input).map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
     let timeout_ms = match (body.mode, body.timeout_ms) {

@@ -34,6 +34,14 @@ pub async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
+/// A model name from a request body: 404 `model_not_found` outside the catalogue.
+pub fn parse_model(name: &str) -> Result<maas_core::models::ModelName, ApiError> {
+    maas_core::models::ModelName::parse(name).ok_or_else(|| ApiError::NotFound {
+        message: format!("the model '{name}' does not exist; see GET /v1/models"),
+        code: "model_not_found",
+    })
+}
+
 /// A path id that is not a UUID names nothing: 404, like an unknown id.
 pub fn parse_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what))

@@ -268,7 +268,9 @@ async fn run_attempt(
         tracing::warn!(%job_id, error = %e, "ack failed");
     }
     let finished = WorkerEvent::Finished { worker_id: deps.worker_id.clone(), job_id, attempt };
-    if let Err(e) = deps.broker.publish_to_queue(&deps.broker.names.events(), &finished, PublishOpts::traced(traceparent.as_deref())).await {
+    // A lost slot release is repaired by the next heartbeat's reconciliation.
+    let opts = PublishOpts { persistent: false, ..PublishOpts::traced(traceparent.as_deref()) };
+    if let Err(e) = deps.broker.publish_to_queue(&deps.broker.names.events(), &finished, opts).await {
         tracing::warn!(%job_id, error = %e, "slot release not sent");
     }
 }
