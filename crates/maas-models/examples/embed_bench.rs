@@ -1,7 +1,7 @@
 //! Engine-alone throughput of all-MiniLM-L6-v2 on our CPU kernels, and the
 //! CPU's measured peak fp32 FMA rate for scale.
 //!
-//!     cargo run --release -p maas-models --example embed_bench -- [models_dir] [seconds_per_case]
+//!     cargo run --release -p maas-models --example embed_bench -- [models_dir] [seconds_per_case] [cpu|cuda:N]
 //!
 //! Prints one JSON object per case: batch, tokens per input, sentences/s,
 //! tokens/s, median batch latency, and GFLOP/s as a share of the peak.
@@ -25,9 +25,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("models")).join("all-minilm-l6-v2");
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let e = Embedder::load(&dir).unwrap();
+    let device: maas_models::Device = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(maas_models::Device::Cpu);
+    let e = Embedder::load_on(&dir, device).unwrap();
+    let engine = if device == maas_models::Device::Cpu { "maas" } else { "maas-cuda" };
     let peak = maas_kernels::cpu::peak_fma_gflops(Duration::from_millis(500));
-    println!("{{\"peak_fp32_gflops\": {peak:.1}, \"threads\": {}}}", rayon::current_num_threads());
+    if device == maas_models::Device::Cpu {
+        println!("{{\"peak_fp32_gflops\": {peak:.1}, \"threads\": {}}}", rayon::current_num_threads());
+    }
     for &len in &[16usize, 64, 256] {
         for &batch in &[1usize, 8, 32, 128] {
             // Inputs of exactly `len` word pieces: [CLS] + (len-2) ids + [SEP].
@@ -39,19 +43,19 @@ fn main() {
                     v
                 })
                 .collect();
-            e.forward(&ids); // warm-up
+            e.forward(&ids).unwrap(); // warm-up
             let mut times = Vec::new();
             let start = Instant::now();
             while start.elapsed().as_secs_f64() < secs || times.len() < 3 {
                 let t = Instant::now();
-                std::hint::black_box(e.forward(&ids));
+                std::hint::black_box(e.forward(&ids).unwrap());
                 times.push(t.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
             let med = times[times.len() / 2];
             let gflops = flops(batch, len) / med / 1e9;
             println!(
-                "{{\"engine\": \"maas\", \"batch\": {batch}, \"tokens\": {len}, \"sentences_per_s\": {:.1}, \"tokens_per_s\": {:.0}, \"median_ms\": {:.3}, \"gflops\": {gflops:.1}, \"share_of_peak\": {:.3}}}",
+                "{{\"engine\": \"{engine}\", \"batch\": {batch}, \"tokens\": {len}, \"sentences_per_s\": {:.1}, \"tokens_per_s\": {:.0}, \"median_ms\": {:.3}, \"gflops\": {gflops:.1}, \"share_of_peak\": {:.3}}}",
                 batch as f64 / med,
                 (batch * len) as f64 / med,
                 med * 1e3,

@@ -26,6 +26,8 @@ pub enum EmbedError {
     Tokenizer(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// One input: text, or word-piece ids of this model's vocabulary (wrapped in
@@ -36,19 +38,19 @@ pub enum EmbedInput {
     Ids(Vec<u32>),
 }
 
-struct Layer {
-    qkv_w: Vec<f32>,
-    qkv_b: Vec<f32>,
-    out_w: Vec<f32>,
-    out_b: Vec<f32>,
-    ln1_g: Vec<f32>,
-    ln1_b: Vec<f32>,
-    ff1_w: Vec<f32>,
-    ff1_b: Vec<f32>,
-    ff2_w: Vec<f32>,
-    ff2_b: Vec<f32>,
-    ln2_g: Vec<f32>,
-    ln2_b: Vec<f32>,
+pub(crate) struct Layer {
+    pub(crate) qkv_w: Vec<f32>,
+    pub(crate) qkv_b: Vec<f32>,
+    pub(crate) out_w: Vec<f32>,
+    pub(crate) out_b: Vec<f32>,
+    pub(crate) ln1_g: Vec<f32>,
+    pub(crate) ln1_b: Vec<f32>,
+    pub(crate) ff1_w: Vec<f32>,
+    pub(crate) ff1_b: Vec<f32>,
+    pub(crate) ff2_w: Vec<f32>,
+    pub(crate) ff2_b: Vec<f32>,
+    pub(crate) ln2_g: Vec<f32>,
+    pub(crate) ln2_b: Vec<f32>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -63,15 +65,47 @@ struct Config {
     type_vocab_size: usize,
 }
 
-pub struct Embedder {
-    cfg: Config,
-    tokenizer: Tokenizer,
+/// Where the encoder runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// CUDA device ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}' (expected cpu or cuda:N)")),
+        }
+    }
+}
+
+/// The weights of one encoder, on the host.
+struct HostWeights {
     word: Vec<f32>,
     pos: Vec<f32>,
     token_type0: Vec<f32>,
     emb_ln_g: Vec<f32>,
     emb_ln_b: Vec<f32>,
     layers: Vec<Layer>,
+}
+
+enum Backend {
+    Cpu(HostWeights),
+    Cuda(crate::bert_gpu::GpuWeights),
+}
+
+pub struct Embedder {
+    cfg: Config,
+    tokenizer: Tokenizer,
+    backend: Backend,
 }
 
 /// The output of one batch.
@@ -83,8 +117,13 @@ pub struct Embeddings {
 }
 
 impl Embedder {
-    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`, for the CPU.
     pub fn load(dir: &Path) -> Result<Self, EmbedError> {
+        Self::load_on(dir, Device::Cpu)
+    }
+
+    /// Loads the model for `device` (its weights are uploaded there).
+    pub fn load_on(dir: &Path, device: Device) -> Result<Self, EmbedError> {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name)).map_err(|e| EmbedError::Files(format!("{}: {e}", dir.join(name).display())))
         };
@@ -129,16 +168,32 @@ impl Embedder {
             });
         }
         let token_types = w.f32("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?;
-        Ok(Self {
+        let host = HostWeights {
             word: w.f32("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
             pos: w.f32("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?,
             token_type0: token_types[..h].to_vec(),
             emb_ln_g: w.f32("embeddings.LayerNorm.weight", &[h])?,
             emb_ln_b: w.f32("embeddings.LayerNorm.bias", &[h])?,
             layers,
-            tokenizer,
-            cfg,
-        })
+        };
+        let backend = match device {
+            Device::Cpu => Backend::Cpu(host),
+            Device::Cuda(ordinal) => {
+                if h / cfg.num_attention_heads != 32 {
+                    return Err(EmbedError::Files("the CUDA attention kernel needs a head size of 32".into()));
+                }
+                Backend::Cuda(crate::bert_gpu::GpuWeights::upload(ordinal, &host.word, &host.pos, &host.token_type0, &host.emb_ln_g, &host.emb_ln_b, &host.layers)?)
+            }
+        };
+        Ok(Self { backend, tokenizer, cfg })
+    }
+
+    /// The device this model runs on.
+    pub fn device(&self) -> Device {
+        match &self.backend {
+            Backend::Cpu(_) => Device::Cpu,
+            Backend::Cuda(g) => Device::Cuda(g.ordinal),
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -175,12 +230,28 @@ impl Embedder {
     /// Embeds a batch of inputs.
     pub fn embed(&self, inputs: &[EmbedInput]) -> Result<Embeddings, EmbedError> {
         let ids = self.tokenize(inputs)?;
-        let vectors = self.forward(&ids);
+        let vectors = self.forward(&ids)?;
         Ok(Embeddings { tokens: ids.iter().map(Vec::len).collect(), vectors })
     }
 
     /// Runs the encoder over tokenized sequences and pools them.
-    pub fn forward(&self, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    pub fn forward(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        match &self.backend {
+            Backend::Cpu(w) => Ok(self.forward_cpu(w, ids)),
+            Backend::Cuda(g) => g.forward(&self.gpu_shape(), ids),
+        }
+    }
+
+    fn gpu_shape(&self) -> crate::bert_gpu::Shape {
+        crate::bert_gpu::Shape {
+            hidden: self.cfg.hidden_size,
+            ffn: self.cfg.intermediate_size,
+            heads: self.cfg.num_attention_heads,
+            eps: self.cfg.layer_norm_eps,
+        }
+    }
+
+    fn forward_cpu(&self, w: &HostWeights, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let cfg = &self.cfg;
         let (h, f, heads) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads);
         let eps = cfg.layer_norm_eps;
@@ -198,20 +269,20 @@ impl Embedder {
         for (s, &(start, _)) in ids.iter().zip(&seqs) {
             for (p, &id) in s.iter().enumerate() {
                 let row = &mut x[(start + p) * h..(start + p + 1) * h];
-                let w = &self.word[id as usize * h..(id as usize + 1) * h];
-                let pe = &self.pos[p * h..(p + 1) * h];
+                let wr = &w.word[id as usize * h..(id as usize + 1) * h];
+                let pe = &w.pos[p * h..(p + 1) * h];
                 for i in 0..h {
-                    row[i] = w[i] + pe[i] + self.token_type0[i];
+                    row[i] = wr[i] + pe[i] + w.token_type0[i];
                 }
             }
         }
-        cpu::layer_norm_inplace(&mut x, h, &self.emb_ln_g, &self.emb_ln_b, eps);
+        cpu::layer_norm_inplace(&mut x, h, &w.emb_ln_g, &w.emb_ln_b, eps);
 
         let mut qkv = vec![0.0f32; t * 3 * h];
         let mut ctx = vec![0.0f32; t * h];
         let mut proj = vec![0.0f32; t * h];
         let mut ff = vec![0.0f32; t * f];
-        for l in &self.layers {
+        for l in &w.layers {
             cpu::linear(&x, &l.qkv_w, Some(&l.qkv_b), t, h, 3 * h, &mut qkv, Threads::All);
             cpu::attention(&qkv, &seqs, heads, h / heads, &mut ctx);
             cpu::linear(&ctx, &l.out_w, Some(&l.out_b), t, h, h, &mut proj, Threads::All);

@@ -2,6 +2,7 @@
 //! code, meant to be owned by one dedicated thread of a worker.
 
 pub mod bert;
+mod bert_gpu;
 pub mod weights;
 
-pub use bert::{EmbedInput, Embedder, EmbedError, MAX_TOKENS};
+pub use bert::{Device, EmbedError, EmbedInput, Embedder, MAX_TOKENS};

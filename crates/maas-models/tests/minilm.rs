@@ -16,6 +16,14 @@ fn model_dir() -> PathBuf {
     dir
 }
 
+/// CPU, or the GPU when `MAAS_WORKER_DEVICE=cuda:N` (scripts/gpu-check).
+fn load() -> Embedder {
+    let device: maas_models::Device =
+        std::env::var("MAAS_WORKER_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().unwrap();
+    eprintln!("running on {device:?}");
+    Embedder::load_on(&model_dir(), device).unwrap()
+}
+
 fn cases() -> Vec<Value> {
     let raw = include_str!("data/minilm_reference.json");
     let v: Value = serde_json::from_str(raw).unwrap();
@@ -31,7 +39,7 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 
 #[test]
 fn word_pieces_match_the_reference_tokenizer_including_truncation() {
-    let e = Embedder::load(&model_dir()).unwrap();
+    let e = load();
     let cases = cases();
     assert!(cases.len() >= 40);
     let inputs: Vec<EmbedInput> = cases.iter().map(|c| EmbedInput::Text(c["input"].as_str().unwrap().into())).collect();
@@ -47,7 +55,7 @@ fn word_pieces_match_the_reference_tokenizer_including_truncation() {
 
 #[test]
 fn every_embedding_has_cosine_at_least_0_9999_with_the_reference() {
-    let e = Embedder::load(&model_dir()).unwrap();
+    let e = load();
     let cases = cases();
     let inputs: Vec<EmbedInput> = cases.iter().map(|c| EmbedInput::Text(c["input"].as_str().unwrap().into())).collect();
     // One packed batch of everything, and each input alone: both must match.
@@ -69,7 +77,7 @@ fn every_embedding_has_cosine_at_least_0_9999_with_the_reference() {
 
 #[test]
 fn token_id_inputs_embed_like_the_same_text() {
-    let e = Embedder::load(&model_dir()).unwrap();
+    let e = load();
     let text = EmbedInput::Text("The quick brown fox".into());
     let ids = e.tokenize(std::slice::from_ref(&text)).unwrap()[0].clone();
     let inner: Vec<u32> = ids[1..ids.len() - 1].to_vec();

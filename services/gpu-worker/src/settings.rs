@@ -15,7 +15,8 @@ pub struct WorkerSettings {
     #[arg(long, env = "MAAS_WORKER_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
 
-    /// `cpu`, or `cuda:N` where the build has CUDA support.
+    /// `cpu`, or `cuda:N`: where the embedder runs (CUDA needs the NVIDIA
+    /// driver and libnvrtc.so.12 on the library path).
     #[arg(long, env = "MAAS_WORKER_DEVICE", default_value = "cpu")]
     pub device: String,
 
@@ -41,7 +42,7 @@ pub struct WorkerSettings {
     pub embed_max_batch_tokens: usize,
 
     /// Dynamic batching: longest wait for more requests once one is there.
-    #[arg(long, env = "MAAS_EMBED_MAX_WAIT_MS", default_value_t = 2)]
+    #[arg(long, env = "MAAS_EMBED_MAX_WAIT_MS", default_value_t = 0)]
     pub embed_max_wait_ms: u64,
 
     /// On SIGTERM, how long running jobs may take to finish before the rest

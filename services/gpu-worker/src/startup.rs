@@ -36,12 +36,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: WorkerSettings) -> anyhow::Result<Self> {
-        if settings.device != "cpu" {
-            anyhow::bail!(
-                "device '{}' is not available in this build: only 'cpu' is supported until the CUDA kernels land",
-                settings.device
-            );
-        }
+        let device: maas_models::Device = settings.device.parse().map_err(anyhow::Error::msg)?;
         let slot_cfg = Slots::parse(&settings.slots).map_err(anyhow::Error::msg)?;
         let worker_id = settings.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let common = &settings.common;
@@ -58,16 +53,21 @@ impl Worker {
         let dir = settings.models_dir.join(MINILM);
         if dir.join("model.safetensors").is_file() {
             let t0 = Instant::now();
-            match tokio::task::spawn_blocking(move || maas_models::Embedder::load(&dir)).await? {
+            match tokio::task::spawn_blocking(move || maas_models::Embedder::load_on(&dir, device)).await? {
                 Ok(e) => {
                     // Warm-up: one forward pass before we announce the model.
                     let warm = e.embed(&[maas_models::EmbedInput::Text("warm up".into())]);
-                    if warm.is_ok() {
-                        tracing::info!(model = MINILM, load_ms = t0.elapsed().as_millis() as u64, "model loaded");
-                        slots.push(ModelSlots { model: MINILM.into(), slots: slot_cfg.for_model(MINILM) });
-                        embedder = Some(e);
+                    match warm {
+                        Ok(_) => {
+                            tracing::info!(model = MINILM, device = %settings.device, load_ms = t0.elapsed().as_millis() as u64, "model loaded");
+                            slots.push(ModelSlots { model: MINILM.into(), slots: slot_cfg.for_model(MINILM) });
+                            embedder = Some(e);
+                        }
+                        Err(err) => anyhow::bail!("warm-up of {MINILM} on {} failed: {err}", settings.device),
                     }
                 }
+                // A device that was asked for and does not work is a setup error, not a missing model.
+                Err(e) if device != maas_models::Device::Cpu => anyhow::bail!("cannot load {MINILM} on {}: {e}", settings.device),
                 Err(e) => tracing::error!(model = MINILM, error = %e, "model files present but unusable; not serving this model"),
             }
         } else {

@@ -107,7 +107,13 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
                 Err(_) => return,
             }
         }
-        // Gather until the budget is met or the wait is over.
+        // Take everything already waiting, then wait (up to max_wait) for
+        // more while the batch is below its budget. With max_wait 0 a lone
+        // request starts at once; requests arriving during a forward pass
+        // form the next batch.
+        while let Ok(r) = rx.try_recv() {
+            pending.push_back(r);
+        }
         let deadline = Instant::now() + cfg.max_wait;
         while pending.iter().map(Request::tokens).sum::<usize>() < cfg.max_batch_tokens {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -131,7 +137,16 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
         }
         let all: Vec<Vec<u32>> = batch.iter().flat_map(|r| r.ids.iter().cloned()).collect();
         let t0 = Instant::now();
-        let vectors = model.forward(&all);
+        let vectors = match model.forward(&all) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "embedding batch failed");
+                for r in batch {
+                    let _ = r.reply.send(Err(ModelError::Failed(e.to_string())));
+                }
+                continue;
+            }
+        };
         let compute = t0.elapsed();
         let total_tokens: usize = all.iter().map(Vec::len).sum();
         tracing::debug!(requests = batch.len(), sequences = all.len(), tokens = total_tokens, ?compute, "embedding batch");

@@ -2,18 +2,25 @@
 //! (through cudarc, loaded dynamically: building needs no CUDA, and a machine
 //! without it only loses the GPU path). One `.cu` file per op family under
 //! `cuda/`, with the same semantics as the CPU op of the same name.
+//!
+//! [`Gpu`] compiles them for the device at hand, loads them, and offers one
+//! typed launcher per op on device buffers. All launches go to one stream, in
+//! order; only downloads synchronise.
+
+mod gpu;
+pub use gpu::{Gpu, GpuError};
 
 use std::ffi::{CStr, CString};
 
-const COMMON: &str = include_str!("../cuda/common.cuh");
+const COMMON: &str = include_str!("../../cuda/common.cuh");
 
 /// Every kernel source: (file, source, kernels it defines).
 pub const SOURCES: &[(&str, &str, &[&str])] = &[
-    ("linear.cu", include_str!("../cuda/linear.cu"), &["linear_f32"]),
-    ("norm.cu", include_str!("../cuda/norm.cu"), &["add_layer_norm_f32"]),
-    ("elementwise.cu", include_str!("../cuda/elementwise.cu"), &["gelu_f32", "embed_f32"]),
-    ("attention.cu", include_str!("../cuda/attention.cu"), &["attention_f32"]),
-    ("pool.cu", include_str!("../cuda/pool.cu"), &["mean_pool_l2_f32"]),
+    ("linear.cu", include_str!("../../cuda/linear.cu"), &["linear_f32"]),
+    ("norm.cu", include_str!("../../cuda/norm.cu"), &["add_layer_norm_f32", "layer_norm_f32"]),
+    ("elementwise.cu", include_str!("../../cuda/elementwise.cu"), &["gelu_f32", "embed_f32"]),
+    ("attention.cu", include_str!("../../cuda/attention.cu"), &["attention_f32"]),
+    ("pool.cu", include_str!("../../cuda/pool.cu"), &["mean_pool_l2_f32"]),
 ];
 
 /// The source with the shared header inlined (NVRTC has no file system here).

@@ -1,0 +1,166 @@
+//! The device side: context, compiled modules and typed launchers.
+
+use super::{compile, driver_available, nvrtc_available, SOURCES};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("CUDA is not available: {0}")]
+    Unavailable(String),
+    #[error("kernel compilation failed: {0}")]
+    Compile(String),
+    #[error("CUDA driver error: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+}
+
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    pub arch: String,
+}
+
+fn grid(n: usize, block: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((n as u32).div_ceil(block).max(1), 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn rows(rows: usize, block: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, compiles every kernel for its architecture and loads them.
+    pub fn new(ordinal: usize) -> Result<Self, GpuError> {
+        if !driver_available() {
+            return Err(GpuError::Unavailable("libcuda.so.1 (the NVIDIA driver) not found".into()));
+        }
+        if !nvrtc_available() {
+            return Err(GpuError::Unavailable("libnvrtc.so.12 not found (put its folder on LD_LIBRARY_PATH)".into()));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let (major, minor) = ctx.compute_capability()?;
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let stream = ctx.default_stream();
+        let mut funcs = HashMap::new();
+        for (name, src, kernels) in SOURCES {
+            let compiled = compile(name, src, arch).map_err(GpuError::Compile)?;
+            let module = ctx.load_module(Ptx::from_src(compiled.ptx))?;
+            for k in *kernels {
+                funcs.insert(*k, module.load_function(k)?);
+            }
+        }
+        Ok(Self { ctx, stream, funcs, arch: arch.to_owned() })
+    }
+
+    fn f(&self, name: &str) -> &CudaFunction {
+        // Every name used below is listed in SOURCES and loaded in `new`.
+        &self.funcs[name]
+    }
+
+    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, GpuError> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+
+    pub fn zeros(&self, n: usize) -> Result<CudaSlice<f32>, GpuError> {
+        Ok(self.stream.alloc_zeros::<f32>(n.max(1))?)
+    }
+
+    /// Copies a device buffer back (waits for every launch before it).
+    pub fn download(&self, d: &CudaSlice<f32>) -> Result<Vec<f32>, GpuError> {
+        Ok(self.stream.clone_dtoh(d)?)
+    }
+
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_default()
+    }
+
+    /// `out[m×n] = x[m×k] · w[n×k]ᵀ + b[n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear(&self, x: &CudaSlice<f32>, w: &CudaSlice<f32>, b: &CudaSlice<f32>, m: usize, k: usize, n: usize, out: &mut CudaSlice<f32>) -> Result<(), GpuError> {
+        let cfg = LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(64).max(1), (m as u32).div_ceil(64).max(1), 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (m, k, n) = (m as i32, k as i32, n as i32);
+        let mut l = self.stream.launch_builder(self.f("linear_f32"));
+        l.arg(x).arg(w).arg(b).arg(out).arg(&m).arg(&k).arg(&n);
+        // SAFETY: linear_f32(x, w, b, out, m, k, n) reads x[m·k], w[n·k], b[n]
+        // and writes out[m·n], bounds-checked in the kernel; the caller's
+        // buffers have those sizes (checked by the model's shapes).
+        unsafe { l.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `x = LayerNorm(x + y)` over `rows` rows of `cols`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_layer_norm(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, g: &CudaSlice<f32>, b: &CudaSlice<f32>, rows_n: usize, cols: usize, eps: f32) -> Result<(), GpuError> {
+        let c = cols as i32;
+        let mut l = self.stream.launch_builder(self.f("add_layer_norm_f32"));
+        l.arg(x).arg(y).arg(g).arg(b).arg(&c).arg(&eps);
+        // SAFETY: one block per row; row r touches x and y at r·cols..(r+1)·cols only.
+        unsafe { l.launch(rows(rows_n, 128)) }?;
+        Ok(())
+    }
+
+    /// `x = LayerNorm(x)`.
+    pub fn layer_norm(&self, x: &mut CudaSlice<f32>, g: &CudaSlice<f32>, b: &CudaSlice<f32>, rows_n: usize, cols: usize, eps: f32) -> Result<(), GpuError> {
+        let c = cols as i32;
+        let mut l = self.stream.launch_builder(self.f("layer_norm_f32"));
+        l.arg(x).arg(g).arg(b).arg(&c).arg(&eps);
+        // SAFETY: one block per row; row r touches x at r·cols..(r+1)·cols only.
+        unsafe { l.launch(rows(rows_n, 128)) }?;
+        Ok(())
+    }
+
+    pub fn gelu(&self, x: &mut CudaSlice<f32>, n: usize) -> Result<(), GpuError> {
+        let nn = n as i32;
+        let mut l = self.stream.launch_builder(self.f("gelu_f32"));
+        l.arg(x).arg(&nn);
+        // SAFETY: thread i < n touches x[i] only.
+        unsafe { l.launch(grid(n, 256)) }?;
+        Ok(())
+    }
+
+    /// `out[t] = word[ids[t]] + pos[positions[t]] + type0`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed(&self, ids: &CudaSlice<u32>, positions: &CudaSlice<i32>, word: &CudaSlice<f32>, pos: &CudaSlice<f32>, type0: &CudaSlice<f32>, out: &mut CudaSlice<f32>, t: usize, h: usize) -> Result<(), GpuError> {
+        let hh = h as i32;
+        let mut l = self.stream.launch_builder(self.f("embed_f32"));
+        l.arg(ids).arg(positions).arg(word).arg(pos).arg(type0).arg(out).arg(&hh);
+        // SAFETY: block t reads row ids[t] of word and positions[t] of pos
+        // (ids are checked against the vocabulary, positions < 512 by
+        // truncation) and writes row t of out.
+        unsafe { l.launch(rows(t, 128)) }?;
+        Ok(())
+    }
+
+    /// Attention over packed sequences; head size must be 32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(&self, qkv: &CudaSlice<f32>, starts: &CudaSlice<i32>, lens: &CudaSlice<i32>, out: &mut CudaSlice<f32>, seqs: usize, heads: usize, scale: f32) -> Result<(), GpuError> {
+        let hh = heads as i32;
+        let mut l = self.stream.launch_builder(self.f("attention_f32"));
+        l.arg(qkv).arg(starts).arg(lens).arg(out).arg(&hh).arg(&scale);
+        // SAFETY: block (seq, head) reads its sequence's rows of qkv and
+        // writes its head's columns of those rows of out; lengths ≤ 512.
+        unsafe { l.launch(rows(seqs * heads, 128)) }?;
+        Ok(())
+    }
+
+    /// Mean over each sequence's rows, then L2 normalisation.
+    pub fn mean_pool_l2(&self, x: &CudaSlice<f32>, starts: &CudaSlice<i32>, lens: &CudaSlice<i32>, out: &mut CudaSlice<f32>, seqs: usize, h: usize) -> Result<(), GpuError> {
+        let hh = h as i32;
+        let mut l = self.stream.launch_builder(self.f("mean_pool_l2_f32"));
+        l.arg(x).arg(starts).arg(lens).arg(out).arg(&hh);
+        // SAFETY: block s reads its sequence's rows of x and writes row s of out.
+        unsafe { l.launch(rows(seqs, 128)) }?;
+        Ok(())
+    }
+}

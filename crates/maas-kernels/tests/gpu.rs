@@ -1,0 +1,100 @@
+//! Every CUDA kernel against the CPU op of the same name (itself tested
+//! against float64) on random inputs, on the GPU named by
+//! `MAAS_WORKER_DEVICE=cuda:N`. Needs a GPU, so it is ignored by default;
+//! scripts/gpu-check runs it with `--ignored`.
+
+#![allow(clippy::unwrap_used)]
+
+use maas_kernels::cpu::{self, Threads};
+use maas_kernels::cuda::Gpu;
+use rand::{Rng, SeedableRng};
+
+fn device() -> usize {
+    let d = std::env::var("MAAS_WORKER_DEVICE").unwrap_or_else(|_| "cuda:0".into());
+    d.strip_prefix("cuda:").expect("MAAS_WORKER_DEVICE must be cuda:N here").parse().unwrap()
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() / scale <= tol, "{what}[{i}]: gpu {g}, cpu {w}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check runs it"]
+fn every_cuda_kernel_matches_its_cpu_twin() {
+    let g = Gpu::new(device()).unwrap();
+    eprintln!("testing on {} ({})", g.device_name(), g.arch);
+
+    for (m, k, n) in [(1, 384, 384), (37, 384, 1152), (130, 1536, 384), (3, 5, 7)] {
+        let (x, w, b) = (random(m * k, 1), random(n * k, 2), random(n, 3));
+        let mut want = vec![0.0; m * n];
+        cpu::linear(&x, &w, Some(&b), m, k, n, &mut want, Threads::All);
+        let mut out = g.zeros(m * n).unwrap();
+        g.linear(&g.upload(&x).unwrap(), &g.upload(&w).unwrap(), &g.upload(&b).unwrap(), m, k, n, &mut out).unwrap();
+        close(&g.download(&out).unwrap()[..m * n], &want, 1e-5, "linear");
+    }
+
+    let (rows, cols) = (33, 384);
+    let (x, y, gm, bt) = (random(rows * cols, 4), random(rows * cols, 5), random(cols, 6), random(cols, 7));
+    let mut want = x.clone();
+    cpu::add_layer_norm_inplace(&mut want, &y, cols, &gm, &bt, 1e-12);
+    let mut dx = g.upload(&x).unwrap();
+    g.add_layer_norm(&mut dx, &g.upload(&y).unwrap(), &g.upload(&gm).unwrap(), &g.upload(&bt).unwrap(), rows, cols, 1e-12).unwrap();
+    close(&g.download(&dx).unwrap(), &want, 1e-4, "add_layer_norm");
+    let mut want = x.clone();
+    cpu::layer_norm_inplace(&mut want, cols, &gm, &bt, 1e-12);
+    let mut dx = g.upload(&x).unwrap();
+    g.layer_norm(&mut dx, &g.upload(&gm).unwrap(), &g.upload(&bt).unwrap(), rows, cols, 1e-12).unwrap();
+    close(&g.download(&dx).unwrap(), &want, 1e-4, "layer_norm");
+
+    let x: Vec<f32> = random(5000, 8).iter().map(|v| v * 4.0).collect();
+    let mut want = x.clone();
+    cpu::gelu_inplace(&mut want);
+    let mut dx = g.upload(&x).unwrap();
+    g.gelu(&mut dx, x.len()).unwrap();
+    close(&g.download(&dx).unwrap(), &want, 1e-5, "gelu");
+
+    let (heads, d) = (12, 32);
+    let seqs = [(0usize, 5usize), (5, 1), (6, 17), (23, 256)];
+    let t = 279;
+    let qkv: Vec<f32> = random(t * 3 * heads * d, 9).iter().map(|v| v * 3.0).collect();
+    let mut want = vec![0.0; t * heads * d];
+    cpu::attention(&qkv, &seqs, heads, d, &mut want);
+    let starts: Vec<i32> = seqs.iter().map(|s| s.0 as i32).collect();
+    let lens: Vec<i32> = seqs.iter().map(|s| s.1 as i32).collect();
+    let (ds, dl) = (g.upload(&starts).unwrap(), g.upload(&lens).unwrap());
+    let mut out = g.zeros(t * heads * d).unwrap();
+    g.attention(&g.upload(&qkv).unwrap(), &ds, &dl, &mut out, seqs.len(), heads, 1.0 / (d as f32).sqrt()).unwrap();
+    close(&g.download(&out).unwrap(), &want, 1e-4, "attention");
+
+    let h = 384;
+    let x = random(t * h, 10);
+    let mut want = vec![0.0; seqs.len() * h];
+    cpu::mean_pool(&x, h, &seqs, &mut want);
+    cpu::l2_normalize_inplace(&mut want, h);
+    let mut out = g.zeros(seqs.len() * h).unwrap();
+    g.mean_pool_l2(&g.upload(&x).unwrap(), &ds, &dl, &mut out, seqs.len(), h).unwrap();
+    close(&g.download(&out).unwrap(), &want, 1e-5, "mean_pool_l2");
+
+    let (vocab, maxpos) = (100, 16);
+    let (word, pos, type0) = (random(vocab * h, 11), random(maxpos * h, 12), random(h, 13));
+    let ids: Vec<u32> = vec![3, 99, 0, 42];
+    let positions: Vec<i32> = vec![0, 1, 2, 0];
+    let mut out = g.zeros(ids.len() * h).unwrap();
+    g.embed(&g.upload(&ids).unwrap(), &g.upload(&positions).unwrap(), &g.upload(&word).unwrap(), &g.upload(&pos).unwrap(), &g.upload(&type0).unwrap(), &mut out, ids.len(), h).unwrap();
+    let got = g.download(&out).unwrap();
+    for (r, (&id, &p)) in ids.iter().zip(&positions).enumerate() {
+        for c in 0..h {
+            let want = word[id as usize * h + c] + pos[p as usize * h + c] + type0[c];
+            assert!((got[r * h + c] - want).abs() < 1e-6, "embed[{r}][{c}]");
+        }
+    }
+}
