@@ -262,11 +262,20 @@ pub async fn complete(pool: &PgPool, id: Uuid, worker_id: &str, attempt: i32, ou
             "compute_ms": u.compute_ms,
         })
     });
-    let mut tx = pool.begin().await?;
-    let job = sqlx::query_as::<_, Job>(&format!(
-        "UPDATE jobs SET status = $4, output = $5, error = $6, usage = $7, finished_at = now(), version = version + 1
-         WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3
-         RETURNING {COLS}"
+    // One statement: the transition and its usage record commit together
+    // (a CTE is atomic) in a single round trip.
+    let u = usage.unwrap_or_default();
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "WITH done AS (
+             UPDATE jobs SET status = $4, output = $5, error = $6, usage = $7, finished_at = now(), version = version + 1
+             WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3
+             RETURNING {COLS}
+         ), counted AS (
+             INSERT INTO usage_records (job_id, tenant_id, key_id, model, prompt_tokens, completion_tokens, compute_ms, worker_id)
+             SELECT id, tenant_id, key_id, model, $8, $9, $10, $2 FROM done
+             ON CONFLICT (job_id) DO NOTHING
+         )
+         SELECT {COLS} FROM done"
     ))
     .bind(id)
     .bind(worker_id)
@@ -275,28 +284,11 @@ pub async fn complete(pool: &PgPool, id: Uuid, worker_id: &str, attempt: i32, ou
     .bind(output)
     .bind(error)
     .bind(usage_json)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(job) = job else {
-        return Ok(None);
-    };
-    let u = usage.unwrap_or_default();
-    sqlx::query(
-        "INSERT INTO usage_records (job_id, tenant_id, key_id, model, prompt_tokens, completion_tokens, compute_ms, worker_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (job_id) DO NOTHING",
-    )
-    .bind(job.id)
-    .bind(job.tenant_id)
-    .bind(job.key_id)
-    .bind(&job.model)
     .bind(u.prompt_tokens)
     .bind(u.completion_tokens)
     .bind(u.compute_ms)
-    .bind(worker_id)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some(job))
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// What the scheduler needs to queue a job in memory.

@@ -151,9 +151,9 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
             None => Ok(Submitted::Waited(jobs::get(&state.db, job.id).await?.unwrap_or(job))),
         };
     }
-    state.cache.put_job_logged(&job).await;
-
     let Some(waiter) = waiter else {
+        // Pollers of an async job read its queued state from the cache.
+        state.cache.put_job_logged(&job).await;
         return Ok(Submitted::Accepted(job));
     };
     let deadline = tokio::time::Instant::now() + sub.timeout;

@@ -15,10 +15,10 @@ pub enum Threads {
 /// more than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
-/// Up to this many rows, [`linear`] streams the weights once with its own
+/// Up to this many rows (measured crossover with the GEMM path), [`linear`] streams the weights once with its own
 /// dot-product kernel instead of packing them for a GEMM: with few rows the
 /// packing costs more than the multiply.
-pub const SMALL_M: usize = 32;
+pub const SMALL_M: usize = 64;
 
 /// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`.
 pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
@@ -86,6 +86,8 @@ fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize,
         (n0, part)
     };
     let parts: Vec<(usize, Vec<f32>)> = match threads {
+        // In a forward pass the weights come from memory, not cache: two
+        // threads pull more bandwidth, even for a single input row.
         Threads::All if m * n * k >= PARALLEL_MIN_MACS => blocks.par_iter().map(compute).collect(),
         _ => blocks.iter().map(compute).collect(),
     };
@@ -122,7 +124,9 @@ fn dots(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
     dots_generic(x, w, m, k, nb, 0, nb, part)
 }
 
-/// AVX-512: four weight rows per pass, one 16-lane accumulator each.
+/// AVX-512: four weight rows against two input rows per pass — eight
+/// independent 16-lane accumulators, enough to keep both FMA units busy
+/// through the FMA latency — then a one-row pass for an odd last row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
@@ -132,7 +136,42 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
     while j + 4 <= nb {
         let w0 = w.as_ptr().add(j * k);
         let (w1, w2, w3) = (w0.add(k), w0.add(2 * k), w0.add(3 * k));
-        for i in 0..m {
+        let mut i = 0;
+        while i + 2 <= m {
+            let xa = x.as_ptr().add(i * k);
+            let xb = xa.add(k);
+            let z = _mm512_setzero_ps();
+            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+            let (mut b0, mut b1, mut b2, mut b3) = (z, z, z, z);
+            let mut p = 0;
+            while p < kk {
+                let (va, vb) = (_mm512_loadu_ps(xa.add(p)), _mm512_loadu_ps(xb.add(p)));
+                let (v0, v1) = (_mm512_loadu_ps(w0.add(p)), _mm512_loadu_ps(w1.add(p)));
+                a0 = _mm512_fmadd_ps(va, v0, a0);
+                b0 = _mm512_fmadd_ps(vb, v0, b0);
+                a1 = _mm512_fmadd_ps(va, v1, a1);
+                b1 = _mm512_fmadd_ps(vb, v1, b1);
+                let (v2, v3) = (_mm512_loadu_ps(w2.add(p)), _mm512_loadu_ps(w3.add(p)));
+                a2 = _mm512_fmadd_ps(va, v2, a2);
+                b2 = _mm512_fmadd_ps(vb, v2, b2);
+                a3 = _mm512_fmadd_ps(va, v3, a3);
+                b3 = _mm512_fmadd_ps(vb, v3, b3);
+                p += 16;
+            }
+            let mut sa = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
+            let mut sb = [_mm512_reduce_add_ps(b0), _mm512_reduce_add_ps(b1), _mm512_reduce_add_ps(b2), _mm512_reduce_add_ps(b3)];
+            for q in kk..k {
+                let (pa, pb) = (*xa.add(q), *xb.add(q));
+                for (r, wr) in [w0, w1, w2, w3].iter().enumerate() {
+                    sa[r] += pa * *wr.add(q);
+                    sb[r] += pb * *wr.add(q);
+                }
+            }
+            part[i * nb + j..i * nb + j + 4].copy_from_slice(&sa);
+            part[(i + 1) * nb + j..(i + 1) * nb + j + 4].copy_from_slice(&sb);
+            i += 2;
+        }
+        for i in i..m {
             let xi = x.as_ptr().add(i * k);
             let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
             let mut p = 0;

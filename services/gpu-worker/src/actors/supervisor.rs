@@ -213,7 +213,11 @@ async fn run_attempt(
         }
     };
     if let Some(job) = job {
-        deps.cache.put_job_logged(&job).await;
+        // Off the critical path: the cache keeps the newest version whatever
+        // the order of writes, and the result below is written after this.
+        let cache = deps.cache.clone();
+        let running = job.clone();
+        tokio::spawn(async move { cache.put_job_logged(&running).await });
         tracing::info!(%job_id, attempt, model = %d.model, "job running");
         let t0 = Instant::now();
         let result = match &pool {
