@@ -34,6 +34,17 @@ pub fn gelu_scalar(x: f32) -> f32 {
 /// AVX2+FMA, baseline) and the best one the CPU supports is picked at run
 /// time: without the FMA feature `mul_add` would be a library call per element.
 pub fn gelu_inplace(x: &mut [f32]) {
+    // Large activations are split over the threads in cache-sized pieces.
+    const PIECE: usize = 16 * 1024;
+    if x.len() >= 4 * PIECE {
+        use rayon::prelude::*;
+        x.par_chunks_mut(PIECE).for_each(gelu_piece);
+    } else {
+        gelu_piece(x);
+    }
+}
+
+fn gelu_piece(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {

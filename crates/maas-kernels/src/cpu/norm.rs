@@ -1,12 +1,22 @@
 //! Layer normalisation, alone and fused with the residual add before it.
+//! Rows are split over the threads once there are enough of them.
+
+use rayon::prelude::*;
+
+/// Fewer rows than this are normalised on the calling thread.
+const PARALLEL_ROWS: usize = 256;
 
 /// Normalises each row of `x` (`cols` wide) in place: `(x − μ)/√(σ² + eps)·γ + β`.
 pub fn layer_norm_inplace(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     assert_eq!(gamma.len(), cols, "layer_norm: gamma");
     assert_eq!(beta.len(), cols, "layer_norm: beta");
     assert_eq!(x.len() % cols, 0, "layer_norm: ragged rows");
-    for row in x.chunks_exact_mut(cols) {
-        normalise_row(row, gamma, beta, eps);
+    if x.len() / cols >= PARALLEL_ROWS {
+        x.par_chunks_exact_mut(cols).for_each(|row| normalise_row(row, gamma, beta, eps));
+    } else {
+        for row in x.chunks_exact_mut(cols) {
+            normalise_row(row, gamma, beta, eps);
+        }
     }
 }
 
@@ -14,11 +24,16 @@ pub fn layer_norm_inplace(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32
 pub fn add_layer_norm_inplace(x: &mut [f32], y: &[f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     assert_eq!(x.len(), y.len(), "add_layer_norm: lengths differ");
     assert_eq!(x.len() % cols, 0, "add_layer_norm: ragged rows");
-    for (row, add) in x.chunks_exact_mut(cols).zip(y.chunks_exact(cols)) {
+    let step = |(row, add): (&mut [f32], &[f32])| {
         for (a, b) in row.iter_mut().zip(add) {
             *a += *b;
         }
         normalise_row(row, gamma, beta, eps);
+    };
+    if x.len() / cols >= PARALLEL_ROWS {
+        x.par_chunks_exact_mut(cols).zip(y.par_chunks_exact(cols)).for_each(step);
+    } else {
+        x.chunks_exact_mut(cols).zip(y.chunks_exact(cols)).for_each(step);
     }
 }
 
