@@ -38,45 +38,13 @@ impl Weights {
         }
         match t.dtype() {
             Dtype::F32 => Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-            Dtype::F16 => Ok(t.data().chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
-            Dtype::BF16 => Ok(t.data().chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect()),
+            Dtype::F16 | Dtype::BF16 => {
+                let kind = if t.dtype() == Dtype::F16 { maas_gguf::TensorType::F16 } else { maas_gguf::TensorType::BF16 };
+                let n = shape.iter().product();
+                maas_gguf::dequantize(kind, t.data(), n).map_err(|e| WeightsError::Tensor { name: name.into(), problem: e.to_string() })
+            }
             other => Err(WeightsError::Tensor { name: name.into(), problem: format!("dtype {other:?}, expected F32, F16 or BF16") }),
         }
     }
 }
 
-/// IEEE half to single precision (exact: every half is a float).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let frac = u32::from(h & 0x3ff);
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        // Subnormal half: f·2⁻²⁴, exact in single precision.
-        (0, f) => {
-            let magnitude = f as f32 * f32::from_bits(0x3380_0000);
-            return if sign != 0 { -magnitude } else { magnitude };
-        }
-        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
-        (e, f) => sign | ((e + 112) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::f16_to_f32;
-
-    #[test]
-    fn halves_convert_exactly() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert_eq!(f16_to_f32(0x03ff), 6.097_555e-5);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert!(f16_to_f32(0x7c00).is_infinite());
-        assert_eq!(f16_to_f32(0x8000).to_bits(), 0x8000_0000);
-        assert_eq!(f16_to_f32(0x8001), -5.960_464_5e-8);
-    }
-}

@@ -42,13 +42,15 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Opens a pool. Fails fast (5 s) when Postgres is unreachable.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
-    let opts = PgConnectOptions::from_str(url)?;
-    let pool = PgPoolOptions::new()
+    pool(PgConnectOptions::from_str(url)?, max_connections).await
+}
+
+async fn pool(opts: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(opts)
-        .await?;
-    Ok(pool)
+        .await?)
 }
 
 /// A pool for the scheduler and workers, whose writes are job transitions
@@ -58,13 +60,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
 /// reconciliation logic moves it on again; nothing is lost and nothing runs
 /// twice to completion. Job creation (the API's pool) stays fully durable.
 pub async fn connect_for_transitions(url: &str, max_connections: u32) -> Result<PgPool> {
-    let opts = PgConnectOptions::from_str(url)?.options([("synchronous_commit", "off")]);
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(opts)
-        .await?;
-    Ok(pool)
+    pool(PgConnectOptions::from_str(url)?.options([("synchronous_commit", "off")]), max_connections).await
 }
 
 /// Applies pending migrations. Postgres advisory locks inside sqlx make this
