@@ -3,6 +3,8 @@
 
 pub mod bert;
 mod bert_gpu;
+pub mod chat_template;
+pub mod chat_tokenizer;
 pub mod weights;
 
 pub use bert::{Device, EmbedError, EmbedInput, Embedder, MAX_TOKENS};
