@@ -5,6 +5,7 @@ pub mod bert;
 mod bert_gpu;
 pub mod chat_template;
 pub mod chat_tokenizer;
+pub mod llama;
 pub mod weights;
 
 pub use bert::{Device, EmbedError, EmbedInput, Embedder, MAX_TOKENS};

@@ -6,6 +6,7 @@ mod linear;
 mod norm;
 mod peak;
 mod pool;
+mod rms;
 
 pub use attention::attention;
 pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
@@ -13,6 +14,7 @@ pub use linear::{linear, Threads};
 pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
 pub use pool::{l2_normalize_inplace, mean_pool};
+pub use rms::{rms_norm, swiglu_inplace};
 
 #[cfg(test)]
 pub(crate) mod testutil {
