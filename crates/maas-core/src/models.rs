@@ -90,6 +90,91 @@ pub fn parse_embedding_input(v: &Value) -> Result<Vec<EmbeddingItem>, InputError
     Ok(items)
 }
 
+/// One chat message.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Input of a chat model job: a conversation or a raw prompt, and sampling.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatInput {
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+}
+
+/// Longest generation one request may ask for.
+pub const CHAT_MAX_TOKENS: u32 = 4096;
+
+impl ChatInput {
+    pub fn stops(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        }
+    }
+
+    /// Checks the fields' ranges; `param` names the offending field.
+    pub fn validate(&self) -> Result<(), InputError> {
+        let err = |param: &str, message: String| InputError { param: param.into(), message };
+        match (&self.messages, &self.prompt) {
+            (Some(m), None) => {
+                if m.is_empty() {
+                    return Err(err("messages", "messages must not be empty".into()));
+                }
+                if let Some(bad) = m.iter().find(|m| !["system", "user", "assistant"].contains(&m.role.as_str())) {
+                    return Err(err("messages", format!("unknown role '{}' (system, user or assistant)", bad.role)));
+                }
+            }
+            (None, Some(_)) => {}
+            _ => return Err(err("input", "give either messages or prompt".into())),
+        }
+        if self.max_tokens.is_some_and(|m| m == 0 || m > CHAT_MAX_TOKENS) {
+            return Err(err("max_tokens", format!("max_tokens must be between 1 and {CHAT_MAX_TOKENS}")));
+        }
+        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(err("temperature", "temperature must be between 0 and 2".into()));
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return Err(err("top_p", "top_p must be in (0, 1]".into()));
+        }
+        if self.top_k.is_some_and(|k| k > 1000) {
+            return Err(err("top_k", "top_k must be at most 1000".into()));
+        }
+        let stops = self.stops();
+        if stops.len() > 4 || stops.iter().any(|s| s.is_empty() || s.len() > 256) {
+            return Err(err("stop", "at most 4 stop strings of 1 to 256 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Why an input was refused; `param` names the offending field for the
 /// OpenAI-style error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +198,11 @@ pub fn validate_input(model: &ModelName, input: &Value) -> Result<(), InputError
                 });
             }
             Ok(())
+        }
+        SMOLLM2 => {
+            let parsed: ChatInput = serde_json::from_value(input.clone())
+                .map_err(|e| InputError { param: "input".into(), message: format!("invalid input for the chat model: {e}") })?;
+            parsed.validate()
         }
         MINILM => {
             let inner = input.get("input").ok_or_else(|| InputError {

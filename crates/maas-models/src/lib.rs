@@ -5,7 +5,9 @@ pub mod bert;
 mod bert_gpu;
 pub mod chat_template;
 pub mod chat_tokenizer;
+pub mod chat;
 pub mod llama;
+pub mod sampling;
 pub mod weights;
 
 pub use bert::{Device, EmbedError, EmbedInput, Embedder, MAX_TOKENS};

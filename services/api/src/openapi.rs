@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, embeddings, health, jobs, models};
+use crate::routes::{admin, chat, embeddings, health, jobs, models};
 
 struct Security;
 
@@ -30,12 +30,12 @@ impl Modify for Security {
     paths(
         health::healthz, health::readyz,
         jobs::create_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job,
-        models::list_models, embeddings::create_embeddings,
+        models::list_models, embeddings::create_embeddings, chat::chat_completions, chat::completions,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::put_quota, admin::get_quota, admin::get_usage,
     ),
     components(schemas(
-        jobs::CreateJob, jobs::JobView, embeddings::EmbeddingsRequest, embeddings::EmbeddingsResponse, jobs::JobList, crate::error::ErrorBody, crate::error::ErrorObject,
+        jobs::CreateJob, jobs::JobView, embeddings::EmbeddingsRequest, embeddings::EmbeddingsResponse, chat::GenerationRequest, jobs::JobList, crate::error::ErrorBody, crate::error::ErrorObject,
         admin::CreateTenant, admin::UpdateTenant, admin::CreateKey, maas_store::quotas::Quota,
         maas_core::JobStatus, maas_core::JobMode, maas_core::Lane,
     )),

@@ -29,6 +29,7 @@ pub struct Worker {
     deps: Deps,
     slots: Vec<ModelSlots>,
     embedder: Option<maas_models::Embedder>,
+    chat: Option<maas_models::chat::ChatModel>,
     listener: TcpListener,
     port: u16,
 }
@@ -73,12 +74,32 @@ impl Worker {
         } else {
             tracing::warn!(model = MINILM, dir = %dir.display(), "model files missing; not serving this model (run scripts/fetch-models)");
         }
-        let dir = settings.models_dir.join(SMOLLM2);
-        tracing::warn!(model = SMOLLM2, dir = %dir.display(), "this build cannot serve this model yet");
+        let mut chat = None;
+        let gguf = settings.models_dir.join(SMOLLM2).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        if gguf.is_file() {
+            let t0 = Instant::now();
+            match tokio::task::spawn_blocking(move || maas_models::chat::ChatModel::load(&gguf)).await? {
+                Ok(m) => {
+                    let prompt = m.raw_prompt("Hello").unwrap_or_default();
+                    let warm = m.generate(&prompt, maas_models::sampling::SamplingParams { temperature: 0.0, max_tokens: 1, ..Default::default() }, &|| false);
+                    match warm {
+                        Ok(_) => {
+                            tracing::info!(model = SMOLLM2, load_ms = t0.elapsed().as_millis() as u64, "model loaded (CPU)");
+                            slots.push(ModelSlots { model: SMOLLM2.into(), slots: slot_cfg.for_model(SMOLLM2) });
+                            chat = Some(m);
+                        }
+                        Err(e) => tracing::error!(model = SMOLLM2, error = %e, "warm-up failed; not serving this model"),
+                    }
+                }
+                Err(e) => tracing::error!(model = SMOLLM2, error = %e, "model file present but unusable; not serving this model"),
+            }
+        } else {
+            tracing::warn!(model = SMOLLM2, file = %gguf.display(), "model file missing; not serving this model (run scripts/fetch-models)");
+        }
         let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let deps = Deps { worker_id: worker_id.clone(), db, cache, broker };
-        Ok(Self { settings, worker_id, deps, slots, embedder, listener, port })
+        Ok(Self { settings, worker_id, deps, slots, embedder, chat, listener, port })
     }
 
     pub fn port(&self) -> u16 {
@@ -99,6 +120,12 @@ impl Worker {
         // Model pools: one thread per slot, warmed up before we announce ourselves.
         let mut pools: HashMap<String, Pool> = HashMap::new();
         for s in &self.slots {
+            if s.model == SMOLLM2 {
+                if let Some(m) = self.chat.take() {
+                    pools.insert(s.model.clone(), Pool::Chat(crate::actors::chat::ChatHandle::start(m)));
+                }
+                continue;
+            }
             if s.model == MINILM {
                 if let Some(e) = self.embedder.take() {
                     let cfg = BatchConfig {

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource, each with its own `config`.
 
 pub mod admin;
+pub mod chat;
 pub mod embeddings;
 pub mod health;
 pub mod jobs;
@@ -14,6 +15,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     health::config(cfg);
     jobs::config(cfg);
     embeddings::config(cfg);
+    chat::config(cfg);
     models::config(cfg);
     admin::config(cfg);
     cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::serve)));

@@ -5,5 +5,6 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod chat;
 mod embeddings;
 mod jobs;

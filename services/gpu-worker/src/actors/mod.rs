@@ -1,6 +1,7 @@
 //! The worker's actors and model runtimes.
 
 pub mod batcher;
+pub mod chat;
 pub mod model;
 pub mod supervisor;
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 pub enum Pool {
     Threads(Addr<model::ModelRunner>),
     Batched(batcher::EmbedderHandle),
+    Chat(chat::ChatHandle),
 }
 
 impl Pool {
@@ -24,6 +26,7 @@ impl Pool {
                 .await
                 .unwrap_or_else(|e| Err(ModelError::Failed(e.to_string()))),
             Pool::Batched(handle) => handle.run(&input, cancel).await,
+            Pool::Chat(handle) => handle.run(&input, cancel).await,
         }
     }
 }

@@ -1,0 +1,75 @@
+use maas_testkit::{assert_error, python, Options, Platform};
+use serde_json::{json, Value};
+
+async fn post(p: &Platform, key: &str, path: &str, body: Value) -> reqwest::Response {
+    p.http.post(p.url(path)).bearer_auth(key).json(&body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn chat_and_text_completions_answer_in_openai_form_and_seeds_repeat() {
+    let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    let r = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 6, "temperature": 0})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(!v["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
+    assert!(["stop", "length"].contains(&v["choices"][0]["finish_reason"].as_str().unwrap()));
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 20, "the template's system prompt counts");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 6);
+
+    let body = json!({"model": m, "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 10, "temperature": 0.9, "seed": 7});
+    let a: Value = post(&p, &t.key, "/v1/chat/completions", body.clone()).await.json().await.unwrap();
+    let b: Value = post(&p, &t.key, "/v1/chat/completions", body).await.json().await.unwrap();
+    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"], "same seed, same text");
+
+    let r = post(&p, &t.key, "/v1/completions", json!({"model": m, "prompt": "The capital of France is", "max_tokens": 1, "temperature": 0})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["usage"]["completion_tokens"], 1);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn unsupported_or_invalid_generation_requests_get_a_400() {
+    let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    for (body, code) in [
+        (json!({"model": m, "messages": msgs, "stream": true}), "unsupported_parameter"),
+        (json!({"model": m, "messages": msgs, "n": 2}), "unsupported_parameter"),
+        (json!({"model": m, "messages": msgs, "temperature": 5}), "invalid_request"),
+        (json!({"model": m, "messages": msgs, "max_tokens": 0}), "invalid_request"),
+        (json!({"model": m, "messages": [{"role": "robot", "content": "x"}]}), "invalid_request"),
+        (json!({"model": m}), "invalid_request"),
+        (json!({"model": "all-minilm-l6-v2", "messages": msgs}), "model_not_supported"),
+    ] {
+        let r = post(&p, &t.key, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_error(r, 400, code).await;
+    }
+    let r = p.admin_post(&format!("/admin/v1/tenants/{}/keys", t.id), json!({"scopes": ["embeddings"]})).await;
+    let key = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    assert_error(post(&p, &key, "/v1/chat/completions", json!({"model": m, "messages": msgs})).await, 403, "insufficient_scope").await;
+}
+
+#[tokio::test]
+async fn the_official_openai_client_gets_a_chat_completion() {
+    let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/openai/chat.py");
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .env("OPENAI_BASE_URL", p.url("/v1"))
+        .env("OPENAI_API_KEY", &t.key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "openai client script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok:"), "{stdout}");
+}

@@ -1,0 +1,20 @@
+"""The official openai client against a running platform: a chat completion
+(not streamed) and a text completion. Env: OPENAI_BASE_URL, OPENAI_API_KEY."""
+import openai
+
+client = openai.OpenAI()
+resp = client.chat.completions.create(
+    model="smollm2-135m-instruct",
+    messages=[{"role": "user", "content": "Name a colour."}],
+    max_tokens=12,
+    temperature=0,
+)
+choice = resp.choices[0]
+assert choice.message.role == "assistant"
+assert choice.message.content, "empty content"
+assert choice.finish_reason in ("stop", "length"), choice.finish_reason
+assert resp.usage.completion_tokens <= 12
+
+text = client.completions.create(model="smollm2-135m-instruct", prompt="Once upon a time", max_tokens=5, temperature=0)
+assert text.choices[0].text
+print(f"ok: chat {choice.message.content!r} ({choice.finish_reason}); completion {text.choices[0].text!r}")
