@@ -15,6 +15,16 @@ assert choice.message.content, "empty content"
 assert choice.finish_reason in ("stop", "length"), choice.finish_reason
 assert resp.usage.completion_tokens <= 12
 
+stream = client.chat.completions.create(
+    model="smollm2-135m-instruct",
+    messages=[{"role": "user", "content": "Name a colour."}],
+    max_tokens=12,
+    temperature=0,
+    stream=True,
+)
+streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+assert streamed == choice.message.content, (streamed, choice.message.content)
+
 text = client.completions.create(model="smollm2-135m-instruct", prompt="Once upon a time", max_tokens=5, temperature=0)
 assert text.choices[0].text
-print(f"ok: chat {choice.message.content!r} ({choice.finish_reason}); completion {text.choices[0].text!r}")
+print(f"ok: chat {choice.message.content!r} ({choice.finish_reason}), the same streamed; completion {text.choices[0].text!r}")

@@ -73,10 +73,16 @@ pub enum WorkerEvent {
     Deregister { worker_id: String },
 }
 
-/// worker → api instance (`<ns>.reply.<instance>`): a sync caller's job has ended.
+/// worker → api instance (`<ns>.reply.<instance>`), for a caller waiting
+/// on that instance. Published in order on one channel, so a job's chunks
+/// arrive before its `Done`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobDone {
-    pub job_id: Uuid,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// A piece of streamed output (whole UTF-8 characters).
+    Chunk { job_id: Uuid, seq: u32, text: String },
+    /// The job has ended; its final state is in Postgres and Redis.
+    Done { job_id: Uuid },
 }
 
 /// api → every worker (fanout `<ns>.cancel`): stop this job if you run it.

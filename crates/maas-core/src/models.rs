@@ -126,6 +126,9 @@ pub struct ChatInput {
     pub seed: Option<u64>,
     #[serde(default)]
     pub stop: Option<Stop>,
+    /// Send the text as it is generated (to the API instance waiting for it).
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// Longest generation one request may ask for.

@@ -65,6 +65,19 @@ impl ChatModel {
     /// string (not included in the text) or `max_tokens`; `cancelled` is
     /// checked before every step.
     pub fn generate(&self, prompt: &[u32], params: SamplingParams, cancelled: &dyn Fn() -> bool) -> Result<Generation, ChatError> {
+        self.generate_streaming(prompt, params, cancelled, &mut |_| {})
+    }
+
+    /// As [`Self::generate`], handing the text to `on_text` as it grows: only
+    /// whole UTF-8 characters, and never text that could still turn out to be
+    /// the start of a stop string.
+    pub fn generate_streaming(
+        &self,
+        prompt: &[u32],
+        params: SamplingParams,
+        cancelled: &dyn Fn() -> bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, ChatError> {
         let context = self.model.cfg.context;
         if prompt.is_empty() || prompt.len() + params.max_tokens > context {
             return Err(ChatError::TooLong { prompt: prompt.len(), max: params.max_tokens, context });
@@ -77,6 +90,8 @@ impl ChatModel {
         let mut out: Vec<u32> = Vec::new();
         let mut finish = FinishReason::Length;
         let mut text = String::new();
+        let hold = stop.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
+        let mut emitted = 0usize;
         while out.len() < max {
             if cancelled() {
                 return Err(ChatError::Cancelled);
@@ -93,10 +108,22 @@ impl ChatModel {
                 finish = FinishReason::Stop;
                 break;
             }
+            // A trailing U+FFFD is a character whose bytes are not all here yet.
+            let mut safe = text.trim_end_matches('\u{FFFD}').len().min(text.len().saturating_sub(hold));
+            while !text.is_char_boundary(safe) {
+                safe -= 1;
+            }
+            if safe > emitted {
+                on_text(&text[emitted..safe]);
+                emitted = safe;
+            }
             if out.len() == max {
                 break;
             }
             logits = self.model.forward(&[next], &mut cache, false);
+        }
+        if text.len() > emitted {
+            on_text(&text[emitted..]);
         }
         Ok(Generation { text, finish_reason: finish, prompt_tokens: prompt.len(), completion_tokens: out.len() })
     }

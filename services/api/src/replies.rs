@@ -1,12 +1,13 @@
 //! Sync callers waiting for their job. Each API instance has one exclusive
-//! reply queue; workers post a [`JobDone`] there when a job of this instance's
+//! reply queue; workers post a [`Reply::Done`] there when a job of this instance's
 //! sync caller ends, and the waiting handler is woken.
 //!
 //! The map is behind a std mutex held only for an insert or a remove, never
 //! across an `.await`.
 
 use futures_util::StreamExt;
-use maas_core::messages::JobDone;
+use maas_core::messages::Reply;
+use tokio::sync::mpsc;
 use maas_mq::lapin::options::BasicConsumeOptions;
 use maas_mq::lapin::types::FieldTable;
 use maas_mq::Broker;
@@ -18,6 +19,23 @@ use uuid::Uuid;
 #[derive(Default)]
 pub struct Replies {
     waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    /// Streaming callers: chunks go here; the sender is dropped on `Done`.
+    streams: Mutex<HashMap<Uuid, mpsc::UnboundedSender<String>>>,
+}
+
+/// A streaming caller's registration; dropping it unregisters.
+pub struct StreamWaiter {
+    replies: Arc<Replies>,
+    job_id: Uuid,
+    pub chunks: mpsc::UnboundedReceiver<String>,
+}
+
+impl Drop for StreamWaiter {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.replies.streams.lock() {
+            map.remove(&self.job_id);
+        }
+    }
 }
 
 /// A registration; dropping it unregisters.
@@ -38,7 +56,27 @@ impl Replies {
         Waiter { replies: self.clone(), job_id, notify }
     }
 
+    /// Registers a streaming caller before its job is published.
+    pub fn register_stream(self: &Arc<Self>, job_id: Uuid) -> StreamWaiter {
+        let (tx, chunks) = mpsc::unbounded_channel();
+        if let Ok(mut map) = self.streams.lock() {
+            map.insert(job_id, tx);
+        }
+        StreamWaiter { replies: self.clone(), job_id, chunks }
+    }
+
+    fn chunk(&self, job_id: Uuid, text: String) {
+        let tx = self.streams.lock().ok().and_then(|m| m.get(&job_id).cloned());
+        if let Some(tx) = tx {
+            let _ = tx.send(text);
+        }
+    }
+
     fn wake(&self, job_id: Uuid) {
+        // The end of a stream: its receiver sees the channel close.
+        if let Ok(mut map) = self.streams.lock() {
+            map.remove(&job_id);
+        }
         let notify = self.waiting.lock().ok().and_then(|m| m.get(&job_id).cloned());
         if let Some(n) = notify {
             n.notify_one();
@@ -53,8 +91,9 @@ impl Replies {
         let mut consumer = ch.basic_consume(queue.as_str().into(), "api-replies".into(), opts, FieldTable::default()).await?;
         while let Some(delivery) = consumer.next().await {
             let Ok(delivery) = delivery else { break };
-            match serde_json::from_slice::<JobDone>(&delivery.data) {
-                Ok(done) => self.wake(done.job_id),
+            match serde_json::from_slice::<Reply>(&delivery.data) {
+                Ok(Reply::Done { job_id }) => self.wake(job_id),
+                Ok(Reply::Chunk { job_id, text, .. }) => self.chunk(job_id, text),
                 Err(e) => tracing::warn!(error = %e, "malformed reply message ignored"),
             }
         }

@@ -26,6 +26,8 @@ pub struct Submission<'a> {
     pub traceparent: String,
     /// Sync only: how long to wait.
     pub timeout: Duration,
+    /// Sync only: hand back the output as it streams instead of waiting.
+    pub stream: bool,
 }
 
 pub enum Submitted {
@@ -35,6 +37,9 @@ pub enum Submitted {
     Accepted(Job),
     /// A sync job after waiting: finished, or still going when the wait ran out.
     Waited(Job),
+    /// A streaming job, published: its chunks arrive on `waiter`; dropping
+    /// `guard` (the caller went away) cancels it unless disarmed.
+    Streaming { job: Job, waiter: crate::replies::StreamWaiter, done: crate::replies::Waiter, guard: CancelOnDrop },
 }
 
 /// Reads a job through the hot cache, falling back to Postgres; `None` when
@@ -53,10 +58,17 @@ pub(crate) async fn load_job(state: &AppState, id: Uuid, tenant_id: Uuid) -> Res
 }
 
 /// Cancels the job of a sync caller who went away before it finished.
-struct CancelOnDrop {
+pub struct CancelOnDrop {
     state: Option<AppState>,
     job_id: Uuid,
     tenant_id: Uuid,
+}
+
+impl CancelOnDrop {
+    /// The job finished or failed on its own: nothing to cancel.
+    pub fn disarm(&mut self) {
+        self.state = None;
+    }
 }
 
 impl Drop for CancelOnDrop {
@@ -119,6 +131,7 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
     tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
 
     let waiter = (sub.mode == JobMode::Sync).then(|| state.replies.register(job.id));
+    let stream = (sub.mode == JobMode::Sync && sub.stream).then(|| state.replies.register_stream(job.id));
     // From here a sync caller that goes away cancels its job.
     let mut guard = CancelOnDrop {
         state: waiter.as_ref().map(|_| state.clone()),
@@ -156,6 +169,9 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
         state.cache.put_job_logged(&job).await;
         return Ok(Submitted::Accepted(job));
     };
+    if let Some(stream) = stream {
+        return Ok(Submitted::Streaming { job, waiter: stream, done: waiter, guard });
+    }
     let deadline = tokio::time::Instant::now() + sub.timeout;
     let mut current = job;
     loop {

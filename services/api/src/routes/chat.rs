@@ -1,6 +1,9 @@
 //! `POST /v1/chat/completions` and `POST /v1/completions`, OpenAI's schema,
-//! run as sync jobs through the scheduler. Streaming, `n` > 1 and logprobs
-//! are refused with a 400 until they are supported.
+//! run as sync jobs through the scheduler. With `stream: true` the worker
+//! sends the text through RabbitMQ to this instance as it is generated, and
+//! it goes out as server-sent events (chunks, then `data: [DONE]`); a client
+//! that disconnects cancels the generation. `n` > 1 and logprobs are refused
+//! with a 400 until they are supported.
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -42,6 +45,9 @@ pub struct GenerationRequest {
     pub stop: Option<Stop>,
     #[serde(default)]
     pub stream: Option<bool>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub stream_options: Option<Value>,
     pub n: Option<u32>,
     #[serde(default)]
     pub logprobs: Option<Value>,
@@ -51,7 +57,15 @@ fn unsupported(what: &str, param: &str) -> ApiError {
     ApiError::InvalidRequest { message: format!("{what} is not supported yet"), param: Some(param.into()), code: "unsupported_parameter" }
 }
 
-async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, body: GenerationRequest, family: &str, chat: bool) -> Result<(Job, String), ApiError> {
+/// What a generation request turned into.
+enum Generated {
+    Done(Job, String),
+    Streaming(Submitted, String, bool),
+}
+
+async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, body: GenerationRequest, family: &str, chat: bool) -> Result<Generated, ApiError> {
+    let stream = body.stream == Some(true);
+    let include_usage = body.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
     let model = super::parse_model(&body.model)?;
     principal.require(family, Some(&model))?;
     if model.as_str() != SMOLLM2 {
@@ -60,9 +74,6 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
             param: Some("model".into()),
             code: "model_not_supported",
         });
-    }
-    if body.stream == Some(true) {
-        return Err(unsupported("stream", "stream"));
     }
     if body.n.is_some_and(|n| n != 1) {
         return Err(unsupported("n other than 1", "n"));
@@ -83,7 +94,7 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
         "messages": messages, "prompt": prompt,
         "max_tokens": body.max_completion_tokens.or(body.max_tokens),
         "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
-        "seed": body.seed, "stop": body.stop,
+        "seed": body.seed, "stop": body.stop, "stream": stream,
     });
     validate_input(&model, &input).map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
     let sub = Submission {
@@ -94,12 +105,14 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
         idempotency_key: None,
         traceparent: trace_context(req).to_string(),
         timeout: Duration::from_millis(state.settings.sync_timeout_ms),
+        stream,
     };
     let job = match submit(state, principal, sub).await? {
+        s @ Submitted::Streaming { .. } => return Ok(Generated::Streaming(s, model.as_str().to_owned(), include_usage)),
         Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
     };
     match job.status() {
-        JobStatus::Succeeded => Ok((job, model.as_str().to_owned())),
+        JobStatus::Succeeded => Ok(Generated::Done(job, model.as_str().to_owned())),
         JobStatus::Failed => {
             let code = job.error.as_ref().and_then(|e| e["code"].as_str()).unwrap_or_default();
             let message = job.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("the job failed").to_owned();
@@ -123,7 +136,10 @@ fn usage(out: &Value) -> Value {
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", security(("api_key" = [])), request_body = GenerationRequest,
     responses((status = 200, description = "chat.completion"), (status = 400, body = crate::error::ErrorBody), (status = 504, body = crate::error::ErrorBody)))]
 pub async fn chat_completions(state: web::Data<AppState>, principal: Principal, req: HttpRequest, body: web::Json<GenerationRequest>) -> Result<HttpResponse, ApiError> {
-    let (job, model) = generate(&state, &principal, &req, body.into_inner(), "chat", true).await?;
+    let (job, model) = match generate(&state, &principal, &req, body.into_inner(), "chat", true).await? {
+        Generated::Done(job, model) => (job, model),
+        Generated::Streaming(s, model, usage) => return Ok(sse(state.get_ref().clone(), principal.tenant_id, s, model, usage, true)),
+    };
     let out = job.output.clone().unwrap_or_default();
     Ok(HttpResponse::Ok().json(json!({
         "id": format!("chatcmpl-{}", job.id.simple()),
@@ -138,7 +154,10 @@ pub async fn chat_completions(state: web::Data<AppState>, principal: Principal, 
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", security(("api_key" = [])), request_body = GenerationRequest,
     responses((status = 200, description = "text_completion"), (status = 400, body = crate::error::ErrorBody), (status = 504, body = crate::error::ErrorBody)))]
 pub async fn completions(state: web::Data<AppState>, principal: Principal, req: HttpRequest, body: web::Json<GenerationRequest>) -> Result<HttpResponse, ApiError> {
-    let (job, model) = generate(&state, &principal, &req, body.into_inner(), "completions", false).await?;
+    let (job, model) = match generate(&state, &principal, &req, body.into_inner(), "completions", false).await? {
+        Generated::Done(job, model) => (job, model),
+        Generated::Streaming(s, model, usage) => return Ok(sse(state.get_ref().clone(), principal.tenant_id, s, model, usage, false)),
+    };
     let out = job.output.clone().unwrap_or_default();
     Ok(HttpResponse::Ok().json(json!({
         "id": format!("cmpl-{}", job.id.simple()),
@@ -148,4 +167,105 @@ pub async fn completions(state: web::Data<AppState>, principal: Principal, req: 
         "choices": [{"index": 0, "text": out["text"], "finish_reason": out["finish_reason"], "logprobs": null}],
         "usage": usage(&out),
     })))
+}
+
+/// One server-sent event.
+fn event(v: &Value) -> web::Bytes {
+    web::Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// The streaming answer: a first chunk (chat: the assistant role), a chunk
+/// per piece of text, a last chunk with the finish reason, the usage if asked
+/// (`stream_options.include_usage`), then `data: [DONE]`.
+fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, include_usage: bool, chat: bool) -> HttpResponse {
+    let Submitted::Streaming { job, waiter, done, guard } = s else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    let (object, id) = if chat {
+        ("chat.completion.chunk", format!("chatcmpl-{}", job.id.simple()))
+    } else {
+        ("text_completion", format!("cmpl-{}", job.id.simple()))
+    };
+    let created = job.created_at.timestamp();
+    let chunk = move |delta: Option<&str>, finish: Option<&str>| -> Value {
+        let choice = if chat {
+            let d = match delta {
+                Some(t) => json!({"content": t}),
+                None if finish.is_none() => json!({"role": "assistant", "content": ""}),
+                None => json!({}),
+            };
+            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": null})
+        } else {
+            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+        };
+        json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(state.settings.max_sync_timeout_ms);
+    struct Flow {
+        state: AppState,
+        tenant_id: uuid::Uuid,
+        job_id: uuid::Uuid,
+        waiter: crate::replies::StreamWaiter,
+        _done: crate::replies::Waiter,
+        guard: crate::submit::CancelOnDrop,
+        pending: std::collections::VecDeque<web::Bytes>,
+        finished: bool,
+    }
+    let mut first = std::collections::VecDeque::new();
+    if chat {
+        first.push_back(event(&chunk(None, None)));
+    }
+    let flow = Flow { state, tenant_id, job_id: job.id, waiter, _done: done, guard, pending: first, finished: false };
+    let body = futures_util::stream::unfold(flow, move |mut f| {
+        let chunk = chunk.clone();
+        async move {
+            loop {
+                if let Some(b) = f.pending.pop_front() {
+                    return Some((Ok::<_, actix_web::Error>(b), f));
+                }
+                if f.finished {
+                    return None;
+                }
+                match tokio::time::timeout_at(deadline, f.waiter.chunks.recv()).await {
+                    Ok(Some(text)) => f.pending.push_back(event(&chunk(Some(&text), None))),
+                    Ok(None) => {
+                        // Done: the final state says how it ended.
+                        f.finished = true;
+                        f.guard.disarm();
+                        let job = crate::submit::load_job(&f.state, f.job_id, f.tenant_id).await.ok().flatten();
+                        match job.as_ref().map(|j| (j.status(), j.output.clone().unwrap_or_default(), j.error.clone())) {
+                            Some((JobStatus::Succeeded, out, _)) => {
+                                f.pending.push_back(event(&chunk(None, Some(out["finish_reason"].as_str().unwrap_or("stop")))));
+                                if include_usage {
+                                    let mut u = chunk(None, None);
+                                    u["choices"] = json!([]);
+                                    u["usage"] = usage(&out);
+                                    f.pending.push_back(event(&u));
+                                }
+                            }
+                            other => {
+                                let message = other
+                                    .and_then(|(_, _, e)| e)
+                                    .and_then(|e| e["message"].as_str().map(str::to_owned))
+                                    .unwrap_or_else(|| "the generation did not complete".into());
+                                f.pending.push_back(event(&json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation_failed"}})));
+                            }
+                        }
+                        f.pending.push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
+                    }
+                    Err(_) => {
+                        f.finished = true;
+                        let _ = cancel(&f.state, f.job_id, f.tenant_id).await;
+                        f.guard.disarm();
+                        f.pending.push_back(event(&json!({"error": {"message": "the generation took too long and was cancelled", "type": "timeout_error", "param": null, "code": "timeout"}})));
+                        f.pending.push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
+                    }
+                }
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(body)
 }

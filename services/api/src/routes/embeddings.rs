@@ -92,9 +92,10 @@ pub async fn create_embeddings(
         idempotency_key: None,
         traceparent: trace_context(&req).to_string(),
         timeout: Duration::from_millis(state.settings.sync_timeout_ms),
+        stream: false,
     };
     let job = match submit(&state, &principal, sub).await? {
-        Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
+        Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) | Submitted::Streaming { job, .. } => job,
     };
     match job.status() {
         JobStatus::Succeeded => {}

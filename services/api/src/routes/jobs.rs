@@ -162,6 +162,7 @@ pub async fn create_job(
         idempotency_key: idempotency_key(&req)?,
         traceparent: trace_context(&req).to_string(),
         timeout: Duration::from_millis(timeout_ms),
+        stream: false,
     };
     Ok(match submit(&state, &principal, sub).await? {
         // Same Idempotency-Key: replay the first answer from the job as it stands.
@@ -170,7 +171,7 @@ pub async fn create_job(
             _ => accepted(&job),
         },
         Submitted::Accepted(job) => accepted(&job),
-        Submitted::Waited(job) => finished_or_accepted(&job),
+        Submitted::Waited(job) | Submitted::Streaming { job, .. } => finished_or_accepted(&job),
     })
 }
 

@@ -40,7 +40,6 @@ async fn unsupported_or_invalid_generation_requests_get_a_400() {
     let m = "smollm2-135m-instruct";
     let msgs = json!([{"role": "user", "content": "hi"}]);
     for (body, code) in [
-        (json!({"model": m, "messages": msgs, "stream": true}), "unsupported_parameter"),
         (json!({"model": m, "messages": msgs, "n": 2}), "unsupported_parameter"),
         (json!({"model": m, "messages": msgs, "temperature": 5}), "invalid_request"),
         (json!({"model": m, "messages": msgs, "max_tokens": 0}), "invalid_request"),
@@ -72,4 +71,57 @@ async fn the_official_openai_client_gets_a_chat_completion() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "openai client script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok:"), "{stdout}");
+}
+
+fn events(body: &str) -> Vec<String> {
+    body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_streamed_chat_completion_arrives_as_server_sent_events_with_the_same_text() {
+    let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    let msgs = json!([{"role": "user", "content": "Write one sentence about the moon."}]);
+    let plain: Value = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": msgs, "max_tokens": 16, "temperature": 0})).await.json().await.unwrap();
+    let r = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": msgs, "max_tokens": 16, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}})).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let body = r.text().await.unwrap();
+    let ev = events(&body);
+    assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = ev[..ev.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, plain["choices"][0]["message"]["content"].as_str().unwrap(), "streamed text equals the plain answer");
+    assert!(chunks.len() > 3, "the text came in pieces: {body}");
+    let finish = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).collect::<Vec<_>>();
+    assert_eq!(finish, vec![plain["choices"][0]["finish_reason"].as_str().unwrap()]);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], plain["usage"]);
+}
+
+#[tokio::test]
+async fn a_stream_dropped_midway_stops_its_generation() {
+    let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    let long = json!({"model": m, "messages": [{"role": "user", "content": "Count from one to a thousand in words."}], "max_tokens": 3000, "temperature": 0.7, "seed": 1, "stream": true});
+    let mut r = post(&p, &t.key, "/v1/chat/completions", long).await;
+    assert_eq!(r.status(), 200);
+    let mut got = 0;
+    while got < 3 {
+        let c = r.chunk().await.unwrap().expect("stream ended early");
+        got += String::from_utf8_lossy(&c).matches("data: ").count();
+    }
+    drop(r);
+    let cancelled = p
+        .wait_count("SELECT count(*) FROM jobs WHERE status = 'cancelled'", 1, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(cancelled, 1, "the dropped stream's job was cancelled");
+    // The model thread is free again: 3000 tokens would take minutes.
+    let r = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})).await;
+    assert_eq!(r.status(), 200);
 }

@@ -14,8 +14,12 @@ use tokio::sync::oneshot;
 struct Request {
     input: ChatInput,
     cancel: CancelFlag,
+    sink: Option<TextSink>,
     reply: oneshot::Sender<Result<ModelOutput, ModelError>>,
 }
+
+/// Where streamed text goes as it is generated.
+pub type TextSink = tokio::sync::mpsc::UnboundedSender<String>;
 
 #[derive(Clone)]
 pub struct ChatHandle {
@@ -33,7 +37,7 @@ impl ChatHandle {
                         let _ = r.reply.send(Err(ModelError::Cancelled));
                         continue;
                     }
-                    let out = run(&model, &r.input, &r.cancel);
+                    let out = run(&model, &r.input, &r.cancel, r.sink.as_ref());
                     let _ = r.reply.send(out);
                 }
             })
@@ -41,16 +45,16 @@ impl ChatHandle {
         Self { tx }
     }
 
-    pub async fn run(&self, input: &Value, cancel: CancelFlag) -> Result<ModelOutput, ModelError> {
+    pub async fn run(&self, input: &Value, cancel: CancelFlag, sink: Option<TextSink>) -> Result<ModelOutput, ModelError> {
         let input: ChatInput = serde_json::from_value(input.clone()).map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         input.validate().map_err(|e| ModelError::InvalidInput(e.message))?;
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Request { input, cancel, reply }).map_err(|_| ModelError::Failed("the chat queue is full".into()))?;
+        self.tx.try_send(Request { input, cancel, sink, reply }).map_err(|_| ModelError::Failed("the chat queue is full".into()))?;
         rx.await.map_err(|_| ModelError::Failed("the chat thread stopped".into()))?
     }
 }
 
-fn run(model: &ChatModel, input: &ChatInput, cancel: &CancelFlag) -> Result<ModelOutput, ModelError> {
+fn run(model: &ChatModel, input: &ChatInput, cancel: &CancelFlag, sink: Option<&TextSink>) -> Result<ModelOutput, ModelError> {
     let prompt = match (&input.messages, &input.prompt) {
         (Some(m), _) => {
             let msgs: Vec<Message> = m.iter().map(|m| Message { role: m.role.clone(), content: m.content.clone() }).collect();
@@ -68,7 +72,12 @@ fn run(model: &ChatModel, input: &ChatInput, cancel: &CancelFlag) -> Result<Mode
         max_tokens: input.max_tokens.unwrap_or(256) as usize,
         stop: input.stops(),
     };
-    match model.generate(&prompt, params, &|| cancel.is_cancelled()) {
+    let mut on_text = |t: &str| {
+        if let Some(s) = sink {
+            let _ = s.send(t.to_owned());
+        }
+    };
+    match model.generate_streaming(&prompt, params, &|| cancel.is_cancelled(), &mut on_text) {
         Ok(g) => Ok(ModelOutput {
             output: json!({
                 "text": g.text,

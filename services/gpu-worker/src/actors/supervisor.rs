@@ -14,7 +14,7 @@
 use crate::actors::Pool;
 use crate::models::{CancelFlag, ModelError};
 use actix::prelude::*;
-use maas_core::messages::{Dispatch, JobDone, ModelSlots, RunningAttempt, WorkerEvent};
+use maas_core::messages::{Dispatch, ModelSlots, Reply, RunningAttempt, WorkerEvent};
 use maas_mq::lapin::message::Delivery;
 use maas_mq::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use maas_mq::{Broker, PublishOpts};
@@ -220,11 +220,33 @@ async fn run_attempt(
         tokio::spawn(async move { cache.put_job_logged(&running).await });
         tracing::info!(%job_id, attempt, model = %d.model, "job running");
         let t0 = Instant::now();
+        // Streamed output goes, in order, to the API instance holding the caller.
+        let wants_stream = d.input.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
+        let (sink, forwarder) = match (&d.reply_to, wants_stream) {
+            (Some(reply_to), true) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let (broker, queue) = (deps.broker.clone(), reply_to.clone());
+                let task = tokio::spawn(async move {
+                    let mut seq = 0u32;
+                    while let Some(text) = rx.recv().await {
+                        let opts = PublishOpts { traceparent: None, persistent: false, expiration_ms: Some(60_000) };
+                        let _ = broker.publish_to_queue(&queue, &Reply::Chunk { job_id, seq, text }, opts).await;
+                        seq += 1;
+                    }
+                });
+                (Some(tx), Some(task))
+            }
+            _ => (None, None),
+        };
         let result = match &pool {
-            Some(p) => p.run(d.input.clone(), cancel).await,
+            Some(p) => p.run(d.input.clone(), cancel, sink).await,
             None => Err(ModelError::Failed(format!("model '{}' is not loaded on this worker", d.model))),
         };
         let compute_ms = t0.elapsed().as_millis() as i64;
+        if let Some(task) = forwarder {
+            // Every chunk is out before the result is recorded and announced.
+            let _ = task.await;
+        }
         let outcome = match result {
             Ok(out) => Some(Outcome::Succeeded {
                 output: out.output,
@@ -264,7 +286,7 @@ async fn run_attempt(
     }
     if let Some(reply_to) = &d.reply_to {
         let opts = PublishOpts { traceparent: traceparent.as_deref(), persistent: false, expiration_ms: Some(60_000) };
-        if let Err(e) = deps.broker.publish_to_queue(reply_to, &JobDone { job_id }, opts).await {
+        if let Err(e) = deps.broker.publish_to_queue(reply_to, &Reply::Done { job_id }, opts).await {
             tracing::debug!(%job_id, error = %e, "sync caller not notified (it polls as well)");
         }
     }
