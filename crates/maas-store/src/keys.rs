@@ -79,14 +79,14 @@ pub async fn revoke(pool: &PgPool, key_id: Uuid) -> Result<Option<ApiKey>> {
     .await?)
 }
 
+/// What authentication reads about keys, with the tenant's state.
+const AUTH_SELECT: &str = "SELECT k.prefix, k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
+        (k.revoked_at IS NOT NULL) AS revoked,
+        (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled
+ FROM api_keys k JOIN tenants t ON t.id = k.tenant_id";
+
 pub async fn auth_by_prefix(pool: &PgPool, prefix: &str) -> Result<Option<KeyAuth>> {
-    Ok(sqlx::query_as::<_, KeyAuth>(
-        "SELECT k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
-                (k.revoked_at IS NOT NULL) AS revoked,
-                (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled
-         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-         WHERE k.prefix = $1",
-    )
+    Ok(sqlx::query_as::<_, KeyAuth>(&format!("{AUTH_SELECT} WHERE k.prefix = $1"))
     .bind(prefix)
     .fetch_optional(pool)
     .await?)
@@ -100,13 +100,7 @@ pub async fn auth_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<(Stri
         #[sqlx(flatten)]
         auth: KeyAuth,
     }
-    let rows = sqlx::query_as::<_, Row>(
-        "SELECT k.prefix, k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
-                (k.revoked_at IS NOT NULL) AS revoked,
-                (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled
-         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-         WHERE k.tenant_id = $1",
-    )
+    let rows = sqlx::query_as::<_, Row>(&format!("{AUTH_SELECT} WHERE k.tenant_id = $1"))
     .bind(tenant_id)
     .fetch_all(pool)
     .await?;

@@ -195,3 +195,30 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
     guard.state = None;
     Ok(Submitted::Waited(current))
 }
+
+/// The result of a sync call that must answer with the job's output (the
+/// OpenAI-style endpoints): the succeeded job, or the error its end maps to.
+/// A job still going when the wait ran out is cancelled (nobody will poll it)
+/// and answers 504.
+pub(crate) async fn completed(state: &AppState, tenant_id: Uuid, job: Job, invalid_param: Option<&str>) -> Result<Job, ApiError> {
+    use maas_core::JobStatus;
+    match job.status() {
+        JobStatus::Succeeded => Ok(job),
+        JobStatus::Failed => {
+            let code = job.error.as_ref().and_then(|e| e["code"].as_str()).unwrap_or_default();
+            let message = job.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("the job failed").to_owned();
+            Err(if code == "invalid_input" {
+                ApiError::invalid(message, invalid_param)
+            } else {
+                ApiError::internal(format!("job {} failed: {message}", job.id))
+            })
+        }
+        JobStatus::Cancelled | JobStatus::Expired => {
+            Err(ApiError::Conflict { message: format!("the job was {}", job.status()), code: "job_not_completed" })
+        }
+        JobStatus::Queued | JobStatus::Dispatched | JobStatus::Running => {
+            let _ = cancel(state, job.id, tenant_id).await;
+            Err(ApiError::Timeout { message: format!("the result was not ready within {} ms", state.settings.sync_timeout_ms) })
+        }
+    }
+}

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::routes::jobs::trace_context;
 use crate::routes::resource;
 use crate::state::AppState;
-use crate::submit::{cancel, submit, Submission, Submitted};
+use crate::submit::{cancel, completed, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
 use maas_core::models::{validate_input, ChatMessage, Stop, SMOLLM2};
 use maas_core::{JobMode, JobStatus, Lane};
@@ -111,21 +111,8 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
         s @ Submitted::Streaming { .. } => return Ok(Generated::Streaming(s, model.as_str().to_owned(), include_usage)),
         Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
     };
-    match job.status() {
-        JobStatus::Succeeded => Ok(Generated::Done(job, model.as_str().to_owned())),
-        JobStatus::Failed => {
-            let code = job.error.as_ref().and_then(|e| e["code"].as_str()).unwrap_or_default();
-            let message = job.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("the job failed").to_owned();
-            Err(if code == "invalid_input" { ApiError::invalid(message, None) } else { ApiError::internal(format!("job {} failed: {message}", job.id)) })
-        }
-        JobStatus::Cancelled | JobStatus::Expired => {
-            Err(ApiError::Conflict { message: format!("the job was {}", job.status()), code: "job_not_completed" })
-        }
-        JobStatus::Queued | JobStatus::Dispatched | JobStatus::Running => {
-            let _ = cancel(state, job.id, principal.tenant_id).await;
-            Err(ApiError::Timeout { message: format!("the completion was not ready within {} ms", state.settings.sync_timeout_ms) })
-        }
-    }
+    let job = completed(state, principal.tenant_id, job, None).await?;
+    Ok(Generated::Done(job, model.as_str().to_owned()))
 }
 
 fn usage(out: &Value) -> Value {

@@ -7,11 +7,11 @@ use crate::error::ApiError;
 use crate::routes::jobs::trace_context;
 use crate::routes::resource;
 use crate::state::AppState;
-use crate::submit::{cancel, submit, Submission, Submitted};
+use crate::submit::{completed, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use maas_core::models::{validate_input, MINILM};
-use maas_core::{JobMode, JobStatus, Lane};
+use maas_core::{JobMode, Lane};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -97,28 +97,7 @@ pub async fn create_embeddings(
     let job = match submit(&state, &principal, sub).await? {
         Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) | Submitted::Streaming { job, .. } => job,
     };
-    match job.status() {
-        JobStatus::Succeeded => {}
-        JobStatus::Failed => {
-            let code = job.error.as_ref().and_then(|e| e["code"].as_str()).unwrap_or_default();
-            let message = job.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("the job failed").to_owned();
-            return Err(if code == "invalid_input" {
-                ApiError::invalid(message, Some("input"))
-            } else {
-                ApiError::internal(format!("embedding job {} failed: {message}", job.id))
-            });
-        }
-        JobStatus::Cancelled | JobStatus::Expired => {
-            return Err(ApiError::Conflict { message: format!("the job was {}", job.status()), code: "job_not_completed" });
-        }
-        JobStatus::Queued | JobStatus::Dispatched | JobStatus::Running => {
-            // Nobody will poll an embeddings call: stop the work.
-            let _ = cancel(&state, job.id, principal.tenant_id).await;
-            return Err(ApiError::Timeout {
-                message: format!("the embeddings were not ready within {} ms", state.settings.sync_timeout_ms),
-            });
-        }
-    }
+    let job = completed(&state, principal.tenant_id, job, Some("input")).await?;
     let out = job.output.unwrap_or_default();
     let vectors = out["embeddings"].as_array().cloned().unwrap_or_default();
     let tokens = out["prompt_tokens"].as_u64().unwrap_or(0);
