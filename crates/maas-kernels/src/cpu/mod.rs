@@ -2,18 +2,22 @@
 
 mod attention;
 mod elementwise;
+mod kv_attention;
 mod linear;
 mod norm;
 mod peak;
 mod pool;
+mod quant;
 mod rms;
 
 pub use attention::attention;
 pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
+pub use kv_attention::{causal_attention, KvSegment};
 pub use linear::{linear, Threads};
 pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
 pub use pool::{l2_normalize_inplace, mean_pool};
+pub use quant::{q_kernel, q_linear, q_linear_with, QKernel, QMatrix, QType, QuantError, Q_SMALL_M};
 pub use rms::{rms_norm, swiglu_inplace};
 
 #[cfg(test)]
