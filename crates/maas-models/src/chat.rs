@@ -3,8 +3,9 @@
 
 use crate::chat_template::{ChatTemplate, Message, TemplateError};
 use crate::chat_tokenizer::{ChatTokenizer, TokenizerError};
+use crate::engine::{Engine, EngineConfig, Event, Request, TokenLogprob};
 use crate::llama::Llama;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::SamplingParams;
 use maas_gguf::{GgufError, GgufFile};
 use std::path::Path;
 
@@ -18,6 +19,10 @@ pub enum ChatError {
     Template(#[from] TemplateError),
     #[error("the prompt ({prompt} tokens) and max_tokens ({max}) exceed the context of {context} tokens")]
     TooLong { prompt: usize, max: usize, context: usize },
+    #[error("the prompt and max_tokens need {need} KV-cache positions, more than this worker's budget of {budget}")]
+    OverBudget { need: usize, budget: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
     #[error("cancelled")]
     Cancelled,
 }
@@ -40,6 +45,8 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Per generated token, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl ChatModel {
@@ -70,7 +77,8 @@ impl ChatModel {
 
     /// As [`Self::generate`], handing the text to `on_text` as it grows: only
     /// whole UTF-8 characters, and never text that could still turn out to be
-    /// the start of a stop string.
+    /// the start of a stop string. (One request alone through the batching
+    /// engine.)
     pub fn generate_streaming(
         &self,
         prompt: &[u32],
@@ -78,53 +86,21 @@ impl ChatModel {
         cancelled: &dyn Fn() -> bool,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, ChatError> {
-        let context = self.model.cfg.context;
-        if prompt.is_empty() || prompt.len() + params.max_tokens > context {
-            return Err(ChatError::TooLong { prompt: prompt.len(), max: params.max_tokens, context });
+        let mut result = None;
+        {
+            let mut engine = Engine::new(self, EngineConfig { max_seqs: 1, kv_budget_tokens: self.model.cfg.context, step_tokens: 512 });
+            engine.submit(Request {
+                prompt: prompt.to_vec(),
+                params,
+                logprobs: None,
+                cancelled: Box::new(cancelled),
+                on_event: Box::new(|e| match e {
+                    Event::Text { text, .. } => on_text(&text),
+                    Event::Done(r) => result = Some(r),
+                }),
+            });
+            while engine.step() {}
         }
-        let stop = params.stop.clone();
-        let max = params.max_tokens;
-        let mut sampler = Sampler::new(params);
-        let mut cache = self.model.new_cache();
-        let mut logits = self.model.forward(prompt, &mut cache, false);
-        let mut out: Vec<u32> = Vec::new();
-        let mut finish = FinishReason::Length;
-        let mut text = String::new();
-        let hold = stop.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
-        let mut emitted = 0usize;
-        while out.len() < max {
-            if cancelled() {
-                return Err(ChatError::Cancelled);
-            }
-            let next = sampler.sample(&logits);
-            if self.tokenizer.end_of_generation.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            out.push(next);
-            text = self.tokenizer.decode(&out)?;
-            if let Some(cut) = stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
-                finish = FinishReason::Stop;
-                break;
-            }
-            // A trailing U+FFFD is a character whose bytes are not all here yet.
-            let mut safe = text.trim_end_matches('\u{FFFD}').len().min(text.len().saturating_sub(hold));
-            while !text.is_char_boundary(safe) {
-                safe -= 1;
-            }
-            if safe > emitted {
-                on_text(&text[emitted..safe]);
-                emitted = safe;
-            }
-            if out.len() == max {
-                break;
-            }
-            logits = self.model.forward(&[next], &mut cache, false);
-        }
-        if text.len() > emitted {
-            on_text(&text[emitted..]);
-        }
-        Ok(Generation { text, finish_reason: finish, prompt_tokens: prompt.len(), completion_tokens: out.len() })
+        result.unwrap_or(Err(ChatError::Cancelled))
     }
 }

@@ -117,7 +117,31 @@ impl ChatTokenizer {
         self.special.decode(ids, false).map_err(|e| TokenizerError::Build(e.to_string()))
     }
 
+    /// The raw bytes a token stands for (a byte-level token may hold part
+    /// of a UTF-8 character); special tokens give their text.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(t) = self.tokens.get(id as usize) else { return Vec::new() };
+        t.chars().map(byte_of_char).collect::<Option<Vec<u8>>>().unwrap_or_else(|| t.as_bytes().to_vec())
+    }
+
+    /// A token's text for display (lossy where it holds part of a character).
+    pub fn token_text(&self, id: u32) -> String {
+        String::from_utf8_lossy(&self.token_bytes(id)).into_owned()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
+}
+
+/// The byte-level alphabet, inverted: printable bytes stand for themselves,
+/// the other 68 bytes (0–32, 127–160, 173) for U+0100 onwards, in order.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let v = c as u32;
+    if printable(v) {
+        return Some(v as u8);
+    }
+    let n = v.checked_sub(256)?;
+    (0u32..256).filter(|b| !printable(*b)).nth(n as usize).map(|b| b as u8)
 }

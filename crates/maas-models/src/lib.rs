@@ -6,6 +6,7 @@ mod bert_gpu;
 pub mod chat_template;
 pub mod chat_tokenizer;
 pub mod chat;
+pub mod engine;
 pub mod llama;
 pub mod sampling;
 pub mod weights;

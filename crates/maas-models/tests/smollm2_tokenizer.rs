@@ -70,3 +70,13 @@ fn the_chat_template_from_the_file_renders_chatml_and_keeps_message_text_plain()
     let specials = ids.iter().filter(|&&i| i == 1 || i == 2).count();
     assert_eq!(specials, 5, "only the template's own markers are special: {ids:?}");
 }
+
+#[test]
+fn token_bytes_concatenate_to_the_decoded_text() {
+    let t = tokenizer();
+    for text in ["naïve café — 東京 🚀 ok", "  spaces\tand\nnewlines", "<|im_start|>user"] {
+        let ids = t.encode(text, true).unwrap();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| t.token_bytes(i)).collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), t.decode(&ids).unwrap(), "{text:?}");
+    }
+}
