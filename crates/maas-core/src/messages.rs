@@ -79,10 +79,25 @@ pub enum WorkerEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
-    /// A piece of streamed output (whole UTF-8 characters).
-    Chunk { job_id: Uuid, seq: u32, text: String },
+    /// A piece of streamed output (whole UTF-8 characters), with the
+    /// logprobs of its tokens when they were asked for.
+    Chunk {
+        job_id: Uuid,
+        seq: u32,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logprobs: Option<serde_json::Value>,
+    },
     /// The job has ended; its final state is in Postgres and Redis.
     Done { job_id: Uuid },
+}
+
+/// A piece of streamed output on its way from a model to the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    /// Chat-style logprob entries of the piece's tokens, when asked for.
+    pub logprobs: Option<serde_json::Value>,
 }
 
 /// api → every worker (fanout `<ns>.cancel`): stop this job if you run it.

@@ -106,6 +106,20 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
+/// A raw prompt: text (special-token text is parsed) or token ids.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// Most alternatives per token that `logprobs` may ask for.
+pub const CHAT_MAX_TOP_LOGPROBS: u32 = 20;
+
+/// Longest prompt, in token ids, a request may send.
+pub const CHAT_MAX_PROMPT_IDS: usize = 8192;
+
 /// Input of a chat model job: a conversation or a raw prompt, and sampling.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +127,7 @@ pub struct ChatInput {
     #[serde(default)]
     pub messages: Option<Vec<ChatMessage>>,
     #[serde(default)]
-    pub prompt: Option<String>,
+    pub prompt: Option<Prompt>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
     #[serde(default)]
@@ -129,6 +143,9 @@ pub struct ChatInput {
     /// Send the text as it is generated (to the API instance waiting for it).
     #[serde(default)]
     pub stream: bool,
+    /// Report each generated token's logprob and this many alternatives.
+    #[serde(default)]
+    pub logprobs: Option<u32>,
 }
 
 /// Longest generation one request may ask for.
@@ -155,7 +172,12 @@ impl ChatInput {
                     return Err(err("messages", format!("unknown role '{}' (system, user or assistant)", bad.role)));
                 }
             }
-            (None, Some(_)) => {}
+            (None, Some(Prompt::Text(_))) => {}
+            (None, Some(Prompt::Ids(ids))) => {
+                if ids.is_empty() || ids.len() > CHAT_MAX_PROMPT_IDS {
+                    return Err(err("prompt", format!("a prompt of token ids must hold 1 to {CHAT_MAX_PROMPT_IDS} ids")));
+                }
+            }
             _ => return Err(err("input", "give either messages or prompt".into())),
         }
         if self.max_tokens.is_some_and(|m| m == 0 || m > CHAT_MAX_TOKENS) {
@@ -169,6 +191,9 @@ impl ChatInput {
         }
         if self.top_k.is_some_and(|k| k > 1000) {
             return Err(err("top_k", "top_k must be at most 1000".into()));
+        }
+        if self.logprobs.is_some_and(|k| k > CHAT_MAX_TOP_LOGPROBS) {
+            return Err(err("top_logprobs", format!("at most {CHAT_MAX_TOP_LOGPROBS} alternatives per token")));
         }
         let stops = self.stops();
         if stops.len() > 4 || stops.iter().any(|s| s.is_empty() || s.len() > 256) {

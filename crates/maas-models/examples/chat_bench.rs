@@ -52,7 +52,7 @@ fn main() {
         let t0 = Instant::now();
         for _ in 0..steps {
             let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let mut batch: Vec<Step<'_>> = caches.iter_mut().zip(&toks).map(|(cache, t)| Step { tokens: t, cache, logits: Logits::Last }).collect();
+            let mut batch: Vec<Step<'_>> = caches.iter_mut().zip(&toks).map(|(cache, t)| Step { tokens: t, cache, logits: Logits::Last, prompt: false }).collect();
             let out = m.step(&mut batch);
             next = out.iter().map(|l| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32).collect();
         }

@@ -209,7 +209,8 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let done_prompt = s.fed + n == s.tokens.len();
                 let tokens = &s.tokens[s.fed..s.fed + n];
                 let cache = s.cache.as_mut().expect("admitted sequences have a cache");
-                batch.push(Step { tokens, cache, logits: if done_prompt { Logits::Last } else { Logits::None } });
+                let prompt = s.fed < s.prompt_len;
+                batch.push(Step { tokens, cache, logits: if done_prompt { Logits::Last } else { Logits::None }, prompt });
                 idx.push(i);
             }
             let out = self.model.model.step(&mut batch);

@@ -12,7 +12,7 @@
 //! all their rows at once, attention per sequence against its own cache.
 
 use maas_gguf::{GgufError, GgufFile, TensorType};
-use maas_kernels::cpu::{self, KvSegment, QMatrix, QType, Threads};
+use maas_kernels::cpu::{self, KvSegment, QMatrix, QPath, QType, Threads};
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -91,10 +91,17 @@ impl Weight {
         }
     }
 
-    /// `out[m × rows] = x[m × cols] · Wᵀ`.
-    fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+    /// `out[m × rows] = x[m × cols] · Wᵀ`; the first `decode` rows take the
+    /// 8-bit path, the rest (prompt rows) the f32 tile path. Each row's
+    /// result depends only on that row and its kind, never on the batch.
+    fn matmul(&self, x: &[f32], m: usize, decode: usize, out: &mut [f32]) {
         match self {
-            Weight::Quant(q) => cpu::q_linear(x, q, m, out, Threads::All),
+            Weight::Quant(q) => {
+                let (xd, xp) = x.split_at(decode * q.cols);
+                let (od, op) = out.split_at_mut(decode * q.rows);
+                cpu::q_linear_path(QPath::Int8, xd, q, decode, od, Threads::All);
+                cpu::q_linear_path(QPath::Tiles, xp, q, m - decode, op, Threads::All);
+            }
             Weight::F32 { w, rows, cols } => cpu::linear(x, w, None, m, *cols, *rows, out, Threads::All),
         }
     }
@@ -166,6 +173,10 @@ pub struct Step<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
     pub logits: Logits,
+    /// Prompt tokens (prefill: f32 tile path) or a generated token (decode:
+    /// 8-bit path). Fixing the path by the token's role, not by the batch,
+    /// keeps a sequence's output independent of what it is batched with.
+    pub prompt: bool,
 }
 
 impl Llama {
@@ -263,10 +274,11 @@ impl Llama {
     }
 
     /// Runs `tokens` after what `cache` holds; returns the next-token logits
-    /// of every new position (`[tokens × vocab]`), or of the last only.
+    /// of every new position (`[tokens × vocab]`), or of the last only. One
+    /// token runs as a decode step, several as a prompt.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Vec<f32> {
         let logits = if all_logits { Logits::All } else { Logits::Last };
-        self.step(&mut [Step { tokens, cache, logits }]).pop().unwrap_or_default()
+        self.step(&mut [Step { tokens, cache, logits, prompt: tokens.len() > 1 }]).pop().unwrap_or_default()
     }
 
     /// One batch: every entry's tokens run after its own cache, all rows
@@ -284,18 +296,24 @@ impl Llama {
         if t == 0 {
             return batch.iter().map(|_| Vec::new()).collect();
         }
-        // (first row, rows, cached positions before) per entry.
-        let mut spans = Vec::with_capacity(batch.len());
+        // (first row, rows, cached positions before) per entry: decode rows
+        // first, then prompt rows, so each kind is one block of rows.
+        let mut spans = vec![(0, 0, 0); batch.len()];
         let mut row0 = 0;
-        for s in batch.iter() {
-            assert!(s.cache.len + s.tokens.len() <= c.context, "sequence passes the context length");
-            spans.push((row0, s.tokens.len(), s.cache.len));
-            row0 += s.tokens.len();
+        for prompt in [false, true] {
+            for (s, span) in batch.iter().zip(spans.iter_mut()).filter(|(s, _)| s.prompt == prompt) {
+                assert!(s.cache.len + s.tokens.len() <= c.context, "sequence passes the context length");
+                *span = (row0, s.tokens.len(), s.cache.len);
+                row0 += s.tokens.len();
+            }
         }
+        let decode: usize = batch.iter().filter(|s| !s.prompt).map(|s| s.tokens.len()).sum();
         let mut x = vec![0f32; t * h];
-        for (row, &id) in x.chunks_exact_mut(h).zip(batch.iter().flat_map(|s| s.tokens.iter())) {
-            assert!((id as usize) < c.vocab, "token id {id} outside the vocabulary");
-            self.embed.row(id as usize, row);
+        for (s, &(r0, _, _)) in batch.iter().zip(&spans) {
+            for (i, &id) in s.tokens.iter().enumerate() {
+                assert!((id as usize) < c.vocab, "token id {id} outside the vocabulary");
+                self.embed.row(id as usize, &mut x[(r0 + i) * h..(r0 + i + 1) * h]);
+            }
         }
         let mut hn = vec![0f32; t * h];
         let mut qkv = vec![0f32; t * qkv_w];
@@ -306,7 +324,7 @@ impl Llama {
         let mut act = vec![0f32; t * c.ffn];
         for (li, l) in self.layers.iter().enumerate() {
             cpu::rms_norm(&x, &l.attn_norm, h, c.eps, &mut hn);
-            l.wqkv.matmul(&hn, t, &mut qkv);
+            l.wqkv.matmul(&hn, t, decode, &mut qkv);
             for (s, &(r0, rows, pos0)) in batch.iter_mut().zip(&spans) {
                 for i in 0..rows {
                     let src = &mut qkv[(r0 + i) * qkv_w..(r0 + i + 1) * qkv_w];
@@ -324,27 +342,35 @@ impl Llama {
                 .map(|(s, &(row0, rows, pos0))| KvSegment { row0, rows, pos0, k: &s.cache.k[li], v: &s.cache.v[li] })
                 .collect();
             cpu::causal_attention(&q, &segs, c.heads, c.kv_heads, hd, &mut ctx);
-            l.wo.matmul(&ctx, t, &mut proj);
+            l.wo.matmul(&ctx, t, decode, &mut proj);
             cpu::add_inplace(&mut x, &proj);
             cpu::rms_norm(&x, &l.ffn_norm, h, c.eps, &mut hn);
-            l.w_gate_up.matmul(&hn, t, &mut gate_up);
+            l.w_gate_up.matmul(&hn, t, decode, &mut gate_up);
             for (gu, a) in gate_up.chunks_exact(2 * c.ffn).zip(act.chunks_exact_mut(c.ffn)) {
                 a.copy_from_slice(&gu[..c.ffn]);
                 cpu::swiglu_inplace(a, &gu[c.ffn..]);
             }
-            l.w_down.matmul(&act, t, &mut proj);
+            l.w_down.matmul(&act, t, decode, &mut proj);
             cpu::add_inplace(&mut x, &proj);
         }
         for (s, &(_, rows, _)) in batch.iter_mut().zip(&spans) {
             s.cache.len += rows;
         }
-        // The head runs once over every row that any entry wants.
+        // The head runs once over every row that any entry wants, decode
+        // rows first (the same split as above).
         let mut rows = Vec::new();
-        for (s, &(r0, n, _)) in batch.iter().zip(&spans) {
-            match s.logits {
-                Logits::None => {}
-                Logits::Last => rows.push(r0 + n - 1),
-                Logits::All => rows.extend(r0..r0 + n),
+        let mut head_decode = 0;
+        for prompt in [false, true] {
+            for (s, &(r0, n, _)) in batch.iter().zip(&spans).filter(|(s, _)| s.prompt == prompt) {
+                let before = rows.len();
+                match s.logits {
+                    Logits::None => {}
+                    Logits::Last => rows.push(r0 + n - 1),
+                    Logits::All => rows.extend(r0..r0 + n),
+                }
+                if !prompt {
+                    head_decode += rows.len() - before;
+                }
             }
         }
         let mut picked = vec![0f32; rows.len() * h];
@@ -352,17 +378,20 @@ impl Llama {
             cpu::rms_norm(&x[r * h..(r + 1) * h], &self.out_norm, h, c.eps, dst);
         }
         let mut logits = vec![0f32; rows.len() * c.vocab];
-        self.embed.matmul(&picked, rows.len(), &mut logits);
-        let mut out = Vec::with_capacity(batch.len());
+        self.embed.matmul(&picked, rows.len(), head_decode, &mut logits);
+        // Back to the callers' order.
+        let mut out = vec![Vec::new(); batch.len()];
         let mut at = 0;
-        for (s, &(_, n, _)) in batch.iter().zip(&spans) {
-            let k = match s.logits {
-                Logits::None => 0,
-                Logits::Last => 1,
-                Logits::All => n,
-            };
-            out.push(logits[at * c.vocab..(at + k) * c.vocab].to_vec());
-            at += k;
+        for prompt in [false, true] {
+            for (i, (s, &(_, n, _))) in batch.iter().zip(&spans).enumerate().filter(|(_, (s, _))| s.prompt == prompt) {
+                let k = match s.logits {
+                    Logits::None => 0,
+                    Logits::Last => 1,
+                    Logits::All => n,
+                };
+                out[i] = logits[at * c.vocab..(at + k) * c.vocab].to_vec();
+                at += k;
+            }
         }
         out
     }

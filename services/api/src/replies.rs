@@ -6,7 +6,7 @@
 //! across an `.await`.
 
 use futures_util::StreamExt;
-use maas_core::messages::Reply;
+use maas_core::messages::{Piece, Reply};
 use tokio::sync::mpsc;
 use maas_mq::lapin::options::BasicConsumeOptions;
 use maas_mq::lapin::types::FieldTable;
@@ -20,14 +20,14 @@ use uuid::Uuid;
 pub struct Replies {
     waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
     /// Streaming callers: chunks go here; the sender is dropped on `Done`.
-    streams: Mutex<HashMap<Uuid, mpsc::UnboundedSender<String>>>,
+    streams: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Piece>>>,
 }
 
 /// A streaming caller's registration; dropping it unregisters.
 pub struct StreamWaiter {
     replies: Arc<Replies>,
     job_id: Uuid,
-    pub chunks: mpsc::UnboundedReceiver<String>,
+    pub chunks: mpsc::UnboundedReceiver<Piece>,
 }
 
 impl Drop for StreamWaiter {
@@ -65,10 +65,10 @@ impl Replies {
         StreamWaiter { replies: self.clone(), job_id, chunks }
     }
 
-    fn chunk(&self, job_id: Uuid, text: String) {
+    fn chunk(&self, job_id: Uuid, piece: Piece) {
         let tx = self.streams.lock().ok().and_then(|m| m.get(&job_id).cloned());
         if let Some(tx) = tx {
-            let _ = tx.send(text);
+            let _ = tx.send(piece);
         }
     }
 
@@ -93,7 +93,7 @@ impl Replies {
             let Ok(delivery) = delivery else { break };
             match serde_json::from_slice::<Reply>(&delivery.data) {
                 Ok(Reply::Done { job_id }) => self.wake(job_id),
-                Ok(Reply::Chunk { job_id, text, .. }) => self.chunk(job_id, text),
+                Ok(Reply::Chunk { job_id, text, logprobs, .. }) => self.chunk(job_id, Piece { text, logprobs }),
                 Err(e) => tracing::warn!(error = %e, "malformed reply message ignored"),
             }
         }

@@ -25,7 +25,8 @@ pub struct WorkerSettings {
     pub models_dir: PathBuf,
 
     /// Concurrent jobs per model: `N` for every model, or `echo=8,all-minilm-l6-v2=64`.
-    /// Unset: 4 for echo, 32 for the embedder (its jobs are batched together).
+    /// Unset: 4 for echo, 32 for the embedder (its jobs are batched together),
+    /// MAAS_CHAT_MAX_SEQS for the chat model.
     #[arg(long, env = "MAAS_WORKER_SLOTS", default_value = "")]
     pub slots: String,
 
@@ -44,6 +45,23 @@ pub struct WorkerSettings {
     /// Dynamic batching: longest wait for more requests once one is there.
     #[arg(long, env = "MAAS_EMBED_MAX_WAIT_MS", default_value_t = 0)]
     pub embed_max_wait_ms: u64,
+
+    /// Chat model: most sequences decoding together (continuous batching).
+    /// Also the default number of chat slots the worker announces.
+    #[arg(long, env = "MAAS_CHAT_MAX_SEQS", default_value_t = 16)]
+    pub chat_max_seqs: usize,
+
+    /// Chat model: KV-cache positions that may be reserved at once (each
+    /// sequence reserves its prompt plus max_tokens; 46 KB per position for
+    /// SmolLM2). A request that does not fit waits; one larger than the whole
+    /// budget is refused.
+    #[arg(long, env = "MAAS_CHAT_KV_BUDGET_TOKENS", default_value_t = 32_768)]
+    pub chat_kv_budget_tokens: usize,
+
+    /// Chat model: most tokens in one forward step (one decode token per
+    /// running sequence, the rest for prompt chunks).
+    #[arg(long, env = "MAAS_CHAT_STEP_TOKENS", default_value_t = 256)]
+    pub chat_step_tokens: usize,
 
     /// On SIGTERM, how long running jobs may take to finish before the rest
     /// is handed back to the scheduler.
@@ -83,8 +101,12 @@ impl Slots {
         Ok(out)
     }
 
-    pub fn for_model(&self, model: &str) -> u32 {
-        let builtin = if model == maas_core::models::MINILM { 32 } else { 4 };
+    pub fn for_model(&self, model: &str, chat_max_seqs: usize) -> u32 {
+        let builtin = match model {
+            maas_core::models::MINILM => 32,
+            maas_core::models::SMOLLM2 => chat_max_seqs.clamp(1, 256) as u32,
+            _ => 4,
+        };
         self.per_model.get(model).copied().or(self.default).unwrap_or(builtin)
     }
 }
@@ -96,10 +118,10 @@ mod tests {
     #[test]
     fn slots_accept_a_default_and_per_model_overrides() {
         let s = Slots::parse("2,echo=8").unwrap();
-        assert_eq!(s.for_model("echo"), 8);
-        assert_eq!(s.for_model("all-minilm-l6-v2"), 2);
+        assert_eq!(s.for_model("echo", 16), 8);
+        assert_eq!(s.for_model("all-minilm-l6-v2", 16), 2);
         let d = Slots::parse("").unwrap();
-        assert_eq!((d.for_model("echo"), d.for_model("all-minilm-l6-v2")), (4, 32));
+        assert_eq!((d.for_model("echo", 16), d.for_model("all-minilm-l6-v2", 16), d.for_model("smollm2-135m-instruct", 12)), (4, 32, 12));
         assert!(Slots::parse("echo=0").is_err());
         assert!(Slots::parse("x").is_err());
     }

@@ -49,7 +49,7 @@ impl Worker {
                 .await
                 .context("connecting to RabbitMQ")?,
         );
-        let mut slots = vec![ModelSlots { model: maas_core::models::ECHO.into(), slots: slot_cfg.for_model(maas_core::models::ECHO) }];
+        let mut slots = vec![ModelSlots { model: maas_core::models::ECHO.into(), slots: slot_cfg.for_model(maas_core::models::ECHO, settings.chat_max_seqs) }];
         let mut embedder = None;
         let dir = settings.models_dir.join(MINILM);
         if dir.join("model.safetensors").is_file() {
@@ -61,7 +61,7 @@ impl Worker {
                     match warm {
                         Ok(_) => {
                             tracing::info!(model = MINILM, device = %settings.device, load_ms = t0.elapsed().as_millis() as u64, "model loaded");
-                            slots.push(ModelSlots { model: MINILM.into(), slots: slot_cfg.for_model(MINILM) });
+                            slots.push(ModelSlots { model: MINILM.into(), slots: slot_cfg.for_model(MINILM, settings.chat_max_seqs) });
                             embedder = Some(e);
                         }
                         Err(err) => anyhow::bail!("warm-up of {MINILM} on {} failed: {err}", settings.device),
@@ -84,8 +84,8 @@ impl Worker {
                     let warm = m.generate(&prompt, maas_models::sampling::SamplingParams { temperature: 0.0, max_tokens: 1, ..Default::default() }, &|| false);
                     match warm {
                         Ok(_) => {
-                            tracing::info!(model = SMOLLM2, load_ms = t0.elapsed().as_millis() as u64, "model loaded (CPU)");
-                            slots.push(ModelSlots { model: SMOLLM2.into(), slots: slot_cfg.for_model(SMOLLM2) });
+                            tracing::info!(model = SMOLLM2, load_ms = t0.elapsed().as_millis() as u64, weights_mb = m.model.weight_bytes() / 1_000_000, "model loaded (CPU)");
+                            slots.push(ModelSlots { model: SMOLLM2.into(), slots: slot_cfg.for_model(SMOLLM2, settings.chat_max_seqs) });
                             chat = Some(m);
                         }
                         Err(e) => tracing::error!(model = SMOLLM2, error = %e, "warm-up failed; not serving this model"),
@@ -122,7 +122,13 @@ impl Worker {
         for s in &self.slots {
             if s.model == SMOLLM2 {
                 if let Some(m) = self.chat.take() {
-                    pools.insert(s.model.clone(), Pool::Chat(crate::actors::chat::ChatHandle::start(m)));
+                    let cfg = maas_models::engine::EngineConfig {
+                        max_seqs: self.settings.chat_max_seqs.max(1),
+                        kv_budget_tokens: self.settings.chat_kv_budget_tokens,
+                        step_tokens: self.settings.chat_step_tokens,
+                    };
+                    tracing::info!(model = SMOLLM2, max_seqs = cfg.max_seqs, kv_budget_tokens = cfg.kv_budget_tokens, step_tokens = cfg.step_tokens, "chat engine");
+                    pools.insert(s.model.clone(), Pool::Chat(crate::actors::chat::ChatHandle::start(m, cfg)));
                 }
                 continue;
             }

@@ -17,7 +17,7 @@ pub use linear::{linear, Threads};
 pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
 pub use pool::{l2_normalize_inplace, mean_pool};
-pub use quant::{q_kernel, q_linear, q_linear_with, QKernel, QMatrix, QType, QuantError, Q_SMALL_M};
+pub use quant::{q_kernel, q_linear, q_linear_path, q_linear_with, QKernel, QMatrix, QPath, QType, QuantError, Q_SMALL_M};
 pub use rms::{rms_norm, swiglu_inplace};
 
 #[cfg(test)]

@@ -318,12 +318,38 @@ unsafe impl Sync for OutPtr {}
 /// Weight rows per task.
 const TILE_N: usize = 64;
 
-/// `out[m×n] = x[m×k] · Wᵀ` for a quantised `W` (`n × k`).
-pub fn q_linear(x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], threads: Threads) {
-    q_linear_with(q_kernel(), x, w, m, out, threads);
+/// Which way [`q_linear_path`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QPath {
+    /// 8-bit activations and integer dot products (few rows, decode).
+    Int8,
+    /// Dequantised tiles and the f32 GEMM (many rows, prefill).
+    Tiles,
 }
 
-/// As [`q_linear`] with a chosen integer kernel (tests compare them all).
+/// `out[m×n] = x[m×k] · Wᵀ` for a quantised `W` (`n × k`), the path chosen
+/// by the number of rows.
+pub fn q_linear(x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], threads: Threads) {
+    let path = if m <= Q_SMALL_M { QPath::Int8 } else { QPath::Tiles };
+    q_linear_path(path, x, w, m, out, threads);
+}
+
+/// As [`q_linear`] on a given path. Either way, each row's result depends
+/// only on that row, not on the others.
+pub fn q_linear_path(path: QPath, x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], threads: Threads) {
+    match path {
+        QPath::Int8 => q_linear_with(q_kernel(), x, w, m, out, threads),
+        QPath::Tiles => {
+            assert_eq!(x.len(), m * w.cols, "q_linear: x is not m×k");
+            assert_eq!(out.len(), m * w.rows, "q_linear: out is not m×n");
+            if m > 0 && w.rows > 0 {
+                tile_path(x, w, m, out, threads == Threads::All && m * w.rows * w.cols >= 1 << 18);
+            }
+        }
+    }
+}
+
+/// The integer path with a chosen kernel (tests compare them all).
 pub fn q_linear_with(
     kernel: QKernel,
     x: &[f32],
@@ -339,51 +365,68 @@ pub fn q_linear_with(
         return;
     }
     let ptr = OutPtr(out.as_mut_ptr());
-    let tiles = n.div_ceil(TILE_N);
     let parallel = threads == Threads::All && m * n * k >= 1 << 18;
-    if m <= Q_SMALL_M {
-        let q = quantize_rows(x, k);
-        let task = |t: usize| {
-            let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
-            let ptr = ptr;
-            dots(kernel, &q, w, m, n0, n1, ptr, n);
-        };
-        run_tiles(tiles, parallel, task);
-    } else {
-        let task = |t: usize| {
-            let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
-            let ptr = ptr;
-            let mut tile = vec![0f32; (n1 - n0) * k];
-            w.dequantize_rows(n0, n1, &mut tile);
-            // SAFETY: x is m×k (row stride k), the tile is (n1−n0)×k read as
-            // its transpose (row stride 1, column stride k); the destination
-            // is columns n0..n1 of out (row stride n), which only this task
-            // writes, and out does not alias x or the tile.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n1 - n0,
-                    k,
-                    ptr.0.add(n0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    tile.as_ptr(),
-                    k as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+    let q = quantize_rows(x, k);
+    let task = |t: usize| {
+        let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
+        let ptr = ptr;
+        dots(kernel, &q, w, m, n0, n1, ptr, n);
+    };
+    run_tiles(n.div_ceil(TILE_N), parallel, task);
+}
+
+/// Many rows: dequantised weight tiles and the f32 GEMM.
+fn tile_path(x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], parallel: bool) {
+    let (k, n) = (w.cols, w.rows);
+    let ptr = OutPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
+        let ptr = ptr;
+        let mut tile = vec![0f32; (n1 - n0) * k];
+        w.dequantize_rows(n0, n1, &mut tile);
+        // The GEMM's blocking changes above 64 rows, and with it the order
+        // of each sum; in pieces of at most 64 rows, a row's result does not
+        // depend on how many rows come with it (so a sequence's output does
+        // not depend on what it was batched with).
+        // Below 5 rows it switches to another kernel: short pieces are padded
+        // to 8 rows.
+        let nb = n1 - n0;
+        for i0 in (0..m).step_by(GEMM_ROWS) {
+            let mi = GEMM_ROWS.min(m - i0);
+            if mi < MIN_GEMM_ROWS {
+                let mut xp = vec![0f32; MIN_GEMM_ROWS * k];
+                xp[..mi * k].copy_from_slice(&x[i0 * k..(i0 + mi) * k]);
+                let mut op = vec![0f32; MIN_GEMM_ROWS * nb];
+                gemm_rows(&xp, MIN_GEMM_ROWS, k, &tile, nb, op.as_mut_ptr(), nb);
+                for r in 0..mi {
+                    // SAFETY: row i0 + r < m, columns n0..n1 < n: inside out,
+                    // and only this task writes these columns.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add((i0 + r) * n + n0), nb) };
+                    dst.copy_from_slice(&op[r * nb..(r + 1) * nb]);
+                }
+            } else {
+                // SAFETY (inside gemm_rows): rows i0.. and columns n0..n1 of
+                // out lie within it (row stride n) and belong to this task.
+                gemm_rows(&x[i0 * k..(i0 + mi) * k], mi, k, &tile, nb, unsafe { ptr.0.add(i0 * n + n0) }, n);
             }
-        };
-        run_tiles(tiles, parallel, task);
+        }
+    };
+    run_tiles(n.div_ceil(TILE_N), parallel, task);
+}
+
+/// Rows per GEMM call of the tile path.
+const GEMM_ROWS: usize = 64;
+/// Fewest rows per GEMM call (shorter pieces are zero-padded).
+const MIN_GEMM_ROWS: usize = 8;
+
+/// `dst[m × nb] = x[m × k] · tileᵀ`, `dst` with row stride `ld`.
+fn gemm_rows(x: &[f32], m: usize, k: usize, tile: &[f32], nb: usize, dst: *mut f32, ld: usize) {
+    assert!(x.len() == m * k && tile.len() == nb * k, "gemm_rows: shapes");
+    // SAFETY: x is m×k (row stride k); the tile is nb×k read as its
+    // transpose (row stride 1, column stride k); the caller hands a dst with
+    // room for m rows of nb values at stride ld that nothing else touches.
+    unsafe {
+        gemm::gemm(m, nb, k, dst, 1, ld as isize, false, x.as_ptr(), 1, k as isize, tile.as_ptr(), k as isize, 1, 1.0, 1.0, false, false, false, gemm::Parallelism::None);
     }
 }
 
@@ -648,13 +691,10 @@ mod tests {
                         q_linear_with(kern, &x, &w, m, &mut out, threads);
                         // The integer path quantises activations to 8 bits: about
                         // 1/254 of each block's largest value per element.
-                        let tol = if m <= Q_SMALL_M { 1e-2 } else { 1e-5 };
-                        assert_close(
-                            &out,
-                            &want,
-                            tol,
-                            &format!("{kind:?} {kern:?} m={m} {threads:?}"),
-                        );
+                        assert_close(&out, &want, 1e-2, &format!("{kind:?} {kern:?} m={m} {threads:?}"));
+                        let mut out = vec![f32::NAN; m * n];
+                        q_linear_path(QPath::Tiles, &x, &w, m, &mut out, threads);
+                        assert_close(&out, &want, 1e-5, &format!("{kind:?} tiles m={m} {threads:?}"));
                     }
                 }
             }
@@ -676,6 +716,33 @@ mod tests {
                     (p - q).abs() <= 1e-4 * (1.0 + p.abs()),
                     "{kind:?}: {p} vs {q}"
                 );
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod batch_independence {
+    use super::*;
+    use crate::cpu::testutil::random;
+
+    /// A row's result on either path does not depend on the rows that come
+    /// with it, so a sequence's output does not depend on its batch.
+    #[test]
+    fn a_rows_result_is_the_same_whatever_rows_come_with_it() {
+        for (k, n) in [(576usize, 960usize), (1536, 576)] {
+            let w = QMatrix::quantize(QType::Q4_1, &random(n * k, 2), n, k).unwrap();
+            let x = random(140 * k, 5);
+            for path in [QPath::Int8, QPath::Tiles] {
+                let mut first = None;
+                for m in [1usize, 2, 3, 4, 5, 8, 16, 17, 63, 64, 65, 100, 129, 140] {
+                    let mut out = vec![0f32; m * n];
+                    q_linear_path(path, &x[..m * k], &w, m, &mut out, Threads::All);
+                    let row = out[..n].to_vec();
+                    match &first {
+                        None => first = Some(row),
+                        Some(r) => assert!(r == &row, "{path:?} k={k}: row 0 changes with m={m}"),
+                    }
+                }
             }
         }
     }

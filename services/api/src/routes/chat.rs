@@ -2,8 +2,9 @@
 //! run as sync jobs through the scheduler. With `stream: true` the worker
 //! sends the text through RabbitMQ to this instance as it is generated, and
 //! it goes out as server-sent events (chunks, then `data: [DONE]`); a client
-//! that disconnects cancels the generation. `n` > 1 and logprobs are refused
-//! with a 400 until they are supported.
+//! that disconnects cancels the generation. Logprobs come in each API's own
+//! form (chat: `logprobs.content[]`; completions: `tokens`, `token_logprobs`,
+//! `top_logprobs`, `text_offset`). `n` > 1 is refused with a 400.
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -12,7 +13,7 @@ use crate::routes::resource;
 use crate::state::AppState;
 use crate::submit::{cancel, completed, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
-use maas_core::models::{validate_input, ChatMessage, Stop, SMOLLM2};
+use maas_core::models::{validate_input, ChatMessage, Prompt, Stop, SMOLLM2};
 use maas_core::{JobMode, JobStatus, Lane};
 use maas_store::jobs::Job;
 use serde::Deserialize;
@@ -49,8 +50,12 @@ pub struct GenerationRequest {
     #[schema(value_type = Option<Object>)]
     pub stream_options: Option<Value>,
     pub n: Option<u32>,
+    /// Chat: `true` for logprobs; completions: how many alternatives (0–5).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub logprobs: Option<Value>,
+    /// Chat: alternatives per token (0–20), with `logprobs: true`.
+    pub top_logprobs: Option<u32>,
 }
 
 fn unsupported(what: &str, param: &str) -> ApiError {
@@ -78,23 +83,17 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
     if body.n.is_some_and(|n| n != 1) {
         return Err(unsupported("n other than 1", "n"));
     }
-    if body.logprobs.as_ref().is_some_and(|v| !v.is_null() && v != &Value::Bool(false)) {
-        return Err(unsupported("logprobs", "logprobs"));
-    }
+    let logprobs = requested_logprobs(&body, chat)?;
     let (messages, prompt) = if chat {
         (Some(body.messages.ok_or_else(|| ApiError::invalid("messages is required", Some("messages")))?), None)
     } else {
-        match body.prompt {
-            Some(Value::String(s)) => (None, Some(s)),
-            Some(_) => return Err(ApiError::invalid("prompt must be a string", Some("prompt"))),
-            None => return Err(ApiError::invalid("prompt is required", Some("prompt"))),
-        }
+        (None, Some(parse_prompt(body.prompt)?))
     };
     let input = json!({
         "messages": messages, "prompt": prompt,
         "max_tokens": body.max_completion_tokens.or(body.max_tokens),
         "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
-        "seed": body.seed, "stop": body.stop, "stream": stream,
+        "seed": body.seed, "stop": body.stop, "stream": stream, "logprobs": logprobs,
     });
     validate_input(&model, &input).map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
     let sub = Submission {
@@ -115,6 +114,88 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
     Ok(Generated::Done(job, model.as_str().to_owned()))
 }
 
+/// How many alternatives per token the request asks logprobs for, if any.
+fn requested_logprobs(body: &GenerationRequest, chat: bool) -> Result<Option<u32>, ApiError> {
+    let bad = |m: &str, p: &str| ApiError::invalid(m, Some(p));
+    if chat {
+        let on = match &body.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(_) => return Err(bad("logprobs must be a boolean", "logprobs")),
+        };
+        match (on, body.top_logprobs) {
+            (false, Some(_)) => Err(bad("top_logprobs needs logprobs: true", "top_logprobs")),
+            (false, None) => Ok(None),
+            (true, k) => Ok(Some(k.unwrap_or(0))),
+        }
+    } else {
+        if body.top_logprobs.is_some() {
+            return Err(bad("top_logprobs is a chat parameter; give logprobs: <0–5> for completions", "top_logprobs"));
+        }
+        match &body.logprobs {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(k) if k <= 5 => Ok(Some(k as u32)),
+                _ => Err(bad("logprobs must be an integer from 0 to 5", "logprobs")),
+            },
+            Some(_) => Err(bad("logprobs must be an integer from 0 to 5", "logprobs")),
+        }
+    }
+}
+
+/// A completions prompt: text, token ids, or a one-element array of either.
+fn parse_prompt(prompt: Option<Value>) -> Result<Prompt, ApiError> {
+    let bad = |m: &str| ApiError::invalid(m, Some("prompt"));
+    let one = |v: Value| -> Result<Prompt, ApiError> {
+        match v {
+            Value::String(s) => Ok(Prompt::Text(s)),
+            Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => a
+                .iter()
+                .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .map(Prompt::Ids)
+                .ok_or_else(|| bad("token ids must be non-negative integers")),
+            _ => Err(bad("prompt must be a string, an array of token ids, or a one-element array of either")),
+        }
+    };
+    match prompt {
+        None | Some(Value::Null) => Err(bad("prompt is required")),
+        Some(Value::Array(a)) if a.first().is_some_and(|x| x.is_string() || x.is_array()) => {
+            if a.len() != 1 {
+                return Err(ApiError::InvalidRequest {
+                    message: "several prompts in one request are not supported; send one request per prompt".into(),
+                    param: Some("prompt".into()),
+                    code: "unsupported_parameter",
+                });
+            }
+            one(a.into_iter().next().unwrap_or(Value::Null))
+        }
+        Some(v) => one(v),
+    }
+}
+
+/// Chat logprob entries in the completions form, text offsets from `offset`
+/// (characters into the completion); returns the form and the next offset.
+fn completion_logprobs(entries: &Value, mut offset: usize) -> (Value, usize) {
+    let (mut tokens, mut lps, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for e in entries.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let token = e["token"].as_str().unwrap_or_default();
+        tokens.push(json!(token));
+        lps.push(e["logprob"].clone());
+        let alt: serde_json::Map<String, Value> = e["top_logprobs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| (t["token"].as_str().unwrap_or_default().to_owned(), t["logprob"].clone()))
+            .collect();
+        tops.push(Value::Object(alt));
+        offsets.push(json!(offset));
+        offset += token.chars().count();
+    }
+    (json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}), offset)
+}
+
 fn usage(out: &Value) -> Value {
     let (p, c) = (out["prompt_tokens"].as_u64().unwrap_or(0), out["completion_tokens"].as_u64().unwrap_or(0));
     json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
@@ -133,7 +214,12 @@ pub async fn chat_completions(state: web::Data<AppState>, principal: Principal, 
         "object": "chat.completion",
         "created": job.created_at.timestamp(),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]}, "finish_reason": out["finish_reason"], "logprobs": null}],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": out["text"]},
+            "finish_reason": out["finish_reason"],
+            "logprobs": out.get("logprobs").map(|e| json!({"content": e})),
+        }],
         "usage": usage(&out),
     })))
 }
@@ -151,7 +237,12 @@ pub async fn completions(state: web::Data<AppState>, principal: Principal, req: 
         "object": "text_completion",
         "created": job.created_at.timestamp(),
         "model": model,
-        "choices": [{"index": 0, "text": out["text"], "finish_reason": out["finish_reason"], "logprobs": null}],
+        "choices": [{
+            "index": 0,
+            "text": out["text"],
+            "finish_reason": out["finish_reason"],
+            "logprobs": out.get("logprobs").map(|e| completion_logprobs(e, 0).0),
+        }],
         "usage": usage(&out),
     })))
 }
@@ -174,16 +265,16 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
         ("text_completion", format!("cmpl-{}", job.id.simple()))
     };
     let created = job.created_at.timestamp();
-    let chunk = move |delta: Option<&str>, finish: Option<&str>| -> Value {
+    let chunk = move |delta: Option<&str>, finish: Option<&str>, logprobs: Value| -> Value {
         let choice = if chat {
             let d = match delta {
                 Some(t) => json!({"content": t}),
                 None if finish.is_none() => json!({"role": "assistant", "content": ""}),
                 None => json!({}),
             };
-            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": null})
+            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": logprobs})
         } else {
-            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
         };
         json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
     };
@@ -197,12 +288,14 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
         guard: crate::submit::CancelOnDrop,
         pending: std::collections::VecDeque<web::Bytes>,
         finished: bool,
+        /// Completions: characters of completion text so far (`text_offset`).
+        offset: usize,
     }
     let mut first = std::collections::VecDeque::new();
     if chat {
-        first.push_back(event(&chunk(None, None)));
+        first.push_back(event(&chunk(None, None, Value::Null)));
     }
-    let flow = Flow { state, tenant_id, job_id: job.id, waiter, _done: done, guard, pending: first, finished: false };
+    let flow = Flow { state, tenant_id, job_id: job.id, waiter, _done: done, guard, pending: first, finished: false, offset: 0 };
     let body = futures_util::stream::unfold(flow, move |mut f| {
         let chunk = chunk.clone();
         async move {
@@ -214,7 +307,18 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
                     return None;
                 }
                 match tokio::time::timeout_at(deadline, f.waiter.chunks.recv()).await {
-                    Ok(Some(text)) => f.pending.push_back(event(&chunk(Some(&text), None))),
+                    Ok(Some(piece)) => {
+                        let logprobs = match piece.logprobs {
+                            None => Value::Null,
+                            Some(e) if chat => json!({"content": e}),
+                            Some(e) => {
+                                let (lp, next) = completion_logprobs(&e, f.offset);
+                                f.offset = next;
+                                lp
+                            }
+                        };
+                        f.pending.push_back(event(&chunk(Some(&piece.text), None, logprobs)));
+                    }
                     Ok(None) => {
                         // Done: the final state says how it ended.
                         f.finished = true;
@@ -222,9 +326,9 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
                         let job = crate::submit::load_job(&f.state, f.job_id, f.tenant_id).await.ok().flatten();
                         match job.as_ref().map(|j| (j.status(), j.output.clone().unwrap_or_default(), j.error.clone())) {
                             Some((JobStatus::Succeeded, out, _)) => {
-                                f.pending.push_back(event(&chunk(None, Some(out["finish_reason"].as_str().unwrap_or("stop")))));
+                                f.pending.push_back(event(&chunk(None, Some(out["finish_reason"].as_str().unwrap_or("stop")), Value::Null)));
                                 if include_usage {
-                                    let mut u = chunk(None, None);
+                                    let mut u = chunk(None, None, Value::Null);
                                     u["choices"] = json!([]);
                                     u["usage"] = usage(&out);
                                     f.pending.push_back(event(&u));

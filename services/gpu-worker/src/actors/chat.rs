@@ -1,13 +1,19 @@
-//! The chat model on its own thread, fed by a channel with a oneshot reply
-//! per request. Requests run one after another for now (continuous batching
-//! is the next step); a cancel stops a generation before its next token.
+//! The chat model on its own thread, running the continuous-batching engine:
+//! requests arrive on a channel (with a oneshot reply each) and join the
+//! running batch between steps; each sequence leaves when it ends, when its
+//! job is cancelled, or when the job's waiter has gone.
 
 use crate::models::{CancelFlag, ModelError, ModelOutput};
-use maas_core::models::ChatInput;
-use maas_models::chat::{ChatError, ChatModel, FinishReason};
+use maas_core::messages::Piece;
+use maas_core::models::{ChatInput, Prompt};
+use maas_models::chat::{ChatError, ChatModel, FinishReason, Generation};
+use maas_models::chat_tokenizer::ChatTokenizer;
 use maas_models::chat_template::Message;
+use maas_models::engine::{Engine, EngineConfig, Event, Request as EngineRequest, TokenLogprob};
 use maas_models::sampling::SamplingParams;
 use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -19,7 +25,7 @@ struct Request {
 }
 
 /// Where streamed text goes as it is generated.
-pub type TextSink = tokio::sync::mpsc::UnboundedSender<String>;
+pub type TextSink = tokio::sync::mpsc::UnboundedSender<Piece>;
 
 #[derive(Clone)]
 pub struct ChatHandle {
@@ -27,20 +33,11 @@ pub struct ChatHandle {
 }
 
 impl ChatHandle {
-    pub fn start(model: ChatModel) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Request>(256);
+    pub fn start(model: ChatModel, cfg: EngineConfig) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Request>(1024);
         std::thread::Builder::new()
             .name("chat".into())
-            .spawn(move || {
-                while let Ok(r) = rx.recv() {
-                    if r.cancel.is_cancelled() || r.reply.is_closed() {
-                        let _ = r.reply.send(Err(ModelError::Cancelled));
-                        continue;
-                    }
-                    let out = run(&model, &r.input, &r.cancel, r.sink.as_ref());
-                    let _ = r.reply.send(out);
-                }
-            })
+            .spawn(move || serve(&model, cfg, &rx))
             .expect("spawning the chat thread");
         Self { tx }
     }
@@ -54,16 +51,42 @@ impl ChatHandle {
     }
 }
 
-fn run(model: &ChatModel, input: &ChatInput, cancel: &CancelFlag, sink: Option<&TextSink>) -> Result<ModelOutput, ModelError> {
-    let prompt = match (&input.messages, &input.prompt) {
-        (Some(m), _) => {
-            let msgs: Vec<Message> = m.iter().map(|m| Message { role: m.role.clone(), content: m.content.clone() }).collect();
-            model.chat_prompt(&msgs)
+/// The model thread: waits while idle, otherwise takes whatever has arrived
+/// and runs one step.
+fn serve(model: &ChatModel, cfg: EngineConfig, rx: &mpsc::Receiver<Request>) {
+    let mut engine = Engine::new(model, cfg);
+    loop {
+        if engine.is_idle() {
+            match rx.recv() {
+                Ok(r) => admit(model, &mut engine, r),
+                Err(_) => return,
+            }
         }
-        (None, Some(p)) => model.raw_prompt(p),
-        (None, None) => return Err(ModelError::InvalidInput("give either messages or prompt".into())),
+        while let Ok(r) = rx.try_recv() {
+            admit(model, &mut engine, r);
+        }
+        engine.step();
     }
-    .map_err(|e| ModelError::Failed(e.to_string()))?;
+}
+
+fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
+    let Request { input, cancel, sink, reply } = r;
+    let prompt = match (&input.messages, &input.prompt) {
+        (Some(m), _) => model.chat_prompt(&m.iter().map(|m| Message { role: m.role.clone(), content: m.content.clone() }).collect::<Vec<_>>()),
+        (None, Some(Prompt::Text(p))) => model.raw_prompt(p),
+        (None, Some(Prompt::Ids(ids))) => Ok(ids.clone()),
+        (None, None) => {
+            let _ = reply.send(Err(ModelError::InvalidInput("give either messages or prompt".into())));
+            return;
+        }
+    };
+    let prompt = match prompt {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = reply.send(Err(ModelError::Failed(e.to_string())));
+            return;
+        }
+    };
     let params = SamplingParams {
         temperature: input.temperature.unwrap_or(1.0),
         top_p: input.top_p.unwrap_or(1.0),
@@ -72,24 +95,60 @@ fn run(model: &ChatModel, input: &ChatInput, cancel: &CancelFlag, sink: Option<&
         max_tokens: input.max_tokens.unwrap_or(256) as usize,
         stop: input.stops(),
     };
-    let mut on_text = |t: &str| {
-        if let Some(s) = sink {
-            let _ = s.send(t.to_owned());
-        }
-    };
-    match model.generate_streaming(&prompt, params, &|| cancel.is_cancelled(), &mut on_text) {
-        Ok(g) => Ok(ModelOutput {
-            output: json!({
+    let reply = Rc::new(RefCell::new(Some(reply)));
+    let waiter = reply.clone();
+    let tok = &model.tokenizer;
+    engine.submit(EngineRequest {
+        prompt,
+        params,
+        logprobs: input.logprobs.map(|k| k as usize),
+        cancelled: Box::new(move || cancel.is_cancelled() || waiter.borrow().as_ref().is_none_or(|s| s.is_closed())),
+        on_event: Box::new(move |e| match e {
+            Event::Text { text, logprobs } => {
+                if let Some(s) = &sink {
+                    let logprobs = (!logprobs.is_empty()).then(|| entries(tok, &logprobs));
+                    let _ = s.send(Piece { text, logprobs });
+                }
+            }
+            Event::Done(r) => {
+                if let Some(tx) = reply.borrow_mut().take() {
+                    let _ = tx.send(output(tok, r));
+                }
+            }
+        }),
+    });
+}
+
+/// Chat-style logprob entries: token text, logprob, bytes, alternatives.
+fn entries(tok: &ChatTokenizer, lps: &[TokenLogprob]) -> Value {
+    let one = |id: u32, lp: f32| json!({"token": tok.token_text(id), "logprob": lp, "bytes": tok.token_bytes(id)});
+    Value::Array(
+        lps.iter()
+            .map(|l| {
+                let mut e = one(l.id, l.logprob);
+                e["top_logprobs"] = Value::Array(l.top.iter().map(|&(id, lp)| one(id, lp)).collect());
+                e
+            })
+            .collect(),
+    )
+}
+
+fn output(tok: &ChatTokenizer, r: Result<Generation, ChatError>) -> Result<ModelOutput, ModelError> {
+    match r {
+        Ok(g) => {
+            let mut output = json!({
                 "text": g.text,
                 "finish_reason": if g.finish_reason == FinishReason::Stop { "stop" } else { "length" },
                 "prompt_tokens": g.prompt_tokens,
                 "completion_tokens": g.completion_tokens,
-            }),
-            prompt_tokens: g.prompt_tokens as i64,
-            completion_tokens: g.completion_tokens as i64,
-        }),
+            });
+            if !g.logprobs.is_empty() {
+                output["logprobs"] = entries(tok, &g.logprobs);
+            }
+            Ok(ModelOutput { output, prompt_tokens: g.prompt_tokens as i64, completion_tokens: g.completion_tokens as i64 })
+        }
         Err(ChatError::Cancelled) => Err(ModelError::Cancelled),
-        Err(e @ ChatError::TooLong { .. }) => Err(ModelError::InvalidInput(e.to_string())),
+        Err(e @ (ChatError::TooLong { .. } | ChatError::OverBudget { .. } | ChatError::BadToken { .. })) => Err(ModelError::InvalidInput(e.to_string())),
         Err(e) => Err(ModelError::Failed(e.to_string())),
     }
 }

@@ -224,13 +224,14 @@ async fn run_attempt(
         let wants_stream = d.input.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
         let (sink, forwarder) = match (&d.reply_to, wants_stream) {
             (Some(reply_to), true) => {
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<maas_core::messages::Piece>();
                 let (broker, queue) = (deps.broker.clone(), reply_to.clone());
                 let task = tokio::spawn(async move {
                     let mut seq = 0u32;
-                    while let Some(text) = rx.recv().await {
+                    while let Some(p) = rx.recv().await {
                         let opts = PublishOpts { traceparent: None, persistent: false, expiration_ms: Some(60_000) };
-                        let _ = broker.publish_to_queue(&queue, &Reply::Chunk { job_id, seq, text }, opts).await;
+                        let chunk = Reply::Chunk { job_id, seq, text: p.text, logprobs: p.logprobs };
+                        let _ = broker.publish_to_queue(&queue, &chunk, opts).await;
                         seq += 1;
                     }
                 });
