@@ -98,3 +98,101 @@ fn every_cuda_kernel_matches_its_cpu_twin() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check runs it"]
+fn every_decoder_kernel_matches_its_cpu_twin() {
+    use maas_kernels::cpu::{KvSegment, QMatrix, QPath, QType};
+    let g = Gpu::new(device()).unwrap();
+    let (rows_n, h, ffn, heads, kv_heads, hd) = (5usize, 576usize, 1536usize, 9usize, 3usize, 64usize);
+
+    // RMSNorm.
+    let (x, w) = (random(rows_n * h, 11), random(h, 12));
+    let mut want = vec![0.0; rows_n * h];
+    cpu::rms_norm(&x, &w, h, 1e-5, &mut want);
+    let mut out = g.zeros(rows_n * h).unwrap();
+    g.rms_norm(&g.upload(&x).unwrap(), &g.upload(&w).unwrap(), &mut out, rows_n, h, 1e-5).unwrap();
+    close(&g.download(&out).unwrap(), &want, 1e-5, "rms_norm");
+
+    // SwiGLU over stacked gate/up rows.
+    let gu = random(rows_n * 2 * ffn, 13);
+    let mut want = Vec::new();
+    for r in gu.chunks(2 * ffn) {
+        let mut gate = r[..ffn].to_vec();
+        cpu::swiglu_inplace(&mut gate, &r[ffn..]);
+        want.extend(gate);
+    }
+    let mut out = g.zeros(rows_n * ffn).unwrap();
+    g.swiglu(&g.upload(&gu).unwrap(), &mut out, rows_n, ffn).unwrap();
+    close(&g.download(&out).unwrap(), &want, 1e-5, "swiglu");
+
+    // Rotary positions: pair (2i, 2i+1) by pos·base^(-2i/d).
+    let positions: Vec<i32> = vec![0, 3, 17, 100, 4095];
+    let half = hd / 2;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..4096 {
+        for i in 0..half {
+            let t = p as f64 * 100_000f64.powf(-2.0 * i as f64 / hd as f64);
+            cos.push(t.cos() as f32);
+            sin.push(t.sin() as f32);
+        }
+    }
+    let xr = random(rows_n * heads * hd, 14);
+    let mut want = xr.clone();
+    for (r, row) in want.chunks_mut(heads * hd).enumerate() {
+        let p = positions[r] as usize;
+        for head in row.chunks_mut(hd) {
+            for i in 0..half {
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                let (c, s) = (cos[p * half + i], sin[p * half + i]);
+                head[2 * i] = a * c - b * s;
+                head[2 * i + 1] = a * s + b * c;
+            }
+        }
+    }
+    let mut dx = g.upload(&xr).unwrap();
+    g.rope(&mut dx, &g.upload(&positions).unwrap(), &g.upload(&cos).unwrap(), &g.upload(&sin).unwrap(), rows_n, heads * hd, 0, heads, hd).unwrap();
+    close(&g.download(&dx).unwrap(), &want, 1e-5, "rope");
+
+    // Quantised matmuls against the CPU's f32 tile path (same dequantised weights).
+    for kind in [QType::Q4_1, QType::Q8_0] {
+        for (m, k, n) in [(1usize, 576usize, 960usize), (7, 1536, 576), (33, 576, 3072)] {
+            let q = QMatrix::quantize(kind, &random(n * k, 15), n, k).unwrap();
+            let x = random(m * k, 16);
+            let mut want = vec![0.0; m * n];
+            cpu::q_linear_path(QPath::Tiles, &x, &q, m, &mut want, Threads::All);
+            let mut out = g.zeros(m * n).unwrap();
+            g.q_matmul(kind, &g.upload(q.raw()).unwrap(), &g.upload(&x).unwrap(), &mut out, m, k, n).unwrap();
+            close(&g.download(&out).unwrap(), &want, 1e-4, &format!("{kind:?} matmul {m}x{k}x{n}"));
+        }
+    }
+    let table = QMatrix::quantize(QType::Q8_0, &random(100 * h, 17), 100, h).unwrap();
+    let ids: Vec<u32> = vec![0, 99, 42];
+    let mut want = vec![0.0; ids.len() * h];
+    for (o, &id) in want.chunks_mut(h).zip(&ids) {
+        table.row(id as usize, o);
+    }
+    let mut out = g.zeros(ids.len() * h).unwrap();
+    g.q8_0_embed(&g.upload(&ids).unwrap(), &g.upload(table.raw()).unwrap(), &mut out, ids.len(), h).unwrap();
+    close(&g.download(&out).unwrap(), &want, 1e-6, "q8_0 embedding rows");
+
+    // Attention against caches: two sequences in one pool, mixed rows.
+    let kvd = kv_heads * hd;
+    let (len_a, len_b) = (40usize, 3usize);
+    let (ka, va) = (random(len_a * kvd, 18), random(len_a * kvd, 19));
+    let (kb, vb) = (random(len_b * kvd, 20), random(len_b * kvd, 21));
+    // Rows: the last 2 positions of A (a prompt chunk), the last of B (decode).
+    let q = random(3 * heads * hd, 22);
+    let segs = [KvSegment { row0: 0, rows: 2, pos0: len_a - 2, k: &ka, v: &va }, KvSegment { row0: 2, rows: 1, pos0: len_b - 1, k: &kb, v: &vb }];
+    let mut want = vec![0.0; 3 * heads * hd];
+    cpu::causal_attention(&q, &segs, heads, kv_heads, hd, &mut want);
+    let kpool: Vec<f32> = ka.iter().chain(&kb).copied().collect();
+    let vpool: Vec<f32> = va.iter().chain(&vb).copied().collect();
+    let off_b = (len_a * kvd) as i64;
+    let kv_off: Vec<i64> = vec![0, 0, off_b];
+    let visible: Vec<i32> = vec![(len_a - 1) as i32, len_a as i32, len_b as i32];
+    let mut out = g.zeros(3 * heads * hd).unwrap();
+    g.kv_attention(&g.upload(&q).unwrap(), &g.upload(&kpool).unwrap(), &g.upload(&vpool).unwrap(), &g.upload(&kv_off).unwrap(), &g.upload(&visible).unwrap(), &mut out, 3, heads, kv_heads, 1.0 / (hd as f32).sqrt())
+        .unwrap();
+    close(&g.download(&out).unwrap(), &want, 1e-4, "kv attention");
+}

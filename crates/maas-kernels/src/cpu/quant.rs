@@ -243,6 +243,11 @@ impl QMatrix {
     pub fn bytes(&self) -> usize {
         self.data.len()
     }
+
+    /// The blocks as stored (GGUF layout), for uploading to a GPU.
+    pub fn raw(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 /// Activations quantised to 8 bits per 32-value block.

@@ -163,4 +163,79 @@ impl Gpu {
         unsafe { l.launch(rows(seqs, 128)) }?;
         Ok(())
     }
+
+    /// RMS normalisation of `rows_n` rows of `cols` into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm(&self, x: &CudaSlice<f32>, w: &CudaSlice<f32>, out: &mut CudaSlice<f32>, rows_n: usize, cols: usize, eps: f32) -> Result<(), GpuError> {
+        let c = cols as i32;
+        let mut l = self.stream.launch_builder(self.f("rms_norm_f32"));
+        l.arg(x).arg(w).arg(out).arg(&c).arg(&eps);
+        // SAFETY: one block per row; row r reads x and writes out at r·cols..(r+1)·cols only.
+        unsafe { l.launch(rows(rows_n, 128)) }?;
+        Ok(())
+    }
+
+    /// Rotary positions on `heads` heads from column `col0` of each row
+    /// (rows `stride` apart), row r at position `pos[r]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(&self, x: &mut CudaSlice<f32>, pos: &CudaSlice<i32>, cos: &CudaSlice<f32>, sin: &CudaSlice<f32>, rows_n: usize, stride: usize, col0: usize, heads: usize, head_dim: usize) -> Result<(), GpuError> {
+        let a = [rows_n as i32, stride as i32, col0 as i32, heads as i32, head_dim as i32];
+        let mut l = self.stream.launch_builder(self.f("rope_f32"));
+        l.arg(x).arg(pos).arg(cos).arg(sin).arg(&a[0]).arg(&a[1]).arg(&a[2]).arg(&a[3]).arg(&a[4]);
+        // SAFETY: thread i < rows·heads·head_dim/2 rotates one pair of one
+        // head of one row; positions index the tables within their length.
+        unsafe { l.launch(grid(rows_n * heads * head_dim / 2, 256)) }?;
+        Ok(())
+    }
+
+    /// `out[r, j] = silu(gu[r, j]) · gu[r, ffn + j]`.
+    pub fn swiglu(&self, gu: &CudaSlice<f32>, out: &mut CudaSlice<f32>, rows_n: usize, ffn: usize) -> Result<(), GpuError> {
+        let (r, f) = (rows_n as i32, ffn as i32);
+        let mut l = self.stream.launch_builder(self.f("swiglu_f32"));
+        l.arg(gu).arg(out).arg(&r).arg(&f);
+        // SAFETY: thread i < rows·ffn writes out[i] and reads its row of gu.
+        unsafe { l.launch(grid(rows_n * ffn, 256)) }?;
+        Ok(())
+    }
+
+    /// `out[m×n] = x[m×k] · Wᵀ` for GGUF blocks `w` (Q4_1 or Q8_0, `n` rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn q_matmul(&self, kind: crate::cpu::QType, w: &CudaSlice<u8>, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>, m: usize, k: usize, n: usize) -> Result<(), GpuError> {
+        let name = match kind {
+            crate::cpu::QType::Q4_1 => "q4_1_matmul_f32",
+            crate::cpu::QType::Q8_0 => "q8_0_matmul_f32",
+        };
+        let (mm, kk, nn) = (m as i32, k as i32, n as i32);
+        let mut l = self.stream.launch_builder(self.f(name));
+        l.arg(w).arg(x).arg(out).arg(&mm).arg(&kk).arg(&nn);
+        // SAFETY: warp j < n reads weight row j (k/32 blocks) and all of x
+        // (m·k), and writes column j of out (m·n).
+        unsafe { l.launch(grid(n * 32, 256)) }?;
+        Ok(())
+    }
+
+    /// Rows `ids` of a Q8_0 matrix (`h` wide), dequantised into `out`.
+    pub fn q8_0_embed(&self, ids: &CudaSlice<u32>, w: &CudaSlice<u8>, out: &mut CudaSlice<f32>, t: usize, h: usize) -> Result<(), GpuError> {
+        let hh = h as i32;
+        let mut l = self.stream.launch_builder(self.f("q8_0_embed_f32"));
+        l.arg(ids).arg(w).arg(out).arg(&hh);
+        // SAFETY: block t reads row ids[t] of w (ids are checked against the
+        // vocabulary by the caller) and writes row t of out.
+        unsafe { l.launch(rows(t, 128)) }?;
+        Ok(())
+    }
+
+    /// Attention of `rows_n` new rows against their sequences' cached keys
+    /// and values (head size 64): row r sees `visible[r]` positions starting
+    /// at element `kv_off[r]` of the pools.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_attention(&self, q: &CudaSlice<f32>, kpool: &CudaSlice<f32>, vpool: &CudaSlice<f32>, kv_off: &CudaSlice<i64>, visible: &CudaSlice<i32>, out: &mut CudaSlice<f32>, rows_n: usize, heads: usize, kv_heads: usize, scale: f32) -> Result<(), GpuError> {
+        let (h, kvh) = (heads as i32, kv_heads as i32);
+        let mut l = self.stream.launch_builder(self.f("kv_attention_f32"));
+        l.arg(q).arg(kpool).arg(vpool).arg(kv_off).arg(visible).arg(out).arg(&h).arg(&kvh).arg(&scale);
+        // SAFETY: block (row, head) reads that row's q, its sequence's first
+        // visible positions in the pools, and writes its head of out's row.
+        unsafe { l.launch(rows(rows_n * heads, 128)) }?;
+        Ok(())
+    }
 }

@@ -21,6 +21,11 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ("elementwise.cu", include_str!("../../cuda/elementwise.cu"), &["gelu_f32", "embed_f32"]),
     ("attention.cu", include_str!("../../cuda/attention.cu"), &["attention_f32"]),
     ("pool.cu", include_str!("../../cuda/pool.cu"), &["mean_pool_l2_f32"]),
+    (
+        "llama.cu",
+        include_str!("../../cuda/llama.cu"),
+        &["rms_norm_f32", "rope_f32", "swiglu_f32", "q4_1_matmul_f32", "q8_0_matmul_f32", "q8_0_embed_f32", "kv_attention_f32"],
+    ),
 ];
 
 /// The source with the shared header inlined (NVRTC has no file system here).

@@ -125,3 +125,92 @@ async fn a_stream_dropped_midway_stops_its_generation() {
     let r = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})).await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn logprobs_come_in_each_apis_form_and_token_id_prompts_equal_their_text() {
+    let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    let msgs = json!([{"role": "user", "content": "Name three fruits."}]);
+
+    // Chat: logprobs.content, one entry per token, greedy picks the top one.
+    let v: Value = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": msgs, "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 3}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap());
+    let mut bytes = Vec::new();
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{e}");
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()), "alternatives best first");
+        assert_eq!(top[0]["token"], e["token"], "greedy takes the most likely token");
+        assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6);
+        bytes.extend(e["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8));
+    }
+    if v["choices"][0]["finish_reason"] == "length" {
+        assert_eq!(String::from_utf8(bytes).unwrap(), v["choices"][0]["message"]["content"].as_str().unwrap(), "token bytes add up to the text");
+    }
+    // Without logprobs: null.
+    let v: Value = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": msgs, "max_tokens": 2})).await.json().await.unwrap();
+    assert!(v["choices"][0]["logprobs"].is_null());
+
+    // Streamed chat: each content chunk carries its tokens' logprobs.
+    let r = post(&p, &t.key, "/v1/chat/completions", json!({"model": m, "messages": msgs, "max_tokens": 8, "temperature": 0, "logprobs": true, "stream": true})).await;
+    let body = r.text().await.unwrap();
+    let chunks: Vec<Value> = events(&body).iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+    let streamed: usize = chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).map(Vec::len).sum();
+    assert_eq!(streamed, content.len(), "streamed logprob entries: {body}");
+
+    // Completions: tokens, token_logprobs, top_logprobs, text_offset.
+    let v: Value = post(&p, &t.key, "/v1/completions", json!({"model": m, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "logprobs": 2}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert_eq!(tokens.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap());
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), tokens.len());
+    assert!(lp["top_logprobs"].as_array().unwrap().iter().all(|o| o.as_object().unwrap().len() <= 2 && !o.as_object().unwrap().is_empty()));
+    let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    if v["choices"][0]["finish_reason"] == "length" {
+        assert_eq!(tokens.concat(), v["choices"][0]["text"].as_str().unwrap());
+    }
+
+    // A prompt of token ids (llama.cpp's ids for a committed string) answers
+    // as its text does.
+    let data: Value = serde_json::from_str(include_str!("../../../../crates/maas-models/tests/data/smollm2_tokens.json")).unwrap();
+    let case = data["cases"].as_array().unwrap().iter().find(|c| c["text"].as_str().unwrap().len() > 20 && c["text"].as_str().unwrap().is_ascii()).unwrap();
+    let text_prompt = json!({"model": m, "prompt": case["text"], "max_tokens": 5, "temperature": 0});
+    let mut id_prompt = text_prompt.clone();
+    id_prompt["prompt"] = case["special"].clone();
+    let a: Value = post(&p, &t.key, "/v1/completions", text_prompt).await.json().await.unwrap();
+    let b: Value = post(&p, &t.key, "/v1/completions", id_prompt.clone()).await.json().await.unwrap();
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    assert_eq!(b["usage"]["prompt_tokens"].as_u64().unwrap() as usize, case["special"].as_array().unwrap().len());
+    id_prompt["prompt"] = json!([case["special"].clone()]);
+    let c: Value = post(&p, &t.key, "/v1/completions", id_prompt).await.json().await.unwrap();
+    assert_eq!(c["choices"][0]["text"], a["choices"][0]["text"], "a one-element array of ids");
+
+    // Bad values: a clear 400 each.
+    for (path, body, code) in [
+        ("/v1/chat/completions", json!({"model": m, "messages": msgs, "logprobs": "yes"}), "invalid_request"),
+        ("/v1/chat/completions", json!({"model": m, "messages": msgs, "top_logprobs": 2}), "invalid_request"),
+        ("/v1/chat/completions", json!({"model": m, "messages": msgs, "logprobs": true, "top_logprobs": 21}), "invalid_request"),
+        ("/v1/completions", json!({"model": m, "prompt": "x", "logprobs": 6}), "invalid_request"),
+        ("/v1/completions", json!({"model": m, "prompt": ["a", "b"]}), "unsupported_parameter"),
+        ("/v1/completions", json!({"model": m, "prompt": [-1, 2]}), "invalid_request"),
+        ("/v1/completions", json!({"model": m, "prompt": []}), "invalid_request"),
+        ("/v1/completions", json!({"model": m, "prompt": [999_999], "max_tokens": 2}), "invalid_request"),
+        ("/v1/completions", json!({"model": m, "prompt": "x", "n": 3}), "unsupported_parameter"),
+    ] {
+        assert_error(post(&p, &t.key, path, body.clone()).await, 400, code).await;
+    }
+}
