@@ -33,6 +33,8 @@ pub struct Options {
     /// Serve the real models from the repository's `models/` (fetched by
     /// `scripts/fetch-models`); off, workers serve `echo` only.
     pub with_models: bool,
+    /// Extra environment for the workers (for example the chat engine's limits).
+    pub worker_env: Vec<(&'static str, String)>,
 }
 
 /// The repository's `models/` folder.
@@ -70,6 +72,7 @@ impl Default for Options {
             batch_aging_ms: 10_000,
             max_body_bytes: 64 * 1024,
             with_models: false,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -247,7 +250,9 @@ impl Platform {
     }
 
     pub async fn spawn_worker(&mut self, slots: u32) -> anyhow::Result<usize> {
-        let s = self.spawn("maas-worker", &[("MAAS_WORKER_SLOTS", slots.to_string())]).await?;
+        let mut env = vec![("MAAS_WORKER_SLOTS", slots.to_string())];
+        env.extend(self.opts.worker_env.iter().cloned());
+        let s = self.spawn("maas-worker", &env).await?;
         self.workers.push(s);
         Ok(self.workers.len() - 1)
     }

@@ -214,3 +214,58 @@ async fn logprobs_come_in_each_apis_form_and_token_id_prompts_equal_their_text()
         assert_error(post(&p, &t.key, path, body.clone()).await, 400, code).await;
     }
 }
+
+/// Streams a completion; returns (when its first text arrived, when it ended, text).
+async fn timed_stream(p: &Platform, key: &str, body: Value) -> (std::time::Instant, std::time::Instant, String) {
+    let mut r = post(p, key, "/v1/completions", body).await;
+    assert_eq!(r.status(), 200);
+    let (mut first, mut buf) = (None, String::new());
+    while let Some(c) = r.chunk().await.unwrap() {
+        buf.push_str(&String::from_utf8_lossy(&c));
+        if first.is_none() && buf.contains("\"text\":\"") && !buf.contains("\"text\":\"\"") {
+            first = Some(std::time::Instant::now());
+        }
+    }
+    let text: String = events(&buf).iter().filter(|e| *e != "[DONE]").filter_map(|e| serde_json::from_str::<Value>(e).ok()).filter_map(|v| v["choices"][0]["text"].as_str().map(str::to_owned)).collect();
+    (first.expect("no text arrived"), std::time::Instant::now(), text)
+}
+
+#[tokio::test]
+async fn concurrent_streams_decode_together_and_each_equals_its_solo_run() {
+    let p = Platform::start(Options { with_models: true, worker_slots: 4, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    let body = |i: usize| json!({"model": m, "prompt": format!("Count from {} upwards: {}, {},", i * 10, i * 10, i * 10 + 1), "max_tokens": 48, "temperature": 0.7, "seed": i, "stream": true});
+    // Solo runs first, one at a time.
+    let mut solo = Vec::new();
+    for i in 0..4 {
+        solo.push(timed_stream(&p, &t.key, body(i)).await.2);
+    }
+    // Then all four at once.
+    let runs = futures_util::future::join_all((0..4).map(|i| timed_stream(&p, &t.key, body(i)))).await;
+    // Continuous batching: every stream had text before any had finished
+    // (one at a time, the last would start only after the others ended).
+    let last_first = runs.iter().map(|r| r.0).max().unwrap();
+    let first_end = runs.iter().map(|r| r.1).min().unwrap();
+    assert!(last_first < first_end, "streams were served one after another");
+    for (i, (run, alone)) in runs.iter().zip(&solo).enumerate() {
+        assert_eq!(&run.2, alone, "stream {i}: same seed, same text, batched or alone");
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_the_kv_budget_wait_and_one_that_never_fits_is_refused() {
+    let opts = Options { with_models: true, worker_env: vec![("MAAS_CHAT_KV_BUDGET_TOKENS", "200".into())], ..Options::default() };
+    let p = Platform::start(opts).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    // Each needs ~10 prompt + 90 positions: two fit at a time, the rest wait.
+    let body = json!({"model": m, "prompt": "Once upon a time, in a land far away,", "max_tokens": 90, "temperature": 0});
+    let answers = futures_util::future::join_all((0..4).map(|_| post(&p, &t.key, "/v1/completions", body.clone()))).await;
+    for r in answers {
+        assert_eq!(r.status(), 200, "a request that fits later waits, it is not refused");
+    }
+    let r = post(&p, &t.key, "/v1/completions", json!({"model": m, "prompt": "Hi", "max_tokens": 400})).await;
+    let v = assert_error(r, 400, "invalid_request").await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("budget"), "{v}");
+}
