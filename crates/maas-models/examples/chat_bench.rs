@@ -1,6 +1,6 @@
 //! Engine-alone speed of SmolLM2-135M-Instruct on our CPU kernels.
 //!
-//!     cargo run --release -p maas-models --example chat_bench -- [models_dir] [decode_tokens]
+//!     cargo run --release -p maas-models --example chat_bench -- [models_dir] [decode_tokens] [sequences,…]
 //!
 //! Prints one JSON object per case:
 //! - `prefill` of a 128- and a 512-token prompt (tokens/s, best of 3);
@@ -22,6 +22,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("models"));
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    // Which decode cases (sequences stepping together); prefill runs unless
+    // a list is given.
+    let only: Option<Vec<usize>> = args.get(3).map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect());
     let m = Llama::load(&dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     println!(
         "{{\"engine\": \"maas\", \"weights_mb\": {:.1}, \"threads\": {}, \"kernel\": \"{:?}\"}}",
@@ -31,7 +34,7 @@ fn main() {
     );
     // Warm-up.
     m.forward(&prompt(32, 0), &mut m.new_cache(), false);
-    for len in [128usize, 512] {
+    for len in if only.is_some() { vec![] } else { vec![128usize, 512] } {
         let p = prompt(len, 1);
         let mut best = f64::MAX;
         for _ in 0..3 {
@@ -42,7 +45,7 @@ fn main() {
         }
         println!("{{\"engine\": \"maas\", \"case\": \"prefill\", \"prompt\": {len}, \"tokens_per_s\": {:.1}}}", len as f64 / best);
     }
-    for seqs in [1usize, 4, 16] {
+    for seqs in only.clone().unwrap_or_else(|| vec![1usize, 4, 16]) {
         let mut caches: Vec<_> = (0..seqs).map(|_| m.cache_for(128 + steps)).collect();
         let prompts: Vec<Vec<u32>> = (0..seqs).map(|s| prompt(128, s as u32 + 2)).collect();
         for (c, p) in caches.iter_mut().zip(&prompts) {

@@ -36,39 +36,56 @@ impl Sampler {
         Self { params, rng }
     }
 
-    /// The next token id from one row of logits.
+    /// The next token id from one row of logits. Only what the filters
+    /// need is sorted: top-k by selection, top-p over a growing prefix of the
+    /// most likely tokens, plain temperature sampling not at all (sorting the
+    /// whole vocabulary would cost milliseconds per token).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
-        if self.params.temperature <= 0.0 {
+        if self.params.temperature <= 0.0 || logits.is_empty() {
             return argmax();
         }
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / self.params.temperature)).collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if self.params.top_k > 0 {
+        let inv_t = 1.0 / self.params.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // (id, unnormalised probability), most likely first where it matters.
+        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())).collect();
+        let by_p = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if self.params.top_k > 0 && self.params.top_k < cand.len() {
+            cand.select_nth_unstable_by(self.params.top_k - 1, by_p);
             cand.truncate(self.params.top_k);
+            cand.sort_unstable_by(by_p);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
+        let total: f32 = cand.iter().map(|c| c.1).sum();
+        let mut kept = total;
         if self.params.top_p < 1.0 {
+            let want = self.params.top_p * total;
+            // Sort a prefix large enough to hold the nucleus.
+            let mut k = 64.min(cand.len());
+            loop {
+                if k < cand.len() {
+                    cand.select_nth_unstable_by(k - 1, by_p);
+                }
+                cand[..k].sort_unstable_by(by_p);
+                let prefix: f32 = cand[..k].iter().map(|c| c.1).sum();
+                if prefix >= want || k == cand.len() {
+                    break;
+                }
+                k = (k * 4).min(cand.len());
+            }
             let mut acc = 0.0;
-            let keep = probs.iter().position(|p| {
-                acc += p;
-                acc >= self.params.top_p
+            let keep = cand.iter().position(|c| {
+                acc += c.1;
+                acc >= want
             });
-            let keep = keep.map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-            cand.truncate(keep);
-            let total: f32 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= total);
+            cand.truncate(keep.map_or(cand.len(), |i| i + 1));
+            kept = cand.iter().map(|c| c.1).sum();
         }
-        let mut r: f32 = self.rng.random();
-        for (c, p) in cand.iter().zip(&probs) {
-            if r < *p {
+        let mut r: f32 = self.rng.random::<f32>() * kept;
+        for c in &cand {
+            if r < c.1 {
                 return c.0;
             }
-            r -= p;
+            r -= c.1;
         }
         cand[cand.len() - 1].0
     }

@@ -22,6 +22,20 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Sum in 16 independent lanes, so that it vectorises.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let c = a.chunks_exact(16);
+    let rest = c.remainder().iter().sum::<f32>();
+    for x in c {
+        for l in 0..16 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 /// Dot product in 16 independent lanes, so that it vectorises.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -49,88 +63,84 @@ pub fn causal_attention(q: &[f32], segs: &[KvSegment], heads: usize, kv_heads: u
         assert!((seg.row0 + seg.rows) * qd <= q.len(), "causal_attention: segment rows");
         assert!(seg.k.len() >= total * kvd && seg.v.len() >= total * kvd, "causal_attention: cache too short");
         for t in 0..seg.rows {
-            items.push((s, t));
+            for head in 0..heads {
+                items.push((s, t, head));
+            }
             work += (seg.pos0 + t + 1) * heads;
         }
     }
     let ptr = OutPtr(out.as_mut_ptr());
-    let run = |&(s, t): &(usize, usize)| {
+    let run = |&(s, t, head): &(usize, usize, usize)| {
         let ptr = ptr;
         let seg = &segs[s];
         let row = seg.row0 + t;
-        // SAFETY: this row's slice of out belongs to this item only, and lies
-        // inside out (rows of q were checked above).
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(row * qd), qd) };
-        attend(&q[row * qd..(row + 1) * qd], seg, seg.pos0 + t + 1, heads, kv_heads, d, dst);
+        // SAFETY: this (row, head) slice of out belongs to this item only,
+        // and lies inside out (rows of q were checked above).
+        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(row * qd + head * d), d) };
+        let kvh = head / (heads / kv_heads);
+        attend(&q[row * qd + head * d..row * qd + (head + 1) * d], seg, seg.pos0 + t + 1, kvh * d, kv_heads * d, dst);
     };
     if work * d >= 1 << 16 && items.len() > 1 {
-        use rayon::prelude::*;
-        items.par_iter().for_each(run);
+        super::Team::global().run(items.len(), &|i| run(&items[i]));
     } else {
         items.iter().for_each(run);
     }
 }
 
-/// One query row, every head, over `visible` positions; compiled for the
-/// best vector unit present (without FMA/AVX the loops would be SSE2).
-fn attend(q: &[f32], seg: &KvSegment, visible: usize, heads: usize, kv_heads: usize, d: usize, out: &mut [f32]) {
+/// One query row and head over `visible` positions (keys and values of
+/// its kv head at column `col` of rows `kvd` wide); compiled for the best
+/// vector unit present (without FMA/AVX the loops would be SSE2).
+fn attend(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX-512F and FMA (checked just above).
-            return unsafe { attend_avx512(q, seg, visible, heads, kv_heads, d, out) };
+            return unsafe { attend_avx512(q, seg, visible, col, kvd, out) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { attend_avx2(q, seg, visible, heads, kv_heads, d, out) };
+            return unsafe { attend_avx2(q, seg, visible, col, kvd, out) };
         }
     }
-    attend_body(q, seg, visible, heads, kv_heads, d, out)
+    attend_body(q, seg, visible, col, kvd, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,fma")]
-unsafe fn attend_avx512(q: &[f32], seg: &KvSegment, visible: usize, heads: usize, kv_heads: usize, d: usize, out: &mut [f32]) {
-    attend_body(q, seg, visible, heads, kv_heads, d, out)
+unsafe fn attend_avx512(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, out: &mut [f32]) {
+    attend_body(q, seg, visible, col, kvd, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(q: &[f32], seg: &KvSegment, visible: usize, heads: usize, kv_heads: usize, d: usize, out: &mut [f32]) {
-    attend_body(q, seg, visible, heads, kv_heads, d, out)
+unsafe fn attend_avx2(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, out: &mut [f32]) {
+    attend_body(q, seg, visible, col, kvd, out)
 }
 
 #[inline(always)]
-fn attend_body(q: &[f32], seg: &KvSegment, visible: usize, heads: usize, kv_heads: usize, d: usize, out: &mut [f32]) {
-    let kvd = kv_heads * d;
-    let group = heads / kv_heads;
+fn attend_body(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, out: &mut [f32]) {
+    let d = q.len();
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores = vec![0f32; visible];
-    let mut acc = vec![0f32; d];
-    for head in 0..heads {
-        let kvh = head / group;
-        let qv = &q[head * d..(head + 1) * d];
-        let mut max = f32::NEG_INFINITY;
-        for (j, sc) in scores.iter_mut().enumerate() {
-            *sc = dot(qv, &seg.k[j * kvd + kvh * d..][..d]) * scale;
-            max = max.max(*sc);
+    let mut max = f32::NEG_INFINITY;
+    for (j, sc) in scores.iter_mut().enumerate() {
+        *sc = dot(q, &seg.k[j * kvd + col..][..d]) * scale;
+        max = max.max(*sc);
+    }
+    for sc in scores.iter_mut() {
+        *sc = super::mathf::exp(*sc - max);
+    }
+    let sum = sum(&scores);
+    out.fill(0.0);
+    for (j, sc) in scores.iter().enumerate() {
+        let vv = &seg.v[j * kvd + col..][..d];
+        for (o, x) in out.iter_mut().zip(vv) {
+            *o = sc.mul_add(*x, *o);
         }
-        let mut sum = 0.0;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            sum += *sc;
-        }
-        acc.fill(0.0);
-        for (j, sc) in scores.iter().enumerate() {
-            let vv = &seg.v[j * kvd + kvh * d..][..d];
-            for (o, x) in acc.iter_mut().zip(vv) {
-                *o = sc.mul_add(*x, *o);
-            }
-        }
-        let inv = 1.0 / sum;
-        for (o, a) in out[head * d..(head + 1) * d].iter_mut().zip(&acc) {
-            *o = a * inv;
-        }
+    }
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
     }
 }
 

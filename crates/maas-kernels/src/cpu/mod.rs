@@ -4,11 +4,13 @@ mod attention;
 mod elementwise;
 mod kv_attention;
 mod linear;
+mod mathf;
 mod norm;
 mod peak;
 mod pool;
 mod quant;
 mod rms;
+mod team;
 
 pub use attention::attention;
 pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
@@ -18,6 +20,7 @@ pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
 pub use pool::{l2_normalize_inplace, mean_pool};
 pub use quant::{q_kernel, q_linear, q_linear_path, q_linear_with, QKernel, QMatrix, QPath, QType, QuantError, Q_SMALL_M};
+pub use team::Team;
 pub use rms::{rms_norm, swiglu_inplace};
 
 #[cfg(test)]

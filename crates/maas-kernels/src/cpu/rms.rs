@@ -13,12 +13,41 @@ pub fn rms_norm(x: &[f32], w: &[f32], cols: usize, eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `gate = silu(gate) · up`, the SwiGLU activation, in place.
+/// `gate = silu(gate) · up`, the SwiGLU activation, in place (compiled for
+/// the best vector unit present).
 pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu: lengths differ");
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX-512F and FMA (checked just above).
+            return unsafe { swiglu_avx512(gate, up) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { swiglu_avx2(gate, up) };
+        }
     }
+    swiglu_loop(gate, up)
+}
+
+#[inline(always)]
+fn swiglu_loop(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + super::mathf::exp(-*g)) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,fma")]
+unsafe fn swiglu_avx512(gate: &mut [f32], up: &[f32]) {
+    swiglu_loop(gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
+    swiglu_loop(gate, up)
 }
 
 #[cfg(test)]
