@@ -5,11 +5,21 @@
 //! Prints one JSON object per case:
 //! - `prefill` of a 128- and a 512-token prompt (tokens/s, best of 3);
 //! - `decode` with 1, 4 and 16 sequences stepping together after a 128-token
-//!   prompt each (aggregate tokens/s over `decode_tokens` steps).
+//!   prompt each (aggregate tokens/s over `decode_tokens` steps);
+//! - `engine`: the continuous-batching engine serving 1, 4 and 16 chat
+//!   requests submitted together (the same prompts, max_tokens and sampling
+//!   as loadtests/chat/whole_platform.py): aggregate tokens/s and time to
+//!   first token, the engine-alone figure the platform is compared with.
 
 #![allow(clippy::unwrap_used)]
 
+use maas_models::chat::ChatModel;
+use maas_models::chat_template::Message;
+use maas_models::engine::{Engine, EngineConfig, Event, Request};
 use maas_models::llama::{Llama, Logits, Step};
+use maas_models::sampling::SamplingParams;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,7 +35,8 @@ fn main() {
     // Which decode cases (sequences stepping together); prefill runs unless
     // a list is given.
     let only: Option<Vec<usize>> = args.get(3).map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect());
-    let m = Llama::load(&dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let gguf = dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let m = Llama::load(&gguf).unwrap();
     println!(
         "{{\"engine\": \"maas\", \"weights_mb\": {:.1}, \"threads\": {}, \"kernel\": \"{:?}\"}}",
         m.weight_bytes() as f64 / 1e6,
@@ -64,6 +75,49 @@ fn main() {
             "{{\"engine\": \"maas\", \"case\": \"decode\", \"sequences\": {seqs}, \"tokens_per_s\": {:.1}, \"step_ms\": {:.2}}}",
             (seqs * steps) as f64 / s,
             s * 1e3 / steps as f64
+        );
+    }
+    drop(m);
+    let chat = ChatModel::load(&gguf).unwrap();
+    const TOPICS: [&str; 16] = [
+        "the sea", "a city at night", "mountains", "a library", "the moon", "autumn", "a train journey", "a garden",
+        "the desert", "a storm", "a market", "winter", "a river", "the stars", "an old house", "a forest",
+    ];
+    for seqs in only.unwrap_or_else(|| vec![1usize, 4, 16]) {
+        let mut engine = Engine::new(&chat, EngineConfig::default());
+        let t0 = Instant::now();
+        let firsts: Rc<RefCell<Vec<f64>>> = Rc::default();
+        let tokens: Rc<RefCell<usize>> = Rc::default();
+        for i in 0..seqs {
+            let msg = Message { role: "user".into(), content: format!("Write a long, detailed story about {}.", TOPICS[i % 16]) };
+            let prompt = chat.chat_prompt(&[msg]).unwrap();
+            let (f, tk) = (firsts.clone(), tokens.clone());
+            let mut seen = false;
+            engine.submit(Request {
+                prompt,
+                params: SamplingParams { temperature: 0.8, seed: Some(i as u64), max_tokens: 128, ..Default::default() },
+                logprobs: None,
+                cancelled: Box::new(|| false),
+                on_event: Box::new(move |e| match e {
+                    Event::Text { .. } if !seen => {
+                        seen = true;
+                        f.borrow_mut().push(t0.elapsed().as_secs_f64());
+                    }
+                    Event::Done(Ok(g)) => *tk.borrow_mut() += g.completion_tokens,
+                    _ => {}
+                }),
+            });
+        }
+        while engine.step() {}
+        let wall = t0.elapsed().as_secs_f64();
+        let mut f = firsts.borrow().clone();
+        f.sort_by(f64::total_cmp);
+        let total = *tokens.borrow();
+        println!(
+            "{{\"engine\": \"maas\", \"case\": \"engine\", \"streams\": {seqs}, \"completion_tokens\": {total}, \"aggregate_tokens_per_s\": {:.1}, \"ttft_p50_ms\": {:.1}, \"ttft_p95_ms\": {:.1}}}",
+            total as f64 / wall,
+            1e3 * f[f.len() / 2],
+            1e3 * f[((f.len() as f64 * 0.95) as usize).min(f.len() - 1)]
         );
     }
 }

@@ -295,7 +295,9 @@ impl<'m, 'a> Engine<'m, 'a> {
 /// log-softmax of the chosen token and the `k` most likely ones.
 fn logprob_of(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let mut e = logits.to_vec();
+    maas_kernels::cpu::exp_scaled_inplace(&mut e, 1.0, max);
+    let lse = max + e.iter().sum::<f32>().ln();
     let mut top = Vec::new();
     if k > 0 {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();

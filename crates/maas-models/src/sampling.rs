@@ -48,7 +48,9 @@ impl Sampler {
         let inv_t = 1.0 / self.params.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // (id, unnormalised probability), most likely first where it matters.
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())).collect();
+        let mut p = logits.to_vec();
+        maas_kernels::cpu::exp_scaled_inplace(&mut p, inv_t, max * inv_t);
+        let mut cand: Vec<(u32, f32)> = p.into_iter().enumerate().map(|(i, e)| (i as u32, e)).collect();
         let by_p = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if self.params.top_k > 0 && self.params.top_k < cand.len() {
             cand.select_nth_unstable_by(self.params.top_k - 1, by_p);
