@@ -179,15 +179,21 @@ fn every_decoder_kernel_matches_its_cpu_twin() {
     // Attention against caches: two sequences in one pool, mixed rows.
     let kvd = kv_heads * hd;
     let (len_a, len_b) = (40usize, 3usize);
-    let (ka, va) = (random(len_a * kvd, 18), random(len_a * kvd, 19));
-    let (kb, vb) = (random(len_b * kvd, 20), random(len_b * kvd, 21));
+    // The CPU cache holds f16; the GPU pools get the same values widened.
+    let half = |n: usize, seed: u64| {
+        let mut h = Vec::new();
+        cpu::push_f16(&mut h, &random(n, seed));
+        h
+    };
+    let (ka, va) = (half(len_a * kvd, 18), half(len_a * kvd, 19));
+    let (kb, vb) = (half(len_b * kvd, 20), half(len_b * kvd, 21));
     // Rows: the last 2 positions of A (a prompt chunk), the last of B (decode).
     let q = random(3 * heads * hd, 22);
     let segs = [KvSegment { row0: 0, rows: 2, pos0: len_a - 2, k: &ka, v: &va }, KvSegment { row0: 2, rows: 1, pos0: len_b - 1, k: &kb, v: &vb }];
     let mut want = vec![0.0; 3 * heads * hd];
     cpu::causal_attention(&q, &segs, heads, kv_heads, hd, &mut want);
-    let kpool: Vec<f32> = ka.iter().chain(&kb).copied().collect();
-    let vpool: Vec<f32> = va.iter().chain(&vb).copied().collect();
+    let kpool: Vec<f32> = ka.iter().chain(&kb).map(|&h| cpu::f16_value(h)).collect();
+    let vpool: Vec<f32> = va.iter().chain(&vb).map(|&h| cpu::f16_value(h)).collect();
     let off_b = (len_a * kvd) as i64;
     let kv_off: Vec<i64> = vec![0, 0, off_b];
     let visible: Vec<i32> = vec![(len_a - 1) as i32, len_a as i32, len_b as i32];

@@ -30,9 +30,9 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// Bytes of KV cache per position (f32 keys and values, every layer).
+    /// Bytes of KV cache per position (f16 keys and values, every layer).
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.layers * self.kv_heads * self.head_dim * 4
+        2 * self.layers * self.kv_heads * self.head_dim * 2
     }
 }
 
@@ -142,11 +142,11 @@ pub struct Llama {
     rope_sin: Vec<f32>,
 }
 
-/// Keys and values of the positions seen so far, per layer.
+/// Keys and values of the positions seen so far, per layer, as f16 bits.
 #[derive(Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
     len: usize,
 }
 
@@ -332,8 +332,8 @@ impl Llama {
                     self.rope(qs, pos0 + i);
                     self.rope(&mut kv[..kvd], pos0 + i);
                     q[(r0 + i) * qd..(r0 + i + 1) * qd].copy_from_slice(qs);
-                    s.cache.k[li].extend_from_slice(&kv[..kvd]);
-                    s.cache.v[li].extend_from_slice(&kv[kvd..]);
+                    cpu::push_f16(&mut s.cache.k[li], &kv[..kvd]);
+                    cpu::push_f16(&mut s.cache.v[li], &kv[kvd..]);
                 }
             }
             let segs: Vec<KvSegment<'_>> = batch

@@ -56,6 +56,32 @@ fn cases() -> Vec<Value> {
     data["cases"].as_array().unwrap().clone()
 }
 
+/// The float32 reference: transformers running the same GGUF dequantised
+/// (scripts/reference/smollm2_transformers.py), on the same sequences.
+fn float32_cases() -> Vec<Value> {
+    let data: Value = serde_json::from_str(include_str!("data/smollm2_logits_hf.json")).unwrap();
+    data["cases"].as_array().unwrap().clone()
+}
+
+#[test]
+fn both_paths_match_the_float32_transformers_reference_where_it_is_decisive() {
+    let m = model();
+    let (mut prefill, mut decode) = ((0, 0, 0.0, 0), (0, 0, 0.0, 0));
+    for case in float32_cases() {
+        let seq: Vec<u32> = ids(&case["prompt_ids"]).into_iter().chain(ids(&case["generated"])).collect();
+        let logits = m.forward(&seq, &mut m.new_cache(), true);
+        score(&case, &logits, m.cfg.vocab, &mut prefill);
+        let mut cache = m.new_cache();
+        let mut steps = Vec::new();
+        for &tok in &seq {
+            steps.extend(m.forward(&[tok], &mut cache, false));
+        }
+        score(&case, &steps, m.cfg.vocab, &mut decode);
+    }
+    report("prefill vs transformers float32", prefill);
+    report("decode vs transformers float32", decode);
+}
+
 /// Prefill path: the whole sequence in one pass (dequantised tiles and GEMM).
 #[test]
 fn teacher_forced_top1_matches_llama_cpp_where_it_is_decisive() {

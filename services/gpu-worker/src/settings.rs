@@ -52,8 +52,8 @@ pub struct WorkerSettings {
     pub chat_max_seqs: usize,
 
     /// Chat model: KV-cache positions that may be reserved at once (each
-    /// sequence reserves its prompt plus max_tokens; 46 KB per position for
-    /// SmolLM2). A request that does not fit waits; one larger than the whole
+    /// sequence reserves its prompt plus max_tokens; 23 KB per position for
+    /// SmolLM2, keys and values in f16). A request that does not fit waits; one larger than the whole
     /// budget is refused.
     #[arg(long, env = "MAAS_CHAT_KV_BUDGET_TOKENS", default_value_t = 32_768)]
     pub chat_kv_budget_tokens: usize,

@@ -25,6 +25,50 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
+/// f32 to IEEE half bits, rounding to nearest even; overflow gives ±inf,
+/// values below the half range flush to (signed) zero.
+pub fn f16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    if v.is_nan() {
+        return sign | 0x7e00;
+    }
+    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+    if exp <= 0 {
+        return sign;
+    }
+    if exp >= 0x1f {
+        return sign | 0x7c00;
+    }
+    let mant = bits & 0x7f_ffff;
+    let mut h = u32::from(sign) | ((exp as u32) << 10) | (mant >> 13);
+    let rest = mant & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
+        h += 1; // may carry into the exponent, which is still correct
+    }
+    h as u16
+}
+
+/// IEEE half bits to f32 (exact).
+pub fn f16_value(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    match (exp, frac) {
+        (0, 0) => f32::from_bits(sign),
+        (0, f) => {
+            let magnitude = f as f32 * f32::from_bits(0x3380_0000);
+            if sign != 0 {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+        (0x1f, f) => f32::from_bits(sign | 0x7f80_0000 | (f << 13)),
+        (e, f) => f32::from_bits(sign | ((e + 112) << 23) | (f << 13)),
+    }
+}
+
 /// `x[i] = e^(x[i]·scale − shift)` over a slice, compiled for the best
 /// vector unit present (softmax numerators, sampling).
 pub fn exp_scaled_inplace(x: &mut [f32], scale: f32, shift: f32) {
@@ -74,6 +118,12 @@ mod tests {
         }
         assert!(worst < 2.5e-7, "relative error {worst:e}");
         assert!(super::exp(-1000.0) >= 0.0 && super::exp(-1000.0) < 1e-37);
+        for v in [0.0f32, 1.0, -2.5, 65504.0, 1e-3, 3.14159, -1e-5] {
+            let h = super::f16_bits(v);
+            assert!((super::f16_value(h) - v).abs() <= v.abs() / 2048.0 + 6e-5, "{v}");
+        }
+        assert_eq!(super::f16_bits(1.0), 0x3c00);
+        assert_eq!(super::f16_bits(1e6), 0x7c00);
         let mut v = vec![1.0f32, 2.0, -3.0, 0.5];
         super::exp_scaled_inplace(&mut v, 0.5, 1.0);
         for (got, x) in v.iter().zip([1.0f64, 2.0, -3.0, 0.5]) {

@@ -57,46 +57,6 @@ pub struct QMatrix {
 #[error("quantised matrix: {0}")]
 pub struct QuantError(String);
 
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let frac = u32::from(h & 0x3ff);
-    match (exp, frac) {
-        (0, 0) => f32::from_bits(sign),
-        (0, f) => {
-            // Subnormal half: f·2⁻²⁴, exact in single precision.
-            let magnitude = f as f32 * f32::from_bits(0x3380_0000);
-            if sign != 0 {
-                -magnitude
-            } else {
-                magnitude
-            }
-        }
-        (0x1f, f) => f32::from_bits(sign | 0x7f80_0000 | (f << 13)),
-        (e, f) => f32::from_bits(sign | ((e + 112) << 23) | (f << 13)),
-    }
-}
-
-/// f32 to IEEE half, rounding to nearest even (finite, normal-range values;
-/// enough for quantisation scales).
-fn f32_to_f16(v: f32) -> u16 {
-    let bits = v.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
-    if v == 0.0 || exp <= 0 {
-        return sign;
-    }
-    if exp >= 0x1f {
-        return sign | 0x7c00;
-    }
-    let mant = bits & 0x7f_ffff;
-    let mut h = (u32::from(sign) | ((exp as u32) << 10) | (mant >> 13)) as u16;
-    let rest = mant & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
-        h += 1;
-    }
-    h
-}
 
 impl QMatrix {
     /// Takes a GGUF tensor's bytes (`rows` rows of `cols` weights).
@@ -145,8 +105,8 @@ impl QMatrix {
                 QType::Q4_1 => {
                     let min = b.iter().copied().fold(f32::INFINITY, f32::min);
                     let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let (dh, mh) = (f32_to_f16((max - min) / 15.0), f32_to_f16(min));
-                    let (d, min) = (f16_to_f32(dh), f16_to_f32(mh));
+                    let (dh, mh) = (super::mathf::f16_bits((max - min) / 15.0), super::mathf::f16_bits(min));
+                    let (d, min) = (super::mathf::f16_value(dh), super::mathf::f16_value(mh));
                     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                     let q = |v: f32| ((v - min) * id).round().clamp(0.0, 15.0) as u8;
                     data.extend_from_slice(&dh.to_le_bytes());
@@ -157,8 +117,8 @@ impl QMatrix {
                 }
                 QType::Q8_0 => {
                     let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    let dh = f32_to_f16(amax / 127.0);
-                    let d = f16_to_f32(dh);
+                    let dh = super::mathf::f16_bits(amax / 127.0);
+                    let d = super::mathf::f16_value(dh);
                     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                     data.extend_from_slice(&dh.to_le_bytes());
                     data.extend(
@@ -210,10 +170,10 @@ impl QMatrix {
             .chunks_exact(self.kind.block_bytes())
             .zip(out.chunks_exact_mut(QK))
         {
-            let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            let d = super::mathf::f16_value(u16::from_le_bytes([b[0], b[1]]));
             match self.kind {
                 QType::Q4_1 => {
-                    let m = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+                    let m = super::mathf::f16_value(u16::from_le_bytes([b[2], b[3]]));
                     for j in 0..16 {
                         o[j] = d * f32::from(b[4 + j] & 0x0f) + m;
                         o[j + 16] = d * f32::from(b[4 + j] >> 4) + m;
@@ -500,13 +460,13 @@ fn row_dots_portable(
 ) {
     let nb = k / QK;
     for (b, blk) in wrow.chunks_exact(kind.block_bytes()).enumerate() {
-        let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        let d = super::mathf::f16_value(u16::from_le_bytes([blk[0], blk[1]]));
         for r in 0..g {
             let qb = (i0 + r) * nb + b;
             let qx = &q.qs[qb * QK..(qb + 1) * QK];
             acc[r] += match kind {
                 QType::Q4_1 => {
-                    let mn = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+                    let mn = super::mathf::f16_value(u16::from_le_bytes([blk[2], blk[3]]));
                     let mut dot = 0i32;
                     for j in 0..16 {
                         dot += i32::from(blk[4 + j] & 0x0f) * i32::from(qx[j])
