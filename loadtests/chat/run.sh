@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Chat benchmark: engine alone (ours and llama.cpp through llama-cpp-python,
 # 2 threads each, alternating rounds, medians) and, if a platform is running,
-# 16/4/1 streaming clients through the whole platform. Markdown to stdout.
+# 16/4/1 streaming clients through the whole platform, and single streamed
+# chat completions from llama-cpp-python in its own process. Markdown to stdout.
 #
 #   python3 -m venv .venv-ref && .venv-ref/bin/pip install llama-cpp-python openai
 #   scripts/dev-up          # optional: for the whole-platform part
@@ -21,6 +22,7 @@ for r in $(seq 1 "$rounds"); do
   if [ "$platform" = 1 ]; then
     OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=$(cat .run/demo_key) \
       "$py" loadtests/chat/whole_platform.py 1,4,16 128 > "$out/platform.$r"
+    "$py" loadtests/chat/llama_cpp_stream.py models 4 128 > "$out/llama-stream.$r" 2>/dev/null
   fi
 done
 cat "$out"/* | "$py" loadtests/chat/table.py
