@@ -19,12 +19,14 @@ pub fn attention(qkv: &[f32], seqs: &Seqs, heads: usize, d: usize, out: &mut [f3
         seqs.iter().flat_map(|&(start, len)| (0..heads).map(move |head| (start, len, head))).collect();
     #[cfg(target_arch = "x86_64")]
     if d == 32 && is_x86_feature_detected!("avx512f") {
-        tasks.par_iter().for_each_init(Vec::new, |scratch: &mut Vec<f32>, &(start, len, head)| {
+        super::Team::global().run(tasks.len(), &|i| {
+            let (start, len, head) = tasks[i];
+            let mut scratch = Vec::new();
             // SAFETY: AVX-512F is present (checked above); the kernel reads the
             // rows start..start+len of qkv (inside it by the assertion above)
             // and writes only this task's rows and head columns of `out`
             // (sequences and heads are disjoint), which lie inside `out`.
-            unsafe { head32_avx512(qkv, start, len, head, h, scale, out_addr as *mut f32, scratch) }
+            unsafe { head32_avx512(qkv, start, len, head, h, scale, out_addr as *mut f32, &mut scratch) }
         });
         return;
     }

@@ -77,24 +77,22 @@ const BLOCK_N: usize = 64;
 /// products with every input row, so each weight is read from memory once.
 #[allow(clippy::too_many_arguments)]
 fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
-    use rayon::prelude::*;
-    let blocks: Vec<usize> = (0..n).step_by(BLOCK_N).collect();
-    let compute = |&n0: &usize| -> (usize, Vec<f32>) {
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    // SAFETY: each task writes only its own columns of out.
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
+    let ptr = OutPtr(out.as_mut_ptr());
+    let task = |b: usize| {
+        let ptr = ptr;
+        let n0 = b * BLOCK_N;
         let nb = BLOCK_N.min(n - n0);
         let mut part = vec![0f32; m * nb];
         dots(x, &w[n0 * k..(n0 + nb) * k], m, k, nb, &mut part);
-        (n0, part)
-    };
-    let parts: Vec<(usize, Vec<f32>)> = match threads {
-        // In a forward pass the weights come from memory, not cache: two
-        // threads pull more bandwidth, even for a single input row.
-        Threads::All if m * n * k >= PARALLEL_MIN_MACS => blocks.par_iter().map(compute).collect(),
-        _ => blocks.iter().map(compute).collect(),
-    };
-    for (n0, part) in parts {
-        let nb = part.len() / m;
         for i in 0..m {
-            let dst = &mut out[i * n + n0..i * n + n0 + nb];
+            // SAFETY: row i < m, columns n0..n0+nb < n: inside out (m×n),
+            // and no other task writes these columns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * n + n0), nb) };
             let src = &part[i * nb..(i + 1) * nb];
             if accumulate {
                 for (d, s) in dst.iter_mut().zip(src) {
@@ -104,6 +102,14 @@ fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize,
                 dst.copy_from_slice(src);
             }
         }
+    };
+    let blocks = n.div_ceil(BLOCK_N);
+    match threads {
+        // In a forward pass the weights come from memory, not cache: two
+        // threads pull more bandwidth, even for a single input row. The
+        // spinning team, not the pool: a forward pass runs many of these.
+        Threads::All if m * n * k >= PARALLEL_MIN_MACS => super::Team::global().run(blocks, &task),
+        _ => (0..blocks).for_each(task),
     }
 }
 
