@@ -3,6 +3,76 @@
 
 use gemm::{gemm, Parallelism};
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{__m256, __m512};
+
+/// A stored weight: f32, or f16 bits (half the bytes to stream; the
+/// arithmetic stays f32).
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// 16 weights widened (inlined into AVX-512 code only).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> __m512;
+    /// 8 weights widened (inlined into AVX2+F16C code only).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> __m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl WeightElem for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        super::mathf::f16_value(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> __m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]` with the weights as f16 bits,
+/// streamed once by the few-row kernel (meant for few rows: it does not
+/// switch to the GEMM for many).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_f16(x: &[f32], w: &[u16], bias: Option<&[f32]>, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
+    assert_eq!(x.len(), m * k, "linear_f16: x is not m×k");
+    assert_eq!(w.len(), n * k, "linear_f16: w is not n×k");
+    assert_eq!(out.len(), m * n, "linear_f16: out is not m×n");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear_f16: bias is not n");
+        for row in out.chunks_exact_mut(n) {
+            row.copy_from_slice(b);
+        }
+    }
+    if m > 0 && n > 0 {
+        small_m(x, w, bias.is_some(), m, k, n, out, threads);
+    }
+}
+
 /// How many threads a GEMM may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
@@ -76,7 +146,7 @@ const BLOCK_N: usize = 64;
 /// Few rows: each task takes a block of weight rows and computes their dot
 /// products with every input row, so each weight is read from memory once.
 #[allow(clippy::too_many_arguments)]
-fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
+fn small_m<W: WeightElem>(x: &[f32], w: &[W], accumulate: bool, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
     #[derive(Clone, Copy)]
     struct OutPtr(*mut f32);
     // SAFETY: each task writes only its own columns of out.
@@ -114,7 +184,7 @@ fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize,
 }
 
 /// `part[i][j] = x[i] · w[j]` for `m` rows of x and `nb` rows of w (both k long).
-fn dots(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+fn dots<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY (both calls): the CPU supports the instructions (checked
@@ -123,7 +193,7 @@ fn dots(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
         if is_x86_feature_detected!("avx512f") {
             return unsafe { dots_avx512(x, w, m, k, nb, part) };
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             return unsafe { dots_avx2(x, w, m, k, nb, part) };
         }
     }
@@ -135,7 +205,7 @@ fn dots(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
 /// through the FMA latency — then a one-row pass for an odd last row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+unsafe fn dots_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: &mut [f32]) {
     use std::arch::x86_64::*;
     let kk = k - k % 16;
     let mut j = 0;
@@ -152,12 +222,12 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
             let mut p = 0;
             while p < kk {
                 let (va, vb) = (_mm512_loadu_ps(xa.add(p)), _mm512_loadu_ps(xb.add(p)));
-                let (v0, v1) = (_mm512_loadu_ps(w0.add(p)), _mm512_loadu_ps(w1.add(p)));
+                let (v0, v1) = (W::load16(w0.add(p)), W::load16(w1.add(p)));
                 a0 = _mm512_fmadd_ps(va, v0, a0);
                 b0 = _mm512_fmadd_ps(vb, v0, b0);
                 a1 = _mm512_fmadd_ps(va, v1, a1);
                 b1 = _mm512_fmadd_ps(vb, v1, b1);
-                let (v2, v3) = (_mm512_loadu_ps(w2.add(p)), _mm512_loadu_ps(w3.add(p)));
+                let (v2, v3) = (W::load16(w2.add(p)), W::load16(w3.add(p)));
                 a2 = _mm512_fmadd_ps(va, v2, a2);
                 b2 = _mm512_fmadd_ps(vb, v2, b2);
                 a3 = _mm512_fmadd_ps(va, v3, a3);
@@ -169,8 +239,8 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
             for q in kk..k {
                 let (pa, pb) = (*xa.add(q), *xb.add(q));
                 for (r, wr) in [w0, w1, w2, w3].iter().enumerate() {
-                    sa[r] += pa * *wr.add(q);
-                    sb[r] += pb * *wr.add(q);
+                    sa[r] += pa * (*wr.add(q)).to_f32();
+                    sb[r] += pb * (*wr.add(q)).to_f32();
                 }
             }
             part[i * nb + j..i * nb + j + 4].copy_from_slice(&sa);
@@ -183,19 +253,19 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
             let mut p = 0;
             while p < kk {
                 let xv = _mm512_loadu_ps(xi.add(p));
-                a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0.add(p)), a0);
-                a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1.add(p)), a1);
-                a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2.add(p)), a2);
-                a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3.add(p)), a3);
+                a0 = _mm512_fmadd_ps(xv, W::load16(w0.add(p)), a0);
+                a1 = _mm512_fmadd_ps(xv, W::load16(w1.add(p)), a1);
+                a2 = _mm512_fmadd_ps(xv, W::load16(w2.add(p)), a2);
+                a3 = _mm512_fmadd_ps(xv, W::load16(w3.add(p)), a3);
                 p += 16;
             }
             let mut s = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
             for q in kk..k {
                 let xq = *xi.add(q);
-                s[0] += xq * *w0.add(q);
-                s[1] += xq * *w1.add(q);
-                s[2] += xq * *w2.add(q);
-                s[3] += xq * *w3.add(q);
+                s[0] += xq * (*w0.add(q)).to_f32();
+                s[1] += xq * (*w1.add(q)).to_f32();
+                s[2] += xq * (*w2.add(q)).to_f32();
+                s[3] += xq * (*w3.add(q)).to_f32();
             }
             part[i * nb + j..i * nb + j + 4].copy_from_slice(&s);
         }
@@ -208,8 +278,8 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
 
 /// AVX2: as above with 8 lanes.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dots_avx2<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: &mut [f32]) {
     use std::arch::x86_64::*;
     let hsum = |v: __m256| {
         let mut o = [0f32; 8];
@@ -227,19 +297,19 @@ unsafe fn dots_avx2(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &
             let mut p = 0;
             while p < kk {
                 let xv = _mm256_loadu_ps(xi.add(p));
-                a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0.add(p)), a0);
-                a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1.add(p)), a1);
-                a2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2.add(p)), a2);
-                a3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3.add(p)), a3);
+                a0 = _mm256_fmadd_ps(xv, W::load8(w0.add(p)), a0);
+                a1 = _mm256_fmadd_ps(xv, W::load8(w1.add(p)), a1);
+                a2 = _mm256_fmadd_ps(xv, W::load8(w2.add(p)), a2);
+                a3 = _mm256_fmadd_ps(xv, W::load8(w3.add(p)), a3);
                 p += 8;
             }
             let mut s = [hsum(a0), hsum(a1), hsum(a2), hsum(a3)];
             for q in kk..k {
                 let xq = *xi.add(q);
-                s[0] += xq * *w0.add(q);
-                s[1] += xq * *w1.add(q);
-                s[2] += xq * *w2.add(q);
-                s[3] += xq * *w3.add(q);
+                s[0] += xq * (*w0.add(q)).to_f32();
+                s[1] += xq * (*w1.add(q)).to_f32();
+                s[2] += xq * (*w2.add(q)).to_f32();
+                s[3] += xq * (*w3.add(q)).to_f32();
             }
             part[i * nb + j..i * nb + j + 4].copy_from_slice(&s);
         }
@@ -253,12 +323,12 @@ unsafe fn dots_avx2(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &
 /// Portable version (and the tail of the SIMD ones): weight rows `w` (`rows`
 /// of them) land in columns `col0..` of `part`, whose rows are `stride` wide.
 #[allow(clippy::too_many_arguments)]
-fn dots_generic(x: &[f32], w: &[f32], m: usize, k: usize, rows: usize, col0: usize, stride: usize, part: &mut [f32]) {
+fn dots_generic<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, rows: usize, col0: usize, stride: usize, part: &mut [f32]) {
     for r in 0..rows {
         let wr = &w[r * k..(r + 1) * k];
         for i in 0..m {
             let xi = &x[i * k..(i + 1) * k];
-            part[i * stride + col0 + r] = xi.iter().zip(wr).map(|(a, b)| a * b).sum();
+            part[i * stride + col0 + r] = xi.iter().zip(wr).map(|(a, b)| a * b.to_f32()).sum();
         }
     }
 }
@@ -280,6 +350,22 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn linear_with_f16_weights_matches_float64_on_the_rounded_weights() {
+        for (seed, &(m, k, n)) in [(1usize, 384usize, 384usize), (16, 384, 1152), (7, 1536, 384), (3, 5, 7), (5, 33, 67)].iter().enumerate() {
+            let x = random(m * k, 300 + seed as u64);
+            let mut w16 = Vec::new();
+            crate::cpu::push_f16(&mut w16, &random(n * k, 400 + seed as u64));
+            let w: Vec<f32> = w16.iter().map(|&h| crate::cpu::f16_value(h)).collect();
+            let b = random(n, 500 + seed as u64);
+            for threads in [Threads::One, Threads::All] {
+                let mut out = vec![0.0; m * n];
+                linear_f16(&x, &w16, Some(&b), m, k, n, &mut out, threads);
+                assert_close(&out, &reference(&x, &w, Some(&b), m, k, n), 1e-5, "linear_f16");
+            }
+        }
     }
 
     #[test]
