@@ -1,7 +1,7 @@
 //! Engine-alone throughput of all-MiniLM-L6-v2 on our CPU kernels, and the
 //! CPU's measured peak fp32 FMA rate for scale.
 //!
-//!     cargo run --release -p maas-models --example embed_bench -- [models_dir] [seconds_per_case] [cpu|cuda:N]
+//!     cargo run --release -p maas-models --example embed_bench -- [models_dir] [seconds_per_case] [cpu|cuda:N] [16x1,64x32,…]
 //!
 //! Prints one JSON object per case: batch, tokens per input, sentences/s,
 //! tokens/s, median batch latency, and GFLOP/s as a share of the peak.
@@ -32,8 +32,15 @@ fn main() {
     if device == maas_models::Device::Cpu {
         println!("{{\"peak_fp32_gflops\": {peak:.1}, \"threads\": {}}}", rayon::current_num_threads());
     }
+    // Optional fourth argument: only these cases, as `tokens×batch,…` (e.g. 16x1).
+    let only: Option<Vec<(usize, usize)>> = args.get(4).map(|s| {
+        s.split(',').filter_map(|c| c.split_once('x')).filter_map(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))).collect()
+    });
     for &len in &[16usize, 64, 256] {
         for &batch in &[1usize, 8, 32, 128] {
+            if only.as_ref().is_some_and(|o| !o.contains(&(len, batch))) {
+                continue;
+            }
             // Inputs of exactly `len` word pieces: [CLS] + (len-2) ids + [SEP].
             let ids: Vec<Vec<u32>> = (0..batch)
                 .map(|b| {
