@@ -26,11 +26,54 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// A token bucket per limit: `limit` per window, refilled continuously,
+/// full at first use. Takes `cost` if that many are there (ARGV[5] = 1 forces
+/// the take, for settling usage, and may leave the bucket negative). Redis's
+/// own clock, so every API replica sees one time. Returns {taken, remaining,
+/// ms until full, ms until `cost` would fit}.
+const TAKE: &str = r#"
+local limit = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local force = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = limit / window
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1])
+local ts = tonumber(b[2])
+if tokens == nil then tokens = limit; ts = now end
+tokens = math.min(limit, tokens + math.max(0, now - ts) * rate)
+local taken = 0
+if force == 1 or tokens >= cost then
+  tokens = tokens - cost
+  taken = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], window * 2)
+local wait = 0
+if taken == 0 then wait = math.ceil((cost - tokens) / rate) end
+return {taken, math.floor(math.max(tokens, 0)), math.ceil((limit - tokens) / rate), wait}
+"#;
+
+/// What a rate-limit check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub taken: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the bucket is full again.
+    pub reset_ms: u64,
+    /// Until this cost would fit (0 when taken).
+    pub retry_after_ms: u64,
+}
+
 #[derive(Clone)]
 pub struct Cache {
     conn: ConnectionManager,
     ns: String,
     put_if_newer: redis::Script,
+    take: redis::Script,
 }
 
 impl Cache {
@@ -42,7 +85,23 @@ impl Cache {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2);
         let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self { conn, ns: namespace.to_owned(), put_if_newer: redis::Script::new(PUT_IF_NEWER) })
+        Ok(Self { conn, ns: namespace.to_owned(), put_if_newer: redis::Script::new(PUT_IF_NEWER), take: redis::Script::new(TAKE) })
+    }
+
+    /// Takes `cost` from the bucket `name` (`limit` per `window_ms`), in one
+    /// atomic script; with `force` it always takes (settling actual usage).
+    pub async fn rate_take(&self, name: &str, limit: u64, cost: i64, window_ms: u64, force: bool) -> Result<RateDecision> {
+        let mut c = self.conn.clone();
+        let key = format!("{}:ratelimit:{name}", self.ns);
+        let (taken, remaining, reset_ms, retry_after_ms): (i64, i64, i64, i64) =
+            self.take.key(key).arg(limit).arg(cost).arg(window_ms).arg(i64::from(force)).invoke_async(&mut c).await?;
+        Ok(RateDecision {
+            taken: taken == 1,
+            limit,
+            remaining: remaining.max(0) as u64,
+            reset_ms: reset_ms.max(0) as u64,
+            retry_after_ms: retry_after_ms.max(0) as u64,
+        })
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -47,6 +47,8 @@ pub struct Principal {
     pub tenant_id: Uuid,
     pub key_id: Uuid,
     pub scopes: Option<Vec<String>>,
+    /// The request's rate-limit state, for the response headers.
+    pub rate: crate::ratelimit::SharedRateHeaders,
 }
 
 impl Principal {
@@ -127,7 +129,7 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
             tracing::debug!(error = %e, "could not record key use");
         }
     });
-    Ok(Principal { tenant_id: auth.tenant_id, key_id: auth.id, scopes: auth.scopes })
+    Ok(Principal { tenant_id: auth.tenant_id, key_id: auth.id, scopes: auth.scopes, rate: Default::default() })
 }
 
 impl FromRequest for Principal {
@@ -135,11 +137,17 @@ impl FromRequest for Principal {
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        use actix_web::HttpMessage;
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let token = bearer(req).map(str::to_owned);
+        let rate = req.extensions().get::<crate::ratelimit::SharedRateHeaders>().cloned().unwrap_or_default();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
-            authenticate(&state, token.as_deref()).await
+            let mut principal = authenticate(&state, token.as_deref()).await?;
+            // Only an authenticated request counts against its tenant's limit.
+            crate::ratelimit::admit_request(&state, principal.tenant_id, &rate).await?;
+            principal.rate = rate;
+            Ok(principal)
         })
     }
 }
@@ -233,6 +241,7 @@ mod tests {
             tenant_id: Uuid::nil(),
             key_id: Uuid::nil(),
             scopes: scopes.map(|s| s.iter().map(|x| x.to_string()).collect()),
+            rate: Default::default(),
         }
     }
 

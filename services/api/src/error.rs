@@ -25,6 +25,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     /// 415: the body is not JSON.
     UnsupportedMediaType,
+    /// 429: a rate limit of the tenant is reached.
+    RateLimited { message: String, retry_after_secs: u64 },
     /// 503: no worker serves this model at present.
     ModelUnavailable { model: String },
     /// 503: a dependency is unavailable; retry later.
@@ -106,6 +108,9 @@ impl ApiError {
             Self::Unavailable { message, .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message.clone(), None, "service_unavailable")
             }
+            Self::RateLimited { message, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message.clone(), None, "rate_limit_exceeded")
+            }
             Self::Timeout { message } => (StatusCode::GATEWAY_TIMEOUT, "timeout_error", message.clone(), None, "timeout"),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,7 +142,7 @@ impl ResponseError for ApiError {
         }
         let mut resp = HttpResponse::build(status);
         match self {
-            Self::Unavailable { retry_after_secs, .. } => {
+            Self::Unavailable { retry_after_secs, .. } | Self::RateLimited { retry_after_secs, .. } => {
                 resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             Self::ModelUnavailable { .. } => {

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod error;
 pub mod openapi;
+pub mod ratelimit;
 pub mod replies;
 pub mod routes;
 pub mod settings;

@@ -87,6 +87,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             reply_queue,
             served: Default::default(),
+            quotas: Default::default(),
         };
         let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -94,6 +95,7 @@ impl Application {
         let data = web::Data::new(state);
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(crate::ratelimit::headers_middleware))
                 .app_data(data.clone())
                 .app_data(web::JsonConfig::default().limit(limit).error_handler(move |e, _| json_error(e, limit).into()))
                 .app_data(web::PayloadConfig::default().limit(limit))

@@ -21,6 +21,8 @@ pub struct AppState {
     /// This instance's reply queue, named in sync jobs' `reply_to`.
     pub reply_queue: String,
     pub served: Arc<ServedModels>,
+    /// Tenants' quotas (rate limits), re-read at most every 2 s.
+    pub quotas: Arc<crate::ratelimit::QuotaCache>,
 }
 
 /// Which models some worker serves, re-read from Postgres at most every 2 s.

@@ -111,6 +111,29 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
     if !state.served.contains(&state.db, sub.model.as_str()).await? {
         return Err(ApiError::ModelUnavailable { model: sub.model.as_str().to_owned() });
     }
+    // Tokens per minute: the estimate is taken now, settled when a sync job
+    // ends (an async job keeps its estimate).
+    let charged = crate::ratelimit::admit_tokens(state, principal.tenant_id, crate::ratelimit::estimate_tokens(sub.input), &principal.rate).await?;
+    let submitted = submit_charged(state, principal, sub).await;
+    let actual = match &submitted {
+        Ok(Submitted::Waited(j)) if j.status().is_terminal() => Some(usage_tokens(j)),
+        Ok(Submitted::Replayed(_)) | Err(_) => Some(0),
+        _ => None,
+    };
+    if let Some(actual) = actual {
+        crate::ratelimit::settle_tokens(state, principal.tenant_id, charged, actual).await;
+    }
+    submitted
+}
+
+/// Tokens a finished job used, from its recorded usage.
+fn usage_tokens(job: &Job) -> i64 {
+    let u = job.usage.as_ref();
+    let field = |k: &str| u.and_then(|u| u.get(k)).and_then(Value::as_i64).unwrap_or(0);
+    field("prompt_tokens") + field("completion_tokens")
+}
+
+async fn submit_charged(state: &AppState, principal: &Principal, sub: Submission<'_>) -> Result<Submitted, ApiError> {
     let (job, created) = jobs::insert(
         &state.db,
         NewJob {

@@ -8,3 +8,4 @@ mod bad_input;
 mod chat;
 mod embeddings;
 mod jobs;
+mod limits;

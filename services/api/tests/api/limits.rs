@@ -1,0 +1,73 @@
+//! Rate limits across API replicas sharing Redis: requests per minute and
+//! tokens per minute, OpenAI's headers, 429 with Retry-After, and one tenant
+//! over its limit leaving another's admissions alone.
+
+use maas_testkit::{assert_error, Options, Platform};
+use serde_json::{json, Value};
+
+async fn set_quota(p: &Platform, tenant: &str, quota: Value) {
+    let r = p.http.put(p.url(&format!("/admin/v1/tenants/{tenant}/quota"))).bearer_auth(p.admin_token()).json(&quota).send().await.unwrap();
+    assert_eq!(r.status(), 200, "set quota");
+}
+
+#[tokio::test]
+async fn an_rpm_limit_holds_across_two_api_instances() {
+    let mut p = Platform::start(Options::default()).await.unwrap();
+    p.spawn_api().await.unwrap();
+    let (a, b) = (p.create_tenant("limited", 1).await, p.create_tenant("free", 1).await);
+    set_quota(&p, &a.id, json!({"rpm": 10})).await;
+    // 30 requests at once, alternating between the two instances.
+    let urls: Vec<String> = (0..30).map(|i| p.url_of(&p.api[i % 2], "/v1/models")).collect();
+    let answers = futures_util::future::join_all(urls.iter().map(|u| p.http.get(u).bearer_auth(&a.key).send())).await;
+    let (mut ok, mut limited) = (0, 0);
+    for r in answers {
+        let r = r.unwrap();
+        assert_eq!(r.headers()["x-ratelimit-limit-requests"], "10");
+        assert!(r.headers().contains_key("x-ratelimit-remaining-requests") && r.headers().contains_key("x-ratelimit-reset-requests"));
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=60).contains(&retry), "retry-after {retry}");
+                assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+                assert_error(r, 429, "rate_limit_exceeded").await;
+                limited += 1;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, limited), (10, 20), "exactly the limit was admitted across both instances");
+    // Another tenant is untouched, and carries no limit headers.
+    for i in 0..12 {
+        let r = p.http.get(p.url_of(&p.api[i % 2], "/v1/models")).bearer_auth(&b.key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(!r.headers().contains_key("x-ratelimit-limit-requests"));
+    }
+}
+
+#[tokio::test]
+async fn a_tpm_limit_admits_by_estimate_and_settles_with_usage() {
+    let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    set_quota(&p, &t.id, json!({"tpm": 300})).await;
+    // 400 bytes: estimated at 100 tokens; "word " is one word piece, so the
+    // recorded usage is 82 (80 words + [CLS] + [SEP]).
+    let input = "word ".repeat(80);
+    let call = || p.http.post(p.url("/v1/embeddings")).bearer_auth(&t.key).json(&json!({"model": "all-minilm-l6-v2", "input": input})).send();
+    for _ in 0..3 {
+        let r = call().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit-tokens"], "300");
+    }
+    // Settled at 82 each: 246 used, 54 left (plus refill) — not enough for
+    // another estimate of 100.
+    let r = call().await.unwrap();
+    let remaining: u64 = r.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap();
+    assert!(remaining < 100, "remaining {remaining}");
+    assert_error(r, 429, "rate_limit_exceeded").await;
+    // Larger than the whole limit: refused, with a message saying so.
+    let huge = "word ".repeat(2000);
+    let r = p.http.post(p.url("/v1/embeddings")).bearer_auth(&t.key).json(&json!({"model": "all-minilm-l6-v2", "input": huge})).send().await.unwrap();
+    let v = assert_error(r, 429, "rate_limit_exceeded").await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("more than the limit"), "{v}");
+}
