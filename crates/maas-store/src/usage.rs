@@ -1,4 +1,4 @@
-//! Usage per tenant, model and day, from one record per finished job.
+//! Usage per tenant, key, model and day, from one record per finished job.
 
 use crate::Result;
 use chrono::NaiveDate;
@@ -9,6 +9,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct UsageRow {
     pub day: NaiveDate,
+    /// The API key the jobs were submitted with.
+    pub key_id: Option<Uuid>,
     pub model: String,
     pub requests: i64,
     pub prompt_tokens: i64,
@@ -18,11 +20,11 @@ pub struct UsageRow {
 
 pub async fn by_day(pool: &PgPool, tenant_id: Uuid, since: NaiveDate) -> Result<Vec<UsageRow>> {
     Ok(sqlx::query_as::<_, UsageRow>(
-        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, model, count(*)::bigint AS requests,
+        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, key_id, model, count(*)::bigint AS requests,
                 sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
                 sum(compute_ms)::bigint AS compute_ms
          FROM usage_records WHERE tenant_id = $1 AND created_at >= $2
-         GROUP BY 1, 2 ORDER BY 1, 2",
+         GROUP BY 1, 2, 3 ORDER BY 1, 3, 2",
     )
     .bind(tenant_id)
     .bind(since)

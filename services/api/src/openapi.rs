@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, chat, embeddings, health, jobs, models};
+use crate::routes::{admin, chat, embeddings, health, jobs, models, usage};
 
 struct Security;
 
@@ -30,7 +30,7 @@ impl Modify for Security {
     paths(
         health::healthz, health::readyz,
         jobs::create_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job,
-        models::list_models, embeddings::create_embeddings, chat::chat_completions, chat::completions,
+        models::list_models, usage::tenant_usage, embeddings::create_embeddings, chat::chat_completions, chat::completions,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::put_quota, admin::get_quota, admin::get_usage,
     ),

@@ -276,7 +276,7 @@ pub struct UsageQuery {
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage", tag = "admin", security(("admin_jwt" = [])), params(UsageQuery),
-    responses((status = 200, description = "Requests, tokens and compute time per model and day")))]
+    responses((status = 200, description = "Requests, tokens and compute time per day, key and model")))]
 pub async fn get_usage(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -284,11 +284,16 @@ pub async fn get_usage(
     query: web::Query<UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant_or_404(&state, &path).await?;
-    let days = query.days.unwrap_or(30);
+    usage_report(&state, tenant.id, query.days).await
+}
+
+/// Usage per day, key and model over the last `days` days (1–366, default 30).
+pub async fn usage_report(state: &AppState, tenant_id: uuid::Uuid, days: Option<i64>) -> Result<HttpResponse, ApiError> {
+    let days = days.unwrap_or(30);
     if !(1..=366).contains(&days) {
         return Err(ApiError::invalid("days must be between 1 and 366", Some("days")));
     }
     let since = (Utc::now() - Duration::days(days - 1)).date_naive();
-    let rows = usage::by_day(&state.db, tenant.id, since).await?;
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "tenant_id": tenant.id, "data": rows})))
+    let rows = usage::by_day(&state.db, tenant_id, since).await?;
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "tenant_id": tenant_id, "data": rows})))
 }

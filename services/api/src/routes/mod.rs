@@ -6,6 +6,7 @@ pub mod embeddings;
 pub mod health;
 pub mod jobs;
 pub mod models;
+pub mod usage;
 
 use crate::error::ApiError;
 use actix_web::{web, HttpRequest};
@@ -17,6 +18,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     embeddings::config(cfg);
     chat::config(cfg);
     models::config(cfg);
+    usage::config(cfg);
     admin::config(cfg);
     cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::serve)));
 }

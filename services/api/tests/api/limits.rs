@@ -71,3 +71,30 @@ async fn a_tpm_limit_admits_by_estimate_and_settles_with_usage() {
     let v = assert_error(r, 429, "rate_limit_exceeded").await;
     assert!(v["error"]["message"].as_str().unwrap().contains("more than the limit"), "{v}");
 }
+
+#[tokio::test]
+async fn a_tenant_reads_its_own_usage_per_key_and_model() {
+    let p = Platform::start(Options::default()).await.unwrap();
+    let (a, b) = (p.create_tenant("acme", 1).await, p.create_tenant("other", 1).await);
+    let r = p.admin_post(&format!("/admin/v1/tenants/{}/keys", a.id), json!({})).await;
+    let second: Value = r.json().await.unwrap();
+    let second_key = second["key"].as_str().unwrap().to_owned();
+    for (key, n) in [(&a.key, 3), (&second_key, 2)] {
+        for i in 0..n {
+            let r = p.submit(key, json!({"model": "echo", "mode": "sync", "input": {"text": format!("{i}")}})).await;
+            assert_eq!(r.status(), 200);
+        }
+    }
+    p.submit(&b.key, json!({"model": "echo", "mode": "sync", "input": {"text": "x"}})).await;
+    let u: Value = p.http.get(p.url("/v1/usage")).bearer_auth(&a.key).send().await.unwrap().json().await.unwrap();
+    let rows = u["data"].as_array().unwrap();
+    let per_key = |id: &str| rows.iter().filter(|r| r["key_id"] == id).map(|r| r["requests"].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(per_key(&a.key_id), 3, "{u}");
+    assert_eq!(per_key(second["id"].as_str().unwrap()), 2, "{u}");
+    assert_eq!(rows.iter().map(|r| r["requests"].as_i64().unwrap()).sum::<i64>(), 5, "only this tenant's jobs");
+    assert!(rows.iter().all(|r| r["model"] == "echo" && r["prompt_tokens"].is_i64() && r["compute_ms"].is_i64()));
+    // The admin view of the same tenant agrees; a bad range is a 400.
+    let admin: Value = p.http.get(p.url(&format!("/admin/v1/tenants/{}/usage", a.id))).bearer_auth(p.admin_token()).send().await.unwrap().json().await.unwrap();
+    assert_eq!(admin["data"], u["data"]);
+    assert_error(p.http.get(p.url("/v1/usage?days=0")).bearer_auth(&a.key).send().await.unwrap(), 400, "invalid_request").await;
+}
