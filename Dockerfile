@@ -22,6 +22,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates/ crates/
 COPY services/ services/
+COPY tools/ tools/
 COPY migrations/ migrations/
 
 # Registry, git checkouts and the target dir live in BuildKit caches, so
@@ -31,9 +32,9 @@ RUN --mount=type=cache,id=maas-cargo-registry,target=/usr/local/cargo/registry,s
     --mount=type=cache,id=maas-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=maas-target,target=/src/target,sharing=locked \
     cargo build --release --locked \
-        -p maas-api -p maas-scheduler -p maas-worker \
+        -p maas-api -p maas-scheduler -p maas-worker -p maasctl \
     && mkdir -p /out \
-    && cp target/release/maas-api target/release/maas-scheduler target/release/maas-worker /out/
+    && cp target/release/maas-api target/release/maas-scheduler target/release/maas-worker target/release/maasctl /out/
 
 ########################################################################
 # Runtime: small Debian with CA certificates, curl for health checks, and
@@ -50,7 +51,7 @@ RUN groupadd --system --gid 10001 maas \
     && mkdir -p /app /models \
     && chown maas:maas /app
 
-COPY --from=builder /out/maas-api /out/maas-scheduler /out/maas-worker /usr/local/bin/
+COPY --from=builder /out/maas-api /out/maas-scheduler /out/maas-worker /out/maasctl /usr/local/bin/
 
 WORKDIR /app
 USER maas:maas

@@ -9,3 +9,4 @@ mod chat;
 mod embeddings;
 mod jobs;
 mod limits;
+mod maasctl;

@@ -1,0 +1,190 @@
+//! `maasctl`: the admin API from a shell. Reads the admin token from
+//! `MAAS_ADMIN_TOKEN` (never from the command line, so it stays out of shell
+//! history and process lists) and the API's address from `MAAS_API_URL`.
+//! Prints the API's JSON answers; an error prints the API's error message and
+//! exits with status 1.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+#[derive(Parser)]
+#[command(name = "maasctl", version, about = "Manage tenants, keys, quotas and usage through the admin API")]
+struct Cli {
+    /// Base URL of the API.
+    #[arg(long, env = "MAAS_API_URL", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tenants: list, create, show, update, delete.
+    #[command(subcommand)]
+    Tenants(Tenants),
+    /// API keys: create (prints the secret once), list, revoke.
+    #[command(subcommand)]
+    Keys(Keys),
+    /// A tenant's limits.
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// A tenant's usage per day, key and model.
+    Usage {
+        tenant: String,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum Tenants {
+    List,
+    Create {
+        name: String,
+        /// Fair-share weight (1–1000).
+        #[arg(long)]
+        weight: Option<i32>,
+    },
+    Show {
+        id: String,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        weight: Option<i32>,
+        /// `true` stops the tenant's keys from working; `false` restores them.
+        #[arg(long)]
+        disabled: Option<bool>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Keys {
+    Create {
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Endpoint families or `model:<name>`; repeat for several (none: every scope).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// RFC 3339 time after which the key stops working.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    List {
+        tenant: String,
+    },
+    Revoke {
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCmd {
+    Show {
+        tenant: String,
+    },
+    /// Replaces the whole record: a limit not given is removed (unlimited).
+    Set {
+        tenant: String,
+        #[arg(long)]
+        rpm: Option<i64>,
+        #[arg(long)]
+        tpm: Option<i64>,
+        #[arg(long)]
+        max_concurrent: Option<i64>,
+        #[arg(long)]
+        max_queued: Option<i64>,
+        #[arg(long)]
+        token_budget: Option<i64>,
+        #[arg(long)]
+        budget_period: Option<String>,
+    },
+}
+
+/// Drops unset fields, so the API sees only what was asked for.
+fn fields(pairs: &[(&str, Value)]) -> Value {
+    Value::Object(pairs.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<Map<_, _>>())
+}
+
+async fn call(http: &reqwest::Client, api: &str, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let url = format!("{}/admin/v1{path}", api.trim_end_matches('/'));
+    let mut req = http.request(method, &url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    if !status.is_success() {
+        let msg = v["error"]["message"].as_str().map_or_else(|| v.to_string(), str::to_owned);
+        let code = v["error"]["code"].as_str().unwrap_or("");
+        bail!("{status} {code}: {msg}");
+    }
+    Ok(v)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Value> {
+    let token = std::env::var("MAAS_ADMIN_TOKEN").context("set MAAS_ADMIN_TOKEN to an admin token (maas-api admin-token --sub you)")?;
+    let http = reqwest::Client::new();
+    let api = cli.api.as_str();
+    use reqwest::Method as M;
+    let c = |m: M, p: String, b: Option<Value>| {
+        let (http, token) = (&http, &token);
+        async move { call(http, api, token, m, &p, b).await }
+    };
+    match cli.command {
+        Command::Tenants(t) => match t {
+            Tenants::List => c(M::GET, "/tenants".into(), None).await,
+            Tenants::Create { name, weight } => c(M::POST, "/tenants".into(), Some(fields(&[("name", json!(name)), ("weight", json!(weight))]))).await,
+            Tenants::Show { id } => c(M::GET, format!("/tenants/{id}"), None).await,
+            Tenants::Update { id, name, weight, disabled } => {
+                c(M::PATCH, format!("/tenants/{id}"), Some(fields(&[("name", json!(name)), ("weight", json!(weight)), ("disabled", json!(disabled))]))).await
+            }
+            Tenants::Delete { id } => c(M::DELETE, format!("/tenants/{id}"), None).await,
+        },
+        Command::Keys(k) => match k {
+            Keys::Create { tenant, name, scopes, expires_at } => {
+                let scopes = (!scopes.is_empty()).then_some(scopes);
+                c(M::POST, format!("/tenants/{tenant}/keys"), Some(fields(&[("name", json!(name)), ("scopes", json!(scopes)), ("expires_at", json!(expires_at))]))).await
+            }
+            Keys::List { tenant } => c(M::GET, format!("/tenants/{tenant}/keys"), None).await,
+            Keys::Revoke { key_id } => c(M::DELETE, format!("/keys/{key_id}"), None).await,
+        },
+        Command::Quota(q) => match q {
+            QuotaCmd::Show { tenant } => c(M::GET, format!("/tenants/{tenant}/quota"), None).await,
+            QuotaCmd::Set { tenant, rpm, tpm, max_concurrent, max_queued, token_budget, budget_period } => {
+                let body = fields(&[
+                    ("rpm", json!(rpm)),
+                    ("tpm", json!(tpm)),
+                    ("max_concurrent", json!(max_concurrent)),
+                    ("max_queued", json!(max_queued)),
+                    ("token_budget", json!(token_budget)),
+                    ("budget_period", json!(budget_period)),
+                ]);
+                c(M::PUT, format!("/tenants/{tenant}/quota"), Some(body)).await
+            }
+        },
+        Command::Usage { tenant, days } => c(M::GET, format!("/tenants/{tenant}/usage?days={days}"), None).await,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(Value::Null) => {}
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())),
+        Err(e) => {
+            eprintln!("maasctl: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
