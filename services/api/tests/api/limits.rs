@@ -98,3 +98,24 @@ async fn a_tenant_reads_its_own_usage_per_key_and_model() {
     assert_eq!(admin["data"], u["data"]);
     assert_error(p.http.get(p.url("/v1/usage?days=0")).bearer_auth(&a.key).send().await.unwrap(), 400, "invalid_request").await;
 }
+
+#[tokio::test]
+async fn scoped_and_expired_keys_are_refused_with_their_own_codes() {
+    let p = Platform::start(Options::default()).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    // A key scoped to embeddings may not run chat.
+    let r = p.admin_post(&format!("/admin/v1/tenants/{}/keys", t.id), json!({"scopes": ["embeddings"]})).await;
+    let scoped = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    let chat = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}]});
+    let r = p.http.post(p.url("/v1/chat/completions")).bearer_auth(&scoped).json(&chat).send().await.unwrap();
+    assert_error(r, 403, "insufficient_scope").await;
+    // A key that expires in two seconds works, then is refused.
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let r = p.admin_post(&format!("/admin/v1/tenants/{}/keys", t.id), json!({"expires_at": at})).await;
+    let short = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    assert_eq!(p.http.get(p.url("/v1/models")).bearer_auth(&short).send().await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_error(p.http.get(p.url("/v1/models")).bearer_auth(&short).send().await.unwrap(), 401, "expired_api_key").await;
+    // Rotation: a second key works while the first stays valid until revoked.
+    assert_eq!(p.http.get(p.url("/v1/models")).bearer_auth(&t.key).send().await.unwrap().status(), 200);
+}
