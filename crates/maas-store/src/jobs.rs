@@ -6,7 +6,7 @@
 //! cancelled, re-dispatched or finished by someone else first, and the caller
 //! drops its work. That is what makes at-least-once delivery safe.
 
-use crate::Result;
+use crate::{Result, StoreError};
 use chrono::{DateTime, Utc};
 use maas_core::{JobMode, JobStatus, Lane};
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,17 @@ pub struct NewJob<'a> {
     pub input: &'a Value,
     pub idempotency_key: Option<&'a str>,
     pub traceparent: Option<&'a str>,
+    pub caps: QueueCaps,
+}
+
+/// Admission bounds checked in the inserting transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueCaps {
+    /// Most unfinished (queued, dispatched or running) jobs of the tenant;
+    /// exact under concurrency (a per-tenant lock serialises the check).
+    pub tenant_max_unfinished: Option<i64>,
+    /// Most queued jobs on the whole platform (a bound, not exact).
+    pub global_max_queued: Option<i64>,
 }
 
 /// Inserts a queued job. With an idempotency key already used by this
@@ -73,6 +84,35 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     let mut tx = pool.begin().await?;
     if j.mode == JobMode::Sync {
         sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    }
+    // A replay of a known idempotency key answers with its job, full or not.
+    let replay = match j.idempotency_key {
+        Some(k) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
+            .bind(j.tenant_id)
+            .bind(k)
+            .fetch_one(&mut *tx)
+            .await?
+            > 0,
+        None => false,
+    };
+    if !replay {
+        if let Some(max) = j.caps.global_max_queued {
+            let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'").fetch_one(&mut *tx).await?;
+            if queued >= max {
+                return Err(StoreError::QueueFull { max });
+            }
+        }
+        if let Some(max) = j.caps.tenant_max_unfinished {
+            // One admission at a time per tenant, until this transaction ends.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))").bind(j.tenant_id).execute(&mut *tx).await?;
+            let unfinished: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tenant_id = $1 AND status IN ('queued', 'dispatched', 'running')")
+                .bind(j.tenant_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if unfinished >= max {
+                return Err(StoreError::TenantQueueFull { max });
+            }
+        }
     }
     let inserted = sqlx::query_as::<_, Job>(&format!(
         "INSERT INTO jobs (id, tenant_id, key_id, model, mode, lane, status, input, idempotency_key, traceparent)

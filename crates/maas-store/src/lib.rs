@@ -36,6 +36,12 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("a row with this {0} already exists")]
     Conflict(&'static str),
+    /// The tenant already has `max` unfinished jobs.
+    #[error("the tenant already has {max} unfinished jobs")]
+    TenantQueueFull { max: i64 },
+    /// The platform holds `max` queued jobs.
+    #[error("the platform's queue holds {max} jobs")]
+    QueueFull { max: i64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

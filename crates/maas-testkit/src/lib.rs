@@ -35,6 +35,8 @@ pub struct Options {
     pub with_models: bool,
     /// Extra environment for the workers (for example the chat engine's limits).
     pub worker_env: Vec<(&'static str, String)>,
+    /// Extra environment for the API instances.
+    pub api_env: Vec<(&'static str, String)>,
 }
 
 /// The repository's `models/` folder.
@@ -73,6 +75,7 @@ impl Default for Options {
             max_body_bytes: 64 * 1024,
             with_models: false,
             worker_env: Vec::new(),
+            api_env: Vec::new(),
         }
     }
 }
@@ -238,7 +241,8 @@ impl Platform {
     }
 
     pub async fn spawn_api(&mut self) -> anyhow::Result<usize> {
-        let s = self.spawn("maas-api", &[]).await?;
+        let env = self.opts.api_env.clone();
+        let s = self.spawn("maas-api", &env).await?;
         self.api.push(s);
         Ok(self.api.len() - 1)
     }

@@ -170,6 +170,14 @@ impl From<maas_store::StoreError> for ApiError {
                 Self::invalid("the request contains characters that cannot be stored (such as \\u0000)", None)
             }
             maas_store::StoreError::Db(other) => Self::Internal(other.to_string()),
+            maas_store::StoreError::TenantQueueFull { max } => Self::RateLimited {
+                message: format!("this tenant already has {max} unfinished jobs (its max_queued); retry when some have finished"),
+                retry_after_secs: 1,
+            },
+            maas_store::StoreError::QueueFull { max } => Self::Unavailable {
+                message: format!("the platform's queue is full ({max} jobs waiting); retry later"),
+                retry_after_secs: 5,
+            },
             maas_store::StoreError::Migrate(other) => Self::Internal(other.to_string()),
             maas_store::StoreError::Redis(other) => Self::Internal(other.to_string()),
         }

@@ -26,6 +26,11 @@ pub struct ApiSettings {
     #[arg(long, env = "MAAS_API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Most queued jobs on the whole platform: past it, new work gets 503
+    /// with Retry-After.
+    #[arg(long, env = "MAAS_API_MAX_QUEUED_JOBS", default_value_t = 100_000)]
+    pub max_queued_jobs: i64,
+
     /// How long a sync call waits by default before answering 202.
     #[arg(long, env = "MAAS_API_SYNC_TIMEOUT_MS", default_value_t = 30_000)]
     pub sync_timeout_ms: u64,

@@ -134,6 +134,8 @@ fn usage_tokens(job: &Job) -> i64 {
 }
 
 async fn submit_charged(state: &AppState, principal: &Principal, sub: Submission<'_>) -> Result<Submitted, ApiError> {
+    let quota = state.quotas.get(state, principal.tenant_id).await?;
+    let caps = jobs::QueueCaps { tenant_max_unfinished: quota.max_queued, global_max_queued: Some(state.settings.max_queued_jobs) };
     let (job, created) = jobs::insert(
         &state.db,
         NewJob {
@@ -145,6 +147,7 @@ async fn submit_charged(state: &AppState, principal: &Principal, sub: Submission
             input: sub.input,
             idempotency_key: sub.idempotency_key.as_deref(),
             traceparent: Some(&sub.traceparent),
+            caps,
         },
     )
     .await?;

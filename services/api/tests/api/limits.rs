@@ -119,3 +119,50 @@ async fn scoped_and_expired_keys_are_refused_with_their_own_codes() {
     // Rotation: a second key works while the first stays valid until revoked.
     assert_eq!(p.http.get(p.url("/v1/models")).bearer_auth(&t.key).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn max_queued_holds_exactly_under_concurrency_and_the_platform_queue_is_bounded() {
+    let opts = Options { worker_slots: 1, api_env: vec![("MAAS_API_MAX_QUEUED_JOBS", "12".into())], ..Options::default() };
+    let p = Platform::start(opts).await.unwrap();
+    let (a, b) = (p.create_tenant("capped", 1).await, p.create_tenant("other", 1).await);
+    set_quota(&p, &a.id, json!({"max_queued": 5})).await;
+    let slow = json!({"model": "echo", "mode": "async", "input": {"text": "x", "delay_ms": 30_000}});
+    let answers = futures_util::future::join_all((0..20).map(|_| p.http.post(p.url("/v1/jobs")).bearer_auth(&a.key).json(&slow).send())).await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for r in answers {
+        let r = r.unwrap();
+        match r.status().as_u16() {
+            202 => accepted.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+            429 => {
+                assert!(r.headers().contains_key("retry-after"));
+                let v = assert_error(r, 429, "rate_limit_exceeded").await;
+                assert!(v["error"]["message"].as_str().unwrap().contains("max_queued"), "{v}");
+                refused += 1;
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (5, 15), "exactly max_queued unfinished jobs");
+    // The other tenant is not affected by this tenant's cap...
+    let r = p.http.post(p.url("/v1/jobs")).bearer_auth(&b.key).json(&slow).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    // ...and a cancelled job frees a place.
+    let r = p.http.post(p.url(&format!("/v1/jobs/{}/cancel", accepted[4]))).bearer_auth(&a.key).send().await.unwrap();
+    assert!(r.status().is_success());
+    let r = p.http.post(p.url("/v1/jobs")).bearer_auth(&a.key).json(&slow).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    // The platform-wide bound: past 12 queued jobs, new work gets 503 with Retry-After.
+    let mut last = None;
+    for _ in 0..20 {
+        let r = p.http.post(p.url("/v1/jobs")).bearer_auth(&b.key).json(&slow).send().await.unwrap();
+        if r.status() == 503 {
+            last = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 202);
+    }
+    let r = last.expect("the platform queue never filled");
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_error(r, 503, "service_unavailable").await;
+}
