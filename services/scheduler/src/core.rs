@@ -61,6 +61,11 @@ pub struct Core {
     queued: HashSet<Uuid>,
     workers: HashMap<String, WorkerState>,
     weights: HashMap<Uuid, u32>,
+    /// A job arrived from a tenant whose weight is not loaded yet (a new
+    /// tenant): reload before the next dispatch instead of waiting for the
+    /// periodic refresh, so its weight counts from its first job.
+    weights_stale: bool,
+    weights_loaded_at: Instant,
 }
 
 /// Outcome of handling one message: whether to ack it or send it to the
@@ -81,6 +86,8 @@ impl Core {
             queued: HashSet::new(),
             workers: HashMap::new(),
             weights: HashMap::new(),
+            weights_stale: false,
+            weights_loaded_at: Instant::now(),
         }
     }
 
@@ -146,6 +153,8 @@ impl Core {
 
     pub async fn refresh_weights(&mut self) -> anyhow::Result<()> {
         self.weights = tenants::weights(&self.db).await?.into_iter().map(|(id, w)| (id, w.max(1) as u32)).collect();
+        self.weights_stale = false;
+        self.weights_loaded_at = Instant::now();
         Ok(())
     }
 
@@ -163,6 +172,9 @@ impl Core {
     }
 
     pub fn on_submitted(&mut self, msg: JobSubmitted) {
+        if !self.weights.contains_key(&msg.tenant_id) {
+            self.weights_stale = true;
+        }
         let job = QueuedJob {
             id: msg.job_id,
             tenant_id: msg.tenant_id,
@@ -336,6 +348,12 @@ impl Core {
 
     /// Dispatches while some model has both queued work and a free slot.
     pub async fn dispatch(&mut self) -> anyhow::Result<usize> {
+        // At most one reload per 200 ms, however many new tenants arrive.
+        if self.weights_stale && self.weights_loaded_at.elapsed() > Duration::from_millis(200) {
+            if let Err(e) = self.refresh_weights().await {
+                tracing::warn!(error = %e, "could not load a new tenant's weight");
+            }
+        }
         let mut sent = 0;
         let models: Vec<String> = self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(m, _)| m.clone()).collect();
         for model in models {

@@ -111,3 +111,39 @@ async fn a_job_that_loses_its_worker_on_every_attempt_fails_and_is_dead_lettered
     assert_eq!(done["error"]["code"], "worker_lost");
     assert_eq!(done["attempts"], 1);
 }
+
+#[tokio::test]
+async fn tenants_weighted_two_to_one_complete_jobs_two_to_one_while_both_saturate() {
+    let p = Platform::start(Options { worker_slots: 4, ..Options::default() }).await.unwrap();
+    let a = p.create_tenant("heavy", 2).await;
+    let b = p.create_tenant("light", 1).await;
+    let submit_many = |key: String, n: usize| {
+        let p = &p;
+        futures_util::stream::iter(0..n)
+            .map(move |i| {
+                let key = key.clone();
+                async move { p.submit_async_echo(&key, &format!("{i}"), 40).await }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<String>>()
+    };
+    // Both backlogs are queued together, so both tenants saturate the slots.
+    let (ids_a, ids_b) = tokio::join!(submit_many(a.key.clone(), 300), submit_many(b.key.clone(), 300));
+    assert_eq!((ids_a.len(), ids_b.len()), (300, 300));
+    let done = p.wait_count("SELECT count(*) FROM jobs WHERE status = 'succeeded'", 270, Duration::from_secs(120)).await;
+    assert!(done >= 270);
+    // The window from the 60th to the 270th completion: both still had work.
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tenant_id::text, count(*) FROM (
+             SELECT tenant_id FROM jobs WHERE status = 'succeeded' ORDER BY finished_at, id OFFSET 60 LIMIT 210
+         ) w GROUP BY tenant_id",
+    )
+    .fetch_all(&p.db)
+    .await
+    .unwrap();
+    let count = |id: &str| rows.iter().find(|r| r.0 == id).map_or(0, |r| r.1);
+    let (na, nb) = (count(&a.id), count(&b.id));
+    let ratio = na as f64 / nb.max(1) as f64;
+    eprintln!("weights 2:1 → completed {na}:{nb} = {ratio:.2}");
+    assert!((1.8..=2.2).contains(&ratio), "completed {na}:{nb} = {ratio:.2}, want 2.0 ± 0.2");
+}
