@@ -29,13 +29,6 @@ pub struct LlamaConfig {
     pub context: usize,
 }
 
-impl LlamaConfig {
-    /// Bytes of KV cache per position (f16 keys and values, every layer).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.layers * self.kv_heads * self.head_dim * 2
-    }
-}
-
 /// A weight matrix `[rows × cols]`: quantised blocks, or f32.
 enum Weight {
     Quant(QMatrix),

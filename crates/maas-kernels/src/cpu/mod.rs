@@ -20,7 +20,7 @@ pub use mathf::{exp_scaled_inplace, f16_bits, f16_value};
 pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
 pub use pool::{l2_normalize_inplace, mean_pool};
-pub use quant::{q_kernel, q_linear, q_linear_path, q_linear_with, QKernel, QMatrix, QPath, QType, QuantError, Q_SMALL_M};
+pub use quant::{q_kernel, q_linear_path, q_linear_with, QKernel, QMatrix, QPath, QType, QuantError};
 pub use team::Team;
 pub use rms::{rms_norm, swiglu_inplace};
 

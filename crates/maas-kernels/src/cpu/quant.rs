@@ -40,10 +40,6 @@ impl QType {
     }
 }
 
-/// Up to this many input rows, [`q_linear`] takes the integer dot-product
-/// path; above, dequantised tiles and the GEMM (measured crossover).
-pub const Q_SMALL_M: usize = 16;
-
 /// A `[rows × cols]` matrix of quantised blocks, row-major.
 #[derive(Clone)]
 pub struct QMatrix {
@@ -294,14 +290,8 @@ pub enum QPath {
     Tiles,
 }
 
-/// `out[m×n] = x[m×k] · Wᵀ` for a quantised `W` (`n × k`), the path chosen
-/// by the number of rows.
-pub fn q_linear(x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], threads: Threads) {
-    let path = if m <= Q_SMALL_M { QPath::Int8 } else { QPath::Tiles };
-    q_linear_path(path, x, w, m, out, threads);
-}
-
-/// As [`q_linear`] on a given path. Either way, each row's result depends
+/// `out[m×n] = x[m×k] · Wᵀ` for a quantised `W` (`n × k`) on the given
+/// path. Either way, each row's result depends
 /// only on that row, not on the others.
 pub fn q_linear_path(path: QPath, x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], threads: Threads) {
     match path {

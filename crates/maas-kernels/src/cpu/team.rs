@@ -81,11 +81,6 @@ impl Team {
         TEAM.get_or_init(|| Team::new(std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1)))
     }
 
-    /// Threads that work on a job (helpers plus the caller).
-    pub fn threads(&self) -> usize {
-        self.helpers + 1
-    }
-
     /// Runs `task(i)` for every `i < n`, spread over the team; returns when
     /// all are done.
     pub fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
