@@ -151,6 +151,54 @@ pub struct ChatInput {
 /// Longest generation one request may ask for.
 pub const CHAT_MAX_TOKENS: u32 = 4096;
 
+/// Generation length when a request does not set `max_tokens`.
+pub const CHAT_DEFAULT_MAX_TOKENS: u32 = 256;
+
+/// Tokens the chat template may add: role markers per message, and the
+/// default system message when the conversation has none.
+const CHAT_TEMPLATE_TOKENS: i64 = 128;
+const CHAT_MESSAGE_TOKENS: i64 = 8;
+
+/// Longest embedding input, in word pieces with [CLS] and [SEP]; longer
+/// inputs are truncated.
+pub const EMBED_MAX_PIECES: i64 = 256;
+
+/// The most tokens (prompt plus completion) a valid job can use: what a
+/// token budget reserves at admission, so that settled usage can never
+/// exceed it. Every tokenizer here makes at most one token per byte of text
+/// (word pieces hold at least one character; byte-level BPE at least one
+/// byte), and a chat job generates at most `max_tokens`.
+pub fn token_bound(model: &ModelName, input: &Value) -> i64 {
+    let bytes = |v: &Value| v.as_str().map_or(0, |s| s.len() as i64);
+    match model.as_str() {
+        // Echo counts words in and the same words out.
+        ECHO => 2 * input.get("text").and_then(Value::as_str).map_or(0, |s| s.split_whitespace().count() as i64),
+        MINILM => match parse_embedding_input(input.get("input").unwrap_or(input)) {
+            Ok(items) => items
+                .iter()
+                .map(|it| match it {
+                    EmbeddingItem::Text(t) => (t.len() as i64 + 2).min(EMBED_MAX_PIECES),
+                    EmbeddingItem::Ids(ids) => (ids.len() as i64 + 2).min(EMBED_MAX_PIECES),
+                })
+                .sum(),
+            Err(_) => 0,
+        },
+        _ => {
+            let messages: i64 = input
+                .get("messages")
+                .and_then(Value::as_array)
+                .map_or(0, |m| m.iter().map(|m| bytes(&m["role"]) + bytes(&m["content"]) + CHAT_MESSAGE_TOKENS).sum());
+            let prompt = match input.get("prompt") {
+                Some(Value::String(s)) => s.len() as i64,
+                Some(Value::Array(ids)) => ids.len() as i64,
+                _ => 0,
+            };
+            let max_tokens = input.get("max_tokens").and_then(Value::as_i64).unwrap_or(i64::from(CHAT_DEFAULT_MAX_TOKENS));
+            messages + prompt + CHAT_TEMPLATE_TOKENS + max_tokens
+        }
+    }
+}
+
 impl ChatInput {
     pub fn stops(&self) -> Vec<String> {
         match &self.stop {

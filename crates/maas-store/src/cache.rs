@@ -26,35 +26,82 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
-/// A token bucket per limit: `limit` per window, refilled continuously,
-/// full at first use. Takes `cost` if that many are there (ARGV[5] = 1 forces
-/// the take, for settling usage, and may leave the bucket negative). Redis's
-/// own clock, so every API replica sees one time. Returns {taken, remaining,
-/// ms until full, ms until `cost` would fit}.
+/// Token buckets, one per limit: `limit` per window, refilled continuously,
+/// full at first use. KEYS are the buckets; ARGV = {cost, window, force,
+/// limit of each bucket...}. Takes `cost` from every bucket if every one has
+/// that many, and from none otherwise, so a refusal consumes nothing (with
+/// force = 1 it always takes: settling actual usage; a bucket may go
+/// negative). Redis's own clock, so every API replica sees one time. Returns,
+/// per bucket, {taken, remaining, ms until full, ms until `cost` would fit}.
 const TAKE: &str = r#"
-local limit = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local force = tonumber(ARGV[4])
+local cost = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local force = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate = limit / window
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1])
-local ts = tonumber(b[2])
-if tokens == nil then tokens = limit; ts = now end
-tokens = math.min(limit, tokens + math.max(0, now - ts) * rate)
-local taken = 0
-if force == 1 or tokens >= cost then
-  tokens = tokens - cost
-  taken = 1
+local levels = {}
+local fits = true
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[3 + i])
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(b[1])
+  local ts = tonumber(b[2])
+  if tokens == nil then tokens = limit; ts = now end
+  tokens = math.min(limit, tokens + math.max(0, now - ts) * limit / window)
+  levels[i] = tokens
+  if tokens < cost then fits = false end
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], window * 2)
-local wait = 0
-if taken == 0 then wait = math.ceil((cost - tokens) / rate) end
-return {taken, math.floor(math.max(tokens, 0)), math.ceil((limit - tokens) / rate), wait}
+local taken = 0
+if force == 1 or fits then taken = 1 end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[3 + i])
+  local rate = limit / window
+  local tokens = levels[i]
+  if taken == 1 then tokens = tokens - cost end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now), 'limit', tostring(limit))
+  redis.call('PEXPIRE', key, window * 2)
+  local wait = 0
+  if taken == 0 and tokens < cost then wait = math.ceil((cost - tokens) / rate) end
+  table.insert(out, taken)
+  table.insert(out, math.floor(math.max(tokens, 0)))
+  table.insert(out, math.ceil((limit - tokens) / rate))
+  table.insert(out, wait)
+end
+return out
 "#;
+
+/// Settles usage into the buckets that still exist, with the limit each was
+/// last taken under: ARGV = {tokens to take (negative gives back), window}.
+const SETTLE: &str = r#"
+local delta = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, key in ipairs(KEYS) do
+  local b = redis.call('HMGET', key, 'tokens', 'ts', 'limit')
+  local tokens, ts, limit = tonumber(b[1]), tonumber(b[2]), tonumber(b[3])
+  if tokens ~= nil and limit ~= nil then
+    tokens = math.min(limit, tokens + math.max(0, now - ts) * limit / window) - delta
+    redis.call('HSET', key, 'tokens', tostring(math.min(limit, tokens)), 'ts', tostring(now))
+    redis.call('PEXPIRE', key, window * 2)
+  end
+end
+return 1
+"#;
+
+/// Every rate limit is per minute.
+pub const RATE_WINDOW_MS: u64 = 60_000;
+
+/// The bucket of a tenant's limit of `kind` (`requests` or `tokens`).
+pub fn tenant_bucket(tenant_id: Uuid, kind: &str) -> String {
+    format!("{tenant_id}:{kind}")
+}
+
+/// The bucket of a key's own limit of `kind`.
+pub fn key_bucket(key_id: Uuid, kind: &str) -> String {
+    format!("key:{key_id}:{kind}")
+}
 
 /// What a rate-limit check decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +121,7 @@ pub struct Cache {
     ns: String,
     put_if_newer: redis::Script,
     take: redis::Script,
+    settle: redis::Script,
 }
 
 impl Cache {
@@ -85,23 +133,52 @@ impl Cache {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2);
         let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self { conn, ns: namespace.to_owned(), put_if_newer: redis::Script::new(PUT_IF_NEWER), take: redis::Script::new(TAKE) })
+        Ok(Self { conn, ns: namespace.to_owned(), put_if_newer: redis::Script::new(PUT_IF_NEWER), take: redis::Script::new(TAKE), settle: redis::Script::new(SETTLE) })
     }
 
-    /// Takes `cost` from the bucket `name` (`limit` per `window_ms`), in one
-    /// atomic script; with `force` it always takes (settling actual usage).
-    pub async fn rate_take(&self, name: &str, limit: u64, cost: i64, window_ms: u64, force: bool) -> Result<RateDecision> {
+    /// Takes `cost` from every bucket of `limits` ((name, limit per
+    /// `window_ms`)) or from none, in one atomic script; with `force` it
+    /// always takes. One decision per bucket, in order.
+    pub async fn rate_take(&self, limits: &[(String, u64)], cost: i64, window_ms: u64, force: bool) -> Result<Vec<RateDecision>> {
+        if limits.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut c = self.conn.clone();
-        let key = format!("{}:ratelimit:{name}", self.ns);
-        let (taken, remaining, reset_ms, retry_after_ms): (i64, i64, i64, i64) =
-            self.take.key(key).arg(limit).arg(cost).arg(window_ms).arg(i64::from(force)).invoke_async(&mut c).await?;
-        Ok(RateDecision {
-            taken: taken == 1,
-            limit,
-            remaining: remaining.max(0) as u64,
-            reset_ms: reset_ms.max(0) as u64,
-            retry_after_ms: retry_after_ms.max(0) as u64,
-        })
+        let mut inv = self.take.prepare_invoke();
+        for (name, _) in limits {
+            inv.key(format!("{}:ratelimit:{name}", self.ns));
+        }
+        inv.arg(cost).arg(window_ms).arg(i64::from(force));
+        for (_, limit) in limits {
+            inv.arg(*limit);
+        }
+        let flat: Vec<i64> = inv.invoke_async(&mut c).await?;
+        Ok(flat
+            .chunks_exact(4)
+            .zip(limits)
+            .map(|(v, (_, limit))| RateDecision {
+                taken: v[0] == 1,
+                limit: *limit,
+                remaining: v[1].max(0) as u64,
+                reset_ms: v[2].max(0) as u64,
+                retry_after_ms: v[3].max(0) as u64,
+            })
+            .collect())
+    }
+
+    /// Takes `delta` more tokens (or gives `-delta` back) from the buckets
+    /// that still exist: settling an estimate with actual usage.
+    pub async fn rate_settle(&self, buckets: &[String], delta: i64, window_ms: u64) -> Result<()> {
+        if buckets.is_empty() || delta == 0 {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut inv = self.settle.prepare_invoke();
+        for name in buckets {
+            inv.key(format!("{}:ratelimit:{name}", self.ns));
+        }
+        let _: i64 = inv.arg(delta).arg(window_ms).invoke_async(&mut c).await?;
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<()> {

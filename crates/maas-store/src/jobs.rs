@@ -36,6 +36,12 @@ pub struct Job {
     pub dispatched_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Tokens charged against tokens-per-minute limits at admission.
+    #[serde(default)]
+    pub rate_tokens: i64,
+    /// Tokens reserved from the token budget at admission.
+    #[serde(default)]
+    pub budget_tokens: i64,
 }
 
 impl Job {
@@ -50,7 +56,8 @@ impl Job {
 }
 
 const COLS: &str = "id, tenant_id, key_id, model, mode, lane, status, input, output, error, usage, attempts, \
-                    worker_id, idempotency_key, traceparent, version, created_at, dispatched_at, started_at, finished_at";
+                    worker_id, idempotency_key, traceparent, version, created_at, dispatched_at, started_at, finished_at, \
+                    rate_tokens, budget_tokens";
 
 pub struct NewJob<'a> {
     pub tenant_id: Uuid,
@@ -62,14 +69,17 @@ pub struct NewJob<'a> {
     pub idempotency_key: Option<&'a str>,
     pub traceparent: Option<&'a str>,
     pub caps: QueueCaps,
+    /// Tokens charged against tokens-per-minute limits (recorded for settling).
+    pub rate_tokens: i64,
+    /// An upper bound of the tokens the job can use: what it reserves from
+    /// the tenant's token budget, when it has one.
+    pub budget_tokens: i64,
 }
 
-/// Admission bounds checked in the inserting transaction.
+/// Admission bounds checked in the inserting transaction, besides the
+/// tenant's own quota (read there, so an admin's change holds at once).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueCaps {
-    /// Most unfinished (queued, dispatched or running) jobs of the tenant;
-    /// exact under concurrency (a per-tenant lock serialises the check).
-    pub tenant_max_unfinished: Option<i64>,
     /// Most queued jobs on the whole platform (a bound, not exact).
     pub global_max_queued: Option<i64>,
 }
@@ -95,6 +105,7 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
             > 0,
         None => false,
     };
+    let mut budget_period = None;
     if !replay {
         if let Some(max) = j.caps.global_max_queued {
             let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'").fetch_one(&mut *tx).await?;
@@ -102,21 +113,52 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
                 return Err(StoreError::QueueFull { max });
             }
         }
-        if let Some(max) = j.caps.tenant_max_unfinished {
-            // One admission at a time per tenant, until this transaction ends.
+        let quota = sqlx::query_as::<_, crate::quotas::Quota>(
+            "SELECT rpm, tpm, max_concurrent, max_queued, token_budget, budget_period FROM quotas WHERE tenant_id = $1",
+        )
+        .bind(j.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or_default();
+        if quota.max_queued.is_some() || quota.max_concurrent.is_some() || quota.token_budget.is_some() {
+            // One admission at a time per tenant, until this transaction ends:
+            // every check below is exact under concurrency.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))").bind(j.tenant_id).execute(&mut *tx).await?;
-            let unfinished: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tenant_id = $1 AND status IN ('queued', 'dispatched', 'running')")
-                .bind(j.tenant_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if unfinished >= max {
+        }
+        let max_sync = quota.max_concurrent.filter(|_| j.mode == JobMode::Sync);
+        if quota.max_queued.is_some() || max_sync.is_some() {
+            let (unfinished, sync): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE mode = 'sync') FROM jobs
+                 WHERE tenant_id = $1 AND status IN ('queued', 'dispatched', 'running')",
+            )
+            .bind(j.tenant_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let Some(max) = quota.max_queued.filter(|max| unfinished >= *max) {
                 return Err(StoreError::TenantQueueFull { max });
             }
+            if let Some(max) = max_sync.filter(|max| sync >= *max) {
+                return Err(StoreError::TenantBusy { max });
+            }
+        }
+        if let Some(limit) = quota.token_budget {
+            let period = crate::budget::Period::parse(quota.budget_period.as_deref()).unwrap_or(crate::budget::Period::Month);
+            let standing = crate::budget::open(&mut tx, j.tenant_id, period).await?;
+            if standing.spent + standing.reserved + j.budget_tokens > limit {
+                return Err(StoreError::BudgetExhausted {
+                    limit,
+                    period,
+                    remaining: (limit - standing.spent - standing.reserved).max(0),
+                    needed: j.budget_tokens,
+                });
+            }
+            budget_period = Some((standing.period_start, j.budget_tokens));
         }
     }
     let inserted = sqlx::query_as::<_, Job>(&format!(
-        "INSERT INTO jobs (id, tenant_id, key_id, model, mode, lane, status, input, idempotency_key, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9)
+        "INSERT INTO jobs (id, tenant_id, key_id, model, mode, lane, status, input, idempotency_key, traceparent,
+                           rate_tokens, budget_tokens, budget_period_start)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12)
          ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING {COLS}"
     ))
@@ -129,8 +171,14 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     .bind(j.input)
     .bind(j.idempotency_key)
     .bind(j.traceparent)
+    .bind(j.rate_tokens)
+    .bind(budget_period.map_or(0, |(_, t)| t))
+    .bind(budget_period.map(|(p, _)| p))
     .fetch_optional(&mut *tx)
     .await?;
+    if let (Some(_), Some((period_start, tokens))) = (&inserted, budget_period) {
+        crate::budget::reserve(&mut tx, j.tenant_id, period_start, tokens).await?;
+    }
     tx.commit().await?;
     if let Some(job) = inserted {
         return Ok((job, true));
@@ -354,6 +402,7 @@ pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ActiveRef {
     pub id: Uuid,
+    pub tenant_id: Uuid,
     pub worker_id: String,
     pub attempts: i32,
     pub model: String,
@@ -363,7 +412,7 @@ pub struct ActiveRef {
 /// Every job held by a worker.
 pub async fn active(pool: &PgPool) -> Result<Vec<ActiveRef>> {
     Ok(sqlx::query_as::<_, ActiveRef>(
-        "SELECT id, worker_id, attempts, model, dispatched_at FROM jobs
+        "SELECT id, tenant_id, worker_id, attempts, model, dispatched_at FROM jobs
          WHERE status IN ('dispatched', 'running') AND worker_id IS NOT NULL",
     )
     .fetch_all(pool)

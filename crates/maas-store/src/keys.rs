@@ -18,6 +18,10 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The key's own requests-per-minute limit (the tenant's applies too).
+    pub rpm: Option<i64>,
+    /// The key's own tokens-per-minute limit (the tenant's applies too).
+    pub tpm: Option<i64>,
 }
 
 /// What authentication needs to know about a key; cached in Redis.
@@ -30,9 +34,13 @@ pub struct KeyAuth {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
     pub tenant_disabled: bool,
+    #[serde(default)]
+    pub rpm: Option<i64>,
+    #[serde(default)]
+    pub tpm: Option<i64>,
 }
 
-const COLS: &str = "id, tenant_id, name, prefix, scopes, created_at, expires_at, revoked_at, last_used_at";
+const COLS: &str = "id, tenant_id, name, prefix, scopes, created_at, expires_at, revoked_at, last_used_at, rpm, tpm";
 
 pub struct NewKeyRow<'a> {
     pub tenant_id: Uuid,
@@ -41,12 +49,20 @@ pub struct NewKeyRow<'a> {
     pub secret_hash: &'a str,
     pub scopes: Option<&'a [String]>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub limits: KeyLimits,
+}
+
+/// A key's own rate limits; `None` = only the tenant's apply.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyLimits {
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
 }
 
 pub async fn create(pool: &PgPool, k: NewKeyRow<'_>) -> Result<ApiKey> {
     sqlx::query_as::<_, ApiKey>(&format!(
-        "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, scopes, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLS}"
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, scopes, expires_at, rpm, tpm)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLS}"
     ))
     .bind(Uuid::new_v4())
     .bind(k.tenant_id)
@@ -55,6 +71,8 @@ pub async fn create(pool: &PgPool, k: NewKeyRow<'_>) -> Result<ApiKey> {
     .bind(k.secret_hash)
     .bind(k.scopes)
     .bind(k.expires_at)
+    .bind(k.limits.rpm)
+    .bind(k.limits.tpm)
     .fetch_one(pool)
     .await
     .map_err(|e| conflict_on_unique(e, "prefix"))
@@ -79,10 +97,20 @@ pub async fn revoke(pool: &PgPool, key_id: Uuid) -> Result<Option<ApiKey>> {
     .await?)
 }
 
+/// Replaces a key's own rate limits.
+pub async fn set_limits(pool: &PgPool, key_id: Uuid, limits: KeyLimits) -> Result<Option<ApiKey>> {
+    Ok(sqlx::query_as::<_, ApiKey>(&format!("UPDATE api_keys SET rpm = $2, tpm = $3 WHERE id = $1 RETURNING {COLS}"))
+        .bind(key_id)
+        .bind(limits.rpm)
+        .bind(limits.tpm)
+        .fetch_optional(pool)
+        .await?)
+}
+
 /// What authentication reads about keys, with the tenant's state.
 const AUTH_SELECT: &str = "SELECT k.prefix, k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
         (k.revoked_at IS NOT NULL) AS revoked,
-        (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled
+        (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled, k.rpm, k.tpm
  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id";
 
 pub async fn auth_by_prefix(pool: &PgPool, prefix: &str) -> Result<Option<KeyAuth>> {

@@ -8,9 +8,11 @@
 //! pool or an explicit transaction; nothing here holds a lock across calls.
 
 pub mod audit;
+pub mod budget;
 pub mod cache;
 pub mod jobs;
 pub mod keys;
+pub mod queue;
 pub mod quotas;
 pub mod tenants;
 pub mod usage;
@@ -42,6 +44,12 @@ pub enum StoreError {
     /// The platform holds `max` queued jobs.
     #[error("the platform's queue holds {max} jobs")]
     QueueFull { max: i64 },
+    /// The tenant already has `max` sync jobs unfinished (its `max_concurrent`).
+    #[error("the tenant already has {max} requests in progress")]
+    TenantBusy { max: i64 },
+    /// The job's token bound does not fit what is left of the budget.
+    #[error("the token budget has {remaining} tokens left; the job needs up to {needed}")]
+    BudgetExhausted { limit: i64, period: budget::Period, remaining: i64, needed: i64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

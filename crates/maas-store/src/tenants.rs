@@ -92,7 +92,21 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> Result<Option<Vec<String>>> {
     Ok(Some(prefixes))
 }
 
-/// Weights of every live tenant, for the scheduler's fair share.
-pub async fn weights(pool: &PgPool) -> Result<Vec<(Uuid, i32)>> {
-    Ok(sqlx::query_as("SELECT id, weight FROM tenants WHERE deleted_at IS NULL").fetch_all(pool).await?)
+/// What the scheduler needs of a tenant: its fair-share weight and its cap
+/// on jobs running at once.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Share {
+    pub id: Uuid,
+    pub weight: i32,
+    pub max_concurrent: Option<i64>,
+}
+
+/// Shares of every live tenant.
+pub async fn shares(pool: &PgPool) -> Result<Vec<Share>> {
+    Ok(sqlx::query_as(
+        "SELECT t.id, t.weight, q.max_concurrent FROM tenants t LEFT JOIN quotas q ON q.tenant_id = t.id
+         WHERE t.deleted_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await?)
 }

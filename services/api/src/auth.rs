@@ -49,6 +49,8 @@ pub struct Principal {
     pub scopes: Option<Vec<String>>,
     /// The request's rate-limit state, for the response headers.
     pub rate: crate::ratelimit::SharedRateHeaders,
+    /// The key's own rate limits.
+    pub limits: keys::KeyLimits,
 }
 
 impl Principal {
@@ -129,7 +131,13 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
             tracing::debug!(error = %e, "could not record key use");
         }
     });
-    Ok(Principal { tenant_id: auth.tenant_id, key_id: auth.id, scopes: auth.scopes, rate: Default::default() })
+    Ok(Principal {
+        tenant_id: auth.tenant_id,
+        key_id: auth.id,
+        scopes: auth.scopes,
+        rate: Default::default(),
+        limits: keys::KeyLimits { rpm: auth.rpm, tpm: auth.tpm },
+    })
 }
 
 impl FromRequest for Principal {
@@ -145,8 +153,8 @@ impl FromRequest for Principal {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
             let mut principal = authenticate(&state, token.as_deref()).await?;
             // Only an authenticated request counts against its tenant's limit.
-            crate::ratelimit::admit_request(&state, principal.tenant_id, &rate).await?;
             principal.rate = rate;
+            crate::ratelimit::admit_request(&state, &principal).await?;
             Ok(principal)
         })
     }
@@ -242,6 +250,7 @@ mod tests {
             key_id: Uuid::nil(),
             scopes: scopes.map(|s| s.iter().map(|x| x.to_string()).collect()),
             rate: Default::default(),
+            limits: Default::default(),
         }
     }
 

@@ -27,6 +27,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 429: a rate limit of the tenant is reached.
     RateLimited { message: String, retry_after_secs: u64 },
+    /// 429: the tenant already has its `max_concurrent` requests in progress.
+    TooManyConcurrent { max: i64 },
+    /// 429: the token budget cannot cover the request.
+    InsufficientQuota { message: String },
     /// 503: no worker serves this model at present.
     ModelUnavailable { model: String },
     /// 503: a dependency is unavailable; retry later.
@@ -111,6 +115,16 @@ impl ApiError {
             Self::RateLimited { message, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message.clone(), None, "rate_limit_exceeded")
             }
+            Self::TooManyConcurrent { max } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!("this tenant already has {max} requests in progress (its max_concurrent); retry when one has finished"),
+                None,
+                "concurrency_limit_exceeded",
+            ),
+            Self::InsufficientQuota { message } => {
+                (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message.clone(), None, "insufficient_quota")
+            }
             Self::Timeout { message } => (StatusCode::GATEWAY_TIMEOUT, "timeout_error", message.clone(), None, "timeout"),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,6 +159,9 @@ impl ResponseError for ApiError {
             Self::Unavailable { retry_after_secs, .. } | Self::RateLimited { retry_after_secs, .. } => {
                 resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
+            Self::TooManyConcurrent { .. } => {
+                resp.insert_header((header::RETRY_AFTER, "1"));
+            }
             Self::ModelUnavailable { .. } => {
                 resp.insert_header((header::RETRY_AFTER, "5"));
             }
@@ -173,6 +190,14 @@ impl From<maas_store::StoreError> for ApiError {
             maas_store::StoreError::TenantQueueFull { max } => Self::RateLimited {
                 message: format!("this tenant already has {max} unfinished jobs (its max_queued); retry when some have finished"),
                 retry_after_secs: 1,
+            },
+            maas_store::StoreError::TenantBusy { max } => Self::TooManyConcurrent { max },
+            maas_store::StoreError::BudgetExhausted { limit, period, remaining, needed } => Self::InsufficientQuota {
+                message: format!(
+                    "the token budget ({limit} tokens per {}) has {remaining} tokens left and this request may use up to {needed}; \
+                     wait for the next period, lower max_tokens, or ask for a larger budget",
+                    period.as_str()
+                ),
             },
             maas_store::StoreError::QueueFull { max } => Self::Unavailable {
                 message: format!("the platform's queue is full ({max} jobs waiting); retry later"),

@@ -18,15 +18,14 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
-use maas_store::cache::RateDecision;
+use crate::auth::Principal;
+use maas_store::cache::{key_bucket, tenant_bucket, RateDecision, RATE_WINDOW_MS};
 use maas_store::quotas::Quota;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-const WINDOW_MS: u64 = 60_000;
 
 /// The limits' state for this request, filled as it is admitted and written
 /// into the response headers on the way out.
@@ -70,72 +69,96 @@ fn duration_text(ms: u64) -> String {
     }
 }
 
-fn refused(what: &str, d: &RateDecision) -> ApiError {
+fn refused(what: &str, owner: &str, d: &RateDecision) -> ApiError {
     ApiError::RateLimited {
-        message: format!("rate limit reached: {} {what} per minute; retry after {}", d.limit, duration_text(d.retry_after_ms)),
+        message: format!("rate limit reached: {} {what} per minute for this {owner}; retry after {}", d.limit, duration_text(d.retry_after_ms)),
         retry_after_secs: d.retry_after_ms.div_ceil(1000).max(1),
     }
 }
 
-async fn take(state: &AppState, bucket: String, limit: i64, cost: i64, force: bool) -> Result<Option<RateDecision>, ApiError> {
-    let limit = u64::try_from(limit).unwrap_or(0);
-    match state.cache.rate_take(&bucket, limit, cost, WINDOW_MS, force).await {
-        Ok(d) => Ok(Some(d)),
+/// The limits of `kind` that apply to a caller: the tenant's, then the key's.
+fn limits(principal: &Principal, q: &Quota, kind: &str) -> Vec<(String, u64, &'static str)> {
+    let (tenant, key) = match kind {
+        "requests" => (q.rpm, principal.limits.rpm),
+        _ => (q.tpm, principal.limits.tpm),
+    };
+    let mut out = Vec::new();
+    if let Some(l) = tenant {
+        out.push((tenant_bucket(principal.tenant_id, kind), u64::try_from(l).unwrap_or(0), "tenant"));
+    }
+    if let Some(l) = key {
+        out.push((key_bucket(principal.key_id, kind), u64::try_from(l).unwrap_or(0), "key"));
+    }
+    out
+}
+
+/// Takes `cost` from every limit of `kind` or from none. `Ok(None)`: no
+/// limit applies, or Redis is down.
+async fn take(state: &AppState, principal: &Principal, q: &Quota, kind: &str, cost: i64) -> Result<Option<i64>, ApiError> {
+    let limits = limits(principal, q, kind);
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    for (_, limit, owner) in &limits {
+        if kind == "tokens" && cost > *limit as i64 {
+            return Err(ApiError::RateLimited {
+                message: format!("this request needs about {cost} tokens, more than this {owner}'s limit of {limit} tokens per minute; send less or ask for a higher limit"),
+                retry_after_secs: 60,
+            });
+        }
+    }
+    let buckets: Vec<(String, u64)> = limits.iter().map(|(b, l, _)| (b.clone(), *l)).collect();
+    let decisions = match state.cache.rate_take(&buckets, cost, RATE_WINDOW_MS, false).await {
+        Ok(d) => d,
         Err(e) => {
             // Redis down: admit (the budget ledger, not this limiter, is what
             // must never be overspent) and say so in the log.
             tracing::warn!(error = %e, "rate limiter unavailable; admitting");
-            Ok(None)
+            return Ok(None);
+        }
+    };
+    // The headers show the tightest limit.
+    let tightest = decisions.iter().copied().min_by_key(|d| d.remaining);
+    if let Ok(mut h) = principal.rate.lock() {
+        if kind == "requests" {
+            h.requests = tightest;
+        } else {
+            h.tokens = tightest;
         }
     }
+    if decisions.iter().any(|d| !d.taken) {
+        // Nothing was taken; the limit to name is the one that lacked room
+        // (the longest wait).
+        if let Some((d, (_, _, owner))) = decisions.iter().zip(&limits).max_by_key(|(d, _)| d.retry_after_ms) {
+            return Err(refused(kind, owner, d));
+        }
+    }
+    Ok(Some(cost))
 }
 
-/// One request against the tenant's RPM limit.
-pub async fn admit_request(state: &AppState, tenant: Uuid, headers: &SharedRateHeaders) -> Result<(), ApiError> {
-    let q = state.quotas.get(state, tenant).await?;
-    let Some(rpm) = q.rpm else { return Ok(()) };
-    let Some(d) = take(state, format!("{tenant}:requests"), rpm, 1, false).await? else { return Ok(()) };
-    if let Ok(mut h) = headers.lock() {
-        h.requests = Some(d);
-    }
-    if d.taken {
-        Ok(())
-    } else {
-        Err(refused("requests", &d))
-    }
+/// One request against the RPM limits of the tenant and the key.
+pub async fn admit_request(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let q = state.quotas.get(state, principal.tenant_id).await?;
+    take(state, principal, &q, "requests", 1).await.map(|_| ())
 }
 
-/// A job's estimated tokens against the tenant's TPM limit; returns the
-/// estimate charged (0 when no limit applies), to settle later.
-pub async fn admit_tokens(state: &AppState, tenant: Uuid, estimate: i64, headers: &SharedRateHeaders) -> Result<i64, ApiError> {
-    let q = state.quotas.get(state, tenant).await?;
-    let Some(tpm) = q.tpm else { return Ok(0) };
-    if estimate > tpm {
-        return Err(ApiError::RateLimited {
-            message: format!("this request needs about {estimate} tokens, more than the limit of {tpm} tokens per minute; send less or ask for a higher limit"),
-            retry_after_secs: 60,
-        });
-    }
-    let Some(d) = take(state, format!("{tenant}:tokens"), tpm, estimate, false).await? else { return Ok(0) };
-    if let Ok(mut h) = headers.lock() {
-        h.tokens = Some(d);
-    }
-    if d.taken {
-        Ok(estimate)
-    } else {
-        Err(refused("tokens", &d))
-    }
+/// A job's estimated tokens against the TPM limits of the tenant and the
+/// key; returns the estimate charged (0 when no limit applies), to settle
+/// when the job ends.
+pub async fn admit_tokens(state: &AppState, principal: &Principal, estimate: i64) -> Result<i64, ApiError> {
+    let q = state.quotas.get(state, principal.tenant_id).await?;
+    Ok(take(state, principal, &q, "tokens", estimate).await?.unwrap_or(0))
 }
 
-/// Settles a job's charge with its recorded usage.
-pub async fn settle_tokens(state: &AppState, tenant: Uuid, charged: i64, actual: i64) {
-    if charged == 0 || charged == actual {
+/// Gives back a charge whose job never ran (refused later in admission, or
+/// a replayed idempotency key).
+pub async fn refund_tokens(state: &AppState, principal: &Principal, charged: i64) {
+    if charged == 0 {
         return;
     }
-    let Ok(q) = state.quotas.get(state, tenant).await else { return };
-    if let Some(tpm) = q.tpm {
-        // A negative cost gives tokens back; a positive one takes the excess.
-        let _ = take(state, format!("{tenant}:tokens"), tpm, actual - charged, true).await;
+    let buckets = [tenant_bucket(principal.tenant_id, "tokens"), key_bucket(principal.key_id, "tokens")];
+    if let Err(e) = state.cache.rate_settle(&buckets, -charged, RATE_WINDOW_MS).await {
+        tracing::warn!(error = %e, "could not give back a token charge");
     }
 }
 
@@ -152,7 +175,7 @@ pub fn estimate_tokens(input: &Value) -> i64 {
         }
     }
     let generation = if input.get("messages").is_some() || input.get("prompt").is_some() {
-        input.get("max_tokens").and_then(Value::as_i64).unwrap_or(256)
+        input.get("max_tokens").and_then(Value::as_i64).unwrap_or(i64::from(maas_core::models::CHAT_DEFAULT_MAX_TOKENS))
     } else {
         0
     };

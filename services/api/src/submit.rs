@@ -107,36 +107,19 @@ pub(crate) async fn cancel(state: &AppState, id: Uuid, tenant_id: Uuid) -> Resul
 
 
 /// Admits, records, announces and (for sync jobs) waits.
+///
+/// Admission, in order: the tokens-per-minute limits take the job's
+/// estimate (in Redis); then, in the transaction that stores the job, the
+/// queue caps, the concurrency cap and the token budget are checked and the
+/// budget reservation is made (in Postgres). The worker that finishes the job
+/// settles both with its recorded usage.
 pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>) -> Result<Submitted, ApiError> {
     if !state.served.contains(&state.db, sub.model.as_str()).await? {
         return Err(ApiError::ModelUnavailable { model: sub.model.as_str().to_owned() });
     }
-    // Tokens per minute: the estimate is taken now, settled when a sync job
-    // ends (an async job keeps its estimate).
-    let charged = crate::ratelimit::admit_tokens(state, principal.tenant_id, crate::ratelimit::estimate_tokens(sub.input), &principal.rate).await?;
-    let submitted = submit_charged(state, principal, sub).await;
-    let actual = match &submitted {
-        Ok(Submitted::Waited(j)) if j.status().is_terminal() => Some(usage_tokens(j)),
-        Ok(Submitted::Replayed(_)) | Err(_) => Some(0),
-        _ => None,
-    };
-    if let Some(actual) = actual {
-        crate::ratelimit::settle_tokens(state, principal.tenant_id, charged, actual).await;
-    }
-    submitted
-}
-
-/// Tokens a finished job used, from its recorded usage.
-fn usage_tokens(job: &Job) -> i64 {
-    let u = job.usage.as_ref();
-    let field = |k: &str| u.and_then(|u| u.get(k)).and_then(Value::as_i64).unwrap_or(0);
-    field("prompt_tokens") + field("completion_tokens")
-}
-
-async fn submit_charged(state: &AppState, principal: &Principal, sub: Submission<'_>) -> Result<Submitted, ApiError> {
-    let quota = state.quotas.get(state, principal.tenant_id).await?;
-    let caps = jobs::QueueCaps { tenant_max_unfinished: quota.max_queued, global_max_queued: Some(state.settings.max_queued_jobs) };
-    let (job, created) = jobs::insert(
+    let charged = crate::ratelimit::admit_tokens(state, principal, crate::ratelimit::estimate_tokens(sub.input)).await?;
+    let caps = jobs::QueueCaps { global_max_queued: Some(state.settings.max_queued_jobs) };
+    let inserted = jobs::insert(
         &state.db,
         NewJob {
             tenant_id: principal.tenant_id,
@@ -148,10 +131,22 @@ async fn submit_charged(state: &AppState, principal: &Principal, sub: Submission
             idempotency_key: sub.idempotency_key.as_deref(),
             traceparent: Some(&sub.traceparent),
             caps,
+            rate_tokens: charged,
+            budget_tokens: maas_core::models::token_bound(sub.model, sub.input),
         },
     )
-    .await?;
+    .await;
+    let (job, created) = match inserted {
+        Ok(done) => done,
+        Err(e) => {
+            // Refused: the charge goes back.
+            crate::ratelimit::refund_tokens(state, principal, charged).await;
+            return Err(e.into());
+        }
+    };
     if !created {
+        // A replay runs nothing new: its charge goes back.
+        crate::ratelimit::refund_tokens(state, principal, charged).await;
         return Ok(Submitted::Replayed(job));
     }
     tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
@@ -183,6 +178,9 @@ async fn submit_charged(state: &AppState, principal: &Principal, sub: Submission
         return match jobs::fail_unqueued(&state.db, job.id, &error).await? {
             Some(j) => {
                 state.cache.put_job_logged(&j).await;
+                // It never ran: its rate charge goes back (its budget
+                // reservation was released with the transition).
+                crate::ratelimit::refund_tokens(state, principal, charged).await;
                 Err(ApiError::Unavailable { message: "the job queue is unavailable; retry".into(), retry_after_secs: 1 })
             }
             // The broker had stored it after all and the job is under way:

@@ -24,6 +24,7 @@ use uuid::Uuid;
 /// An attempt the scheduler believes a worker holds.
 #[derive(Debug, Clone)]
 struct Assigned {
+    tenant_id: Uuid,
     model: String,
     attempt: i32,
     at: DateTime<Utc>,
@@ -61,6 +62,8 @@ pub struct Core {
     queued: HashSet<Uuid>,
     workers: HashMap<String, WorkerState>,
     weights: HashMap<Uuid, u32>,
+    /// Tenants' caps on jobs held by workers at once (absent: none).
+    max_concurrent: HashMap<Uuid, usize>,
     /// A job arrived from a tenant whose weight is not loaded yet (a new
     /// tenant): reload before the next dispatch instead of waiting for the
     /// periodic refresh, so its weight counts from its first job.
@@ -86,6 +89,7 @@ impl Core {
             queued: HashSet::new(),
             workers: HashMap::new(),
             weights: HashMap::new(),
+            max_concurrent: HashMap::new(),
             weights_stale: false,
             weights_loaded_at: Instant::now(),
         }
@@ -136,7 +140,7 @@ impl Core {
         for a in jobs::active(&self.db).await? {
             match self.workers.get_mut(&a.worker_id) {
                 Some(w) => {
-                    let held = Assigned { model: a.model, attempt: a.attempts, at: a.dispatched_at.unwrap_or_else(Utc::now) };
+                    let held = Assigned { tenant_id: a.tenant_id, model: a.model, attempt: a.attempts, at: a.dispatched_at.unwrap_or_else(Utc::now) };
                     w.assigned.insert(a.id, held);
                 }
                 None => self.recover_job(a.id, &a.worker_id).await?,
@@ -152,7 +156,10 @@ impl Core {
     }
 
     pub async fn refresh_weights(&mut self) -> anyhow::Result<()> {
-        self.weights = tenants::weights(&self.db).await?.into_iter().map(|(id, w)| (id, w.max(1) as u32)).collect();
+        let shares = tenants::shares(&self.db).await?;
+        self.weights = shares.iter().map(|s| (s.id, s.weight.max(1) as u32)).collect();
+        self.max_concurrent =
+            shares.iter().filter_map(|s| s.max_concurrent.map(|m| (s.id, usize::try_from(m).unwrap_or(0)))).collect();
         self.weights_stale = false;
         self.weights_loaded_at = Instant::now();
         Ok(())
@@ -355,14 +362,22 @@ impl Core {
             }
         }
         let mut sent = 0;
+        // Jobs each tenant has on workers now, against its max_concurrent.
+        let mut held: HashMap<Uuid, usize> = HashMap::new();
+        for a in self.workers.values().flat_map(|w| w.assigned.values()) {
+            *held.entry(a.tenant_id).or_default() += 1;
+        }
         let models: Vec<String> = self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(m, _)| m.clone()).collect();
         for model in models {
             while let Some(worker_id) = self.pick_worker(&model) {
-                let weights = &self.weights;
-                let Some(next) = self.queues.get_mut(&model).and_then(|q| q.pop(Instant::now(), |t| weights.get(&t).copied().unwrap_or(1)))
+                let (weights, caps) = (&self.weights, &self.max_concurrent);
+                let eligible = |t: Uuid| caps.get(&t).is_none_or(|max| held.get(&t).copied().unwrap_or(0) < *max);
+                let Some(next) =
+                    self.queues.get_mut(&model).and_then(|q| q.pop(Instant::now(), |t| weights.get(&t).copied().unwrap_or(1), eligible))
                 else {
                     break;
                 };
+                *held.entry(next.tenant_id).or_default() += 1;
                 self.queued.remove(&next.id);
                 let marked = match jobs::mark_dispatched(&self.db, next.id, &worker_id).await {
                     Ok(m) => m,
@@ -372,7 +387,11 @@ impl Core {
                     }
                 };
                 let Some(job) = marked else {
-                    continue; // cancelled, expired or already handled
+                    // Cancelled, expired or already handled: it holds nothing.
+                    if let Some(n) = held.get_mut(&next.tenant_id) {
+                        *n -= 1;
+                    }
+                    continue;
                 };
                 let msg = Dispatch {
                     job_id: job.id,
@@ -397,12 +416,12 @@ impl Core {
                         Err(db) => tracing::error!(job_id = %job.id, error = %db, "could not queue the job again yet"),
                     }
                     if let Some(w) = self.workers.get_mut(&worker_id) {
-                        w.assigned.insert(job.id, Assigned { model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
+                        w.assigned.insert(job.id, Assigned { tenant_id: job.tenant_id, model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
                     }
                     return Err(e.into());
                 }
                 if let Some(w) = self.workers.get_mut(&worker_id) {
-                    w.assigned.insert(job.id, Assigned { model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
+                    w.assigned.insert(job.id, Assigned { tenant_id: job.tenant_id, model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
                 }
                 self.cache.put_job_logged(&job).await;
                 tracing::debug!(job_id = %job.id, worker_id = %worker_id, attempt = job.attempts, "dispatched");

@@ -79,24 +79,27 @@ impl FairQueue {
         self.len += 1;
     }
 
-    fn pick_lane(&self, now: Instant) -> Option<Lane> {
-        let oldest_batch = self.tenants.values().filter_map(|t| t.lanes[Lane::Batch.index()].front()).map(|j| j.enqueued_at).min();
+    fn pick_lane(&self, now: Instant, eligible: &impl Fn(Uuid) -> bool) -> Option<Lane> {
+        let tenants = || self.tenants.iter().filter(|(id, _)| eligible(**id)).map(|(_, t)| t);
+        let oldest_batch = tenants().filter_map(|t| t.lanes[Lane::Batch.index()].front()).map(|j| j.enqueued_at).min();
         if oldest_batch.is_some_and(|t| now.saturating_duration_since(t) >= self.aging) {
             return Some(Lane::Batch);
         }
-        if self.tenants.values().any(|t| !t.lanes[Lane::Interactive.index()].is_empty()) {
+        if tenants().any(|t| !t.lanes[Lane::Interactive.index()].is_empty()) {
             return Some(Lane::Interactive);
         }
         oldest_batch.map(|_| Lane::Batch)
     }
 
-    /// The next job to dispatch. `weight` gives each tenant's weight (≥ 1).
-    pub fn pop(&mut self, now: Instant, weight: impl Fn(Uuid) -> u32) -> Option<QueuedJob> {
-        let lane = self.pick_lane(now)?.index();
+    /// The next job to dispatch. `weight` gives each tenant's weight (≥ 1);
+    /// tenants for which `eligible` is false (at their concurrency cap) are
+    /// passed over, their jobs keeping their places.
+    pub fn pop(&mut self, now: Instant, weight: impl Fn(Uuid) -> u32, eligible: impl Fn(Uuid) -> bool) -> Option<QueuedJob> {
+        let lane = self.pick_lane(now, &eligible)?.index();
         let (&tenant_id, _) = self
             .tenants
             .iter()
-            .filter(|(_, t)| !t.lanes[lane].is_empty())
+            .filter(|(id, t)| !t.lanes[lane].is_empty() && eligible(**id))
             .min_by(|(a_id, a), (b_id, b)| a.pass.total_cmp(&b.pass).then_with(|| a_id.cmp(b_id)))?;
         let t = self.tenants.get_mut(&tenant_id)?;
         let job = t.lanes[lane].pop_front()?;
@@ -119,7 +122,7 @@ mod tests {
     }
 
     fn drain(q: &mut FairQueue, n: usize, now: Instant, w: &HashMap<Uuid, u32>) -> Vec<Uuid> {
-        (0..n).filter_map(|_| q.pop(now, |t| w.get(&t).copied().unwrap_or(1))).map(|j| j.tenant_id).collect()
+        (0..n).filter_map(|_| q.pop(now, |t| w.get(&t).copied().unwrap_or(1), |_| true)).map(|j| j.tenant_id).collect()
     }
 
     #[test]
@@ -164,9 +167,9 @@ mod tests {
         q.push(job(b, Lane::Interactive, start));
         q.push(job(b, Lane::Interactive, start));
         let w = HashMap::new();
-        assert_eq!(q.pop(start, |_| 1).map(|j| j.lane), Some(Lane::Interactive));
+        assert_eq!(q.pop(start, |_| 1, |_| true).map(|j| j.lane), Some(Lane::Interactive));
         let later = start + Duration::from_secs(11);
-        assert_eq!(q.pop(later, |_| 1).map(|j| j.lane), Some(Lane::Batch), "aged batch work is served");
+        assert_eq!(q.pop(later, |_| 1, |_| true).map(|j| j.lane), Some(Lane::Batch), "aged batch work is served");
         assert_eq!(drain(&mut q, 5, later, &w), vec![b]);
         assert!(q.is_empty());
     }
@@ -190,5 +193,22 @@ mod tests {
         let next = drain(&mut q, 16, now, &w);
         let from_b = next.iter().filter(|t| **t == b).count();
         assert!((7..=9).contains(&from_b), "B got {from_b} of 16");
+    }
+
+    #[test]
+    fn a_tenant_at_its_cap_is_passed_over_and_keeps_its_places() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        let mut q = FairQueue::new(Duration::from_secs(3600));
+        q.push(job(a, Lane::Interactive, now));
+        q.push(job(a, Lane::Interactive, now));
+        q.push(job(b, Lane::Batch, now));
+        // A is capped: B's batch job goes although A's interactive work is older.
+        let next = q.pop(now, |_| 1, |t| t != a).unwrap();
+        assert_eq!(next.tenant_id, b);
+        assert!(q.pop(now, |_| 1, |t| t != a).is_none(), "nothing else is eligible");
+        assert_eq!(q.len(), 2);
+        let w = HashMap::new();
+        assert_eq!(drain(&mut q, 5, now, &w), vec![a, a], "A's jobs are still there once it may run again");
     }
 }

@@ -76,6 +76,20 @@ enum Keys {
         /// RFC 3339 time after which the key stops working.
         #[arg(long)]
         expires_at: Option<String>,
+        /// The key's own requests per minute (the tenant's limit applies too).
+        #[arg(long)]
+        rpm: Option<i64>,
+        /// The key's own tokens per minute (the tenant's limit applies too).
+        #[arg(long)]
+        tpm: Option<i64>,
+    },
+    /// Replaces the key's own limits: a limit not given is removed.
+    Limits {
+        key_id: String,
+        #[arg(long)]
+        rpm: Option<i64>,
+        #[arg(long)]
+        tpm: Option<i64>,
     },
     List {
         tenant: String,
@@ -151,10 +165,18 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
             Tenants::Delete { id } => c(M::DELETE, format!("/tenants/{id}"), None).await,
         },
         Command::Keys(k) => match k {
-            Keys::Create { tenant, name, scopes, expires_at } => {
+            Keys::Create { tenant, name, scopes, expires_at, rpm, tpm } => {
                 let scopes = (!scopes.is_empty()).then_some(scopes);
-                c(M::POST, format!("/tenants/{tenant}/keys"), Some(fields(&[("name", json!(name)), ("scopes", json!(scopes)), ("expires_at", json!(expires_at))]))).await
+                let body = fields(&[
+                    ("name", json!(name)),
+                    ("scopes", json!(scopes)),
+                    ("expires_at", json!(expires_at)),
+                    ("rpm", json!(rpm)),
+                    ("tpm", json!(tpm)),
+                ]);
+                c(M::POST, format!("/tenants/{tenant}/keys"), Some(body)).await
             }
+            Keys::Limits { key_id, rpm, tpm } => c(M::PATCH, format!("/keys/{key_id}"), Some(json!({"rpm": rpm, "tpm": tpm}))).await,
             Keys::List { tenant } => c(M::GET, format!("/tenants/{tenant}/keys"), None).await,
             Keys::Revoke { key_id } => c(M::DELETE, format!("/keys/{key_id}"), None).await,
         },

@@ -8,8 +8,9 @@ use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use maas_core::apikey::NewKey;
-use maas_store::keys::{self, ApiKey, NewKeyRow};
+use maas_store::keys::{self, ApiKey, KeyLimits, NewKeyRow};
 use maas_store::quotas::{self, Quota};
+use maas_store::budget::{self, Period};
 use maas_store::{audit, tenants, usage, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,7 +29,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .service(resource("/tenants/{id}/keys").route(web::post().to(create_key)).route(web::get().to(list_keys)))
             .service(resource("/tenants/{id}/quota").route(web::put().to(put_quota)).route(web::get().to(get_quota)))
             .service(resource("/tenants/{id}/usage").route(web::get().to(get_usage)))
-            .service(resource("/keys/{key_id}").route(web::delete().to(revoke_key))),
+            .service(resource("/keys/{key_id}").route(web::delete().to(revoke_key)).route(web::patch().to(set_key_limits))),
     );
 }
 
@@ -151,6 +152,19 @@ pub struct CreateKey {
     /// Endpoint families and `model:<name>` entries; absent means all.
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The key's own requests per minute (the tenant's limit applies too).
+    pub rpm: Option<i64>,
+    /// The key's own tokens per minute (the tenant's limit applies too).
+    pub tpm: Option<i64>,
+}
+
+fn check_key_limits(l: &KeyLimits) -> Result<(), ApiError> {
+    for (name, v) in [("rpm", l.rpm), ("tpm", l.tpm)] {
+        if v.is_some_and(|v| v < 0) {
+            return Err(ApiError::invalid(format!("{name} must not be negative"), Some(name)));
+        }
+    }
+    Ok(())
 }
 
 /// A new key: the only response that ever carries the secret.
@@ -178,6 +192,8 @@ pub async fn create_key(
     if body.expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::invalid("expires_at must be in the future", Some("expires_at")));
     }
+    let limits = KeyLimits { rpm: body.rpm, tpm: body.tpm };
+    check_key_limits(&limits)?;
     if body.name.as_ref().is_some_and(|n| n.len() > 200) {
         return Err(ApiError::invalid("name must be at most 200 characters", Some("name")));
     }
@@ -192,6 +208,7 @@ pub async fn create_key(
             secret_hash: &new.hash,
             scopes: body.scopes.as_deref(),
             expires_at: body.expires_at,
+            limits,
         };
         match keys::create(&state.db, row).await {
             Ok(k) => break (k, new.secret),
@@ -199,7 +216,14 @@ pub async fn create_key(
             Err(e) => return Err(e.into()),
         }
     };
-    audit(&state, &admin, "key.create", created.id, json!({"tenant_id": tenant.id, "prefix": created.prefix, "scopes": created.scopes})).await;
+    audit(
+        &state,
+        &admin,
+        "key.create",
+        created.id,
+        json!({"tenant_id": tenant.id, "prefix": created.prefix, "scopes": created.scopes, "rpm": created.rpm, "tpm": created.tpm}),
+    )
+    .await;
     Ok(HttpResponse::Created().json(CreatedKey { key: created, secret }))
 }
 
@@ -218,6 +242,22 @@ pub async fn revoke_key(state: web::Data<AppState>, admin: Admin, path: web::Pat
     let key = keys::revoke(&state.db, id).await?.ok_or_else(|| ApiError::not_found("key"))?;
     refresh_key_cache(&state, key.tenant_id).await?;
     audit(&state, &admin, "key.revoke", id, json!({"tenant_id": key.tenant_id, "prefix": key.prefix})).await;
+    Ok(HttpResponse::Ok().json(key))
+}
+
+#[utoipa::path(patch, path = "/admin/v1/keys/{key_id}", tag = "admin", security(("admin_jwt" = [])), request_body = KeyLimits,
+    responses((status = 200, description = "The key with its new limits (both replaced; null: none of its own)"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn set_key_limits(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<KeyLimits>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "key")?;
+    check_key_limits(&body)?;
+    let key = keys::set_limits(&state.db, id, *body).await?.ok_or_else(|| ApiError::not_found("key"))?;
+    refresh_key_cache(&state, key.tenant_id).await?;
+    audit(&state, &admin, "key.limits", id, json!({"tenant_id": key.tenant_id, "rpm": key.rpm, "tpm": key.tpm})).await;
     Ok(HttpResponse::Ok().json(key))
 }
 
@@ -295,5 +335,18 @@ pub async fn usage_report(state: &AppState, tenant_id: uuid::Uuid, days: Option<
     }
     let since = (Utc::now() - Duration::days(days - 1)).date_naive();
     let rows = usage::by_day(&state.db, tenant_id, since).await?;
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "tenant_id": tenant_id, "data": rows})))
+    // The token budget's current period, when the tenant has one.
+    let quota = quotas::get(&state.db, tenant_id).await?.map(|r| r.quota).unwrap_or_default();
+    let budget = match quota.token_budget {
+        Some(limit) => {
+            let period = Period::parse(quota.budget_period.as_deref()).unwrap_or(Period::Month);
+            let s = budget::current(&state.db, tenant_id, period).await?;
+            json!({
+                "limit": limit, "period": period.as_str(), "period_start": s.period_start,
+                "spent": s.spent, "reserved": s.reserved, "remaining": (limit - s.spent - s.reserved).max(0),
+            })
+        }
+        None => serde_json::Value::Null,
+    };
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "tenant_id": tenant_id, "data": rows, "budget": budget})))
 }

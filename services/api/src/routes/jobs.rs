@@ -20,7 +20,8 @@ use uuid::Uuid;
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/jobs").route(web::post().to(create_job)).route(web::get().to(list_jobs)))
         .service(resource("/v1/jobs/{id}").route(web::get().to(get_job)))
-        .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(cancel_job)));
+        .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(cancel_job)))
+        .service(resource("/v1/queue").route(web::get().to(queue_stats)));
 }
 
 /// Body of `POST /v1/jobs`.
@@ -62,6 +63,10 @@ pub struct JobView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// While queued (on `GET /v1/jobs/{id}`): its place in the queue and when
+    /// it should start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<maas_store::queue::Standing>,
 }
 
 impl From<&Job> for JobView {
@@ -81,6 +86,7 @@ impl From<&Job> for JobView {
             created_at: j.created_at,
             started_at: j.started_at,
             finished_at: j.finished_at,
+            queue: None,
         }
     }
 }
@@ -186,7 +192,11 @@ pub async fn get_job(
     principal.require("jobs", None)?;
     let id = parse_id(&path, "job")?;
     let job = load_job(&state, id, principal.tenant_id).await?.ok_or_else(|| ApiError::not_found("job"))?;
-    Ok(HttpResponse::Ok().json(JobView::from(&job)))
+    let mut view = JobView::from(&job);
+    if job.status() == JobStatus::Queued {
+        view.queue = Some(maas_store::queue::standing(&state.db, job.id, job.tenant_id, &job.model, &job.lane, job.created_at).await?);
+    }
+    Ok(HttpResponse::Ok().json(view))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -265,4 +275,21 @@ pub async fn cancel_job(
         }),
         None => Err(ApiError::not_found("job")),
     }
+}
+
+#[utoipa::path(get, path = "/v1/queue", tag = "jobs", security(("api_key" = [])),
+    responses((status = 200, description = "The tenant's jobs queued now, and the queue time (creation to dispatch) of its jobs dispatched in the last hour: p50 and p95, overall and per model")))]
+pub async fn queue_stats(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+    let times = maas_store::queue::queue_times(&state.db, principal.tenant_id).await?;
+    let queued = maas_store::queue::queued_now(&state.db, principal.tenant_id).await?;
+    let overall = times.iter().find(|t| t.model.is_none()).cloned();
+    let by_model: Vec<_> = times.into_iter().filter(|t| t.model.is_some()).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "object": "queue_stats",
+        "window_secs": 3600,
+        "queued_now": queued.iter().map(|(_, n)| n).sum::<i64>(),
+        "queued_by_model": queued.into_iter().map(|(m, n)| serde_json::json!({"model": m, "queued": n})).collect::<Vec<_>>(),
+        "queue_time": overall,
+        "queue_time_by_model": by_model,
+    })))
 }

@@ -44,9 +44,16 @@ async fn maasctl_manages_tenants_keys_quotas_and_usage() {
     let (ok, q, err) = run(&p, t, &["quota", "set", &id, "--rpm", "100", "--max-queued", "5"]).await;
     assert!(ok, "{err}");
     assert_eq!((q["rpm"].as_i64(), q["max_queued"].as_i64(), q["tpm"].is_null()), (Some(100), Some(5), true));
+    let (ok, limited, err) = run(&p, t, &["keys", "limits", key["id"].as_str().unwrap(), "--rpm", "50"]).await;
+    assert!(ok, "{err}");
+    assert_eq!((limited["rpm"].as_i64(), limited["tpm"].is_null()), (Some(50), true));
+    let (ok, _, err) = run(&p, t, &["quota", "set", &id, "--token-budget", "1000", "--budget-period", "day"]).await;
+    assert!(ok, "{err}");
     let (ok, usage, _) = run(&p, t, &["usage", &id, "--days", "1"]).await;
     assert!(ok);
     assert_eq!(usage["data"][0]["requests"], 1);
+    // "hi" in and out: 2 tokens of the day's budget spent.
+    assert_eq!((usage["budget"]["limit"].as_i64(), usage["budget"]["spent"].as_i64(), usage["budget"]["remaining"].as_i64()), (Some(1000), Some(2), Some(998)));
     let (ok, _, err) = run(&p, t, &["keys", "revoke", key["id"].as_str().unwrap()]).await;
     assert!(ok, "{err}");
     let r = p.submit(&secret, serde_json::json!({"model": "echo", "mode": "sync", "input": {"text": "hi"}})).await;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod budgets;
 mod bad_input;
 mod chat;
 mod embeddings;

@@ -92,7 +92,7 @@ fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
         top_p: input.top_p.unwrap_or(1.0),
         top_k: input.top_k.unwrap_or(0) as usize,
         seed: input.seed,
-        max_tokens: input.max_tokens.unwrap_or(256) as usize,
+        max_tokens: input.max_tokens.unwrap_or(maas_core::models::CHAT_DEFAULT_MAX_TOKENS) as usize,
         stop: input.stops(),
     };
     let reply = Rc::new(RefCell::new(Some(reply)));

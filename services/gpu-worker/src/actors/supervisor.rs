@@ -18,7 +18,7 @@ use maas_core::messages::{Dispatch, ModelSlots, Reply, RunningAttempt, WorkerEve
 use maas_mq::lapin::message::Delivery;
 use maas_mq::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use maas_mq::{Broker, PublishOpts};
-use maas_store::cache::Cache;
+use maas_store::cache::{key_bucket, tenant_bucket, Cache, RATE_WINDOW_MS};
 use maas_store::jobs::{self, Outcome, Usage};
 use serde_json::json;
 use sqlx::PgPool;
@@ -272,6 +272,7 @@ async fn run_attempt(
                     Ok(Some(job)) => {
                         tracing::info!(%job_id, status = %job.status, compute_ms, "job finished");
                         deps.cache.put_job_logged(&job).await;
+                        settle_rate(&deps, &job, &outcome).await;
                     }
                     Ok(None) => tracing::info!(%job_id, "result dropped: the job was cancelled or reassigned meanwhile"),
                     Err(e) => {
@@ -299,5 +300,22 @@ async fn run_attempt(
     let opts = PublishOpts { persistent: false, ..PublishOpts::traced(traceparent.as_deref()) };
     if let Err(e) = deps.broker.publish_to_queue(&deps.broker.names.events(), &finished, opts).await {
         tracing::warn!(%job_id, error = %e, "slot release not sent");
+    }
+}
+
+/// Settles the tokens-per-minute estimate a job was charged at admission
+/// with what it used (before the caller is told it finished).
+async fn settle_rate(deps: &Deps, job: &jobs::Job, outcome: &Outcome) {
+    if job.rate_tokens == 0 {
+        return;
+    }
+    let used = match outcome {
+        Outcome::Succeeded { usage, .. } => usage.prompt_tokens + usage.completion_tokens,
+        Outcome::Failed { .. } => 0,
+    };
+    let mut buckets = vec![tenant_bucket(job.tenant_id, "tokens")];
+    buckets.extend(job.key_id.map(|k| key_bucket(k, "tokens")));
+    if let Err(e) = deps.cache.rate_settle(&buckets, used - job.rate_tokens, RATE_WINDOW_MS).await {
+        tracing::warn!(job_id = %job.id, error = %e, "could not settle the job's token charge");
     }
 }

@@ -28,7 +28,9 @@ impl Model for Echo {
             }
             std::thread::sleep(left.min(STEP));
         }
-        Ok(ModelOutput { output: json!({"text": input.text}), prompt_tokens: 0, completion_tokens: 0 })
+        // A "token" of echo is a word: counted in, and out again.
+        let words = input.text.split_whitespace().count() as i64;
+        Ok(ModelOutput { output: json!({"text": input.text}), prompt_tokens: words, completion_tokens: words })
     }
 }
 
@@ -38,8 +40,9 @@ mod tests {
 
     #[test]
     fn echo_returns_its_text() {
-        let out = Echo.run(&json!({"text": "héllo"}), &CancelFlag::default()).unwrap();
-        assert_eq!(out.output, json!({"text": "héllo"}));
+        let out = Echo.run(&json!({"text": "héllo  big\tworld"}), &CancelFlag::default()).unwrap();
+        assert_eq!(out.output, json!({"text": "héllo  big\tworld"}));
+        assert_eq!((out.prompt_tokens, out.completion_tokens), (3, 3), "a word is a token, in and out");
     }
 
     #[test]
