@@ -8,6 +8,7 @@
 pub mod apikey;
 pub mod job;
 pub mod messages;
+pub mod metrics;
 pub mod models;
 pub mod secret;
 pub mod settings;

@@ -87,6 +87,14 @@ pub struct Engine<'m, 'a> {
     waiting: VecDeque<Seq<'a>>,
     active: Vec<Seq<'a>>,
     reserved: usize,
+    last_step: StepSize,
+}
+
+/// What the last step ran: sequences and tokens (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepSize {
+    pub sequences: usize,
+    pub tokens: usize,
 }
 
 /// Where the engine stands (for metrics and logs).
@@ -101,11 +109,16 @@ impl<'m, 'a> Engine<'m, 'a> {
     pub fn new(model: &'m ChatModel, mut cfg: EngineConfig) -> Self {
         cfg.max_seqs = cfg.max_seqs.max(1);
         cfg.step_tokens = cfg.step_tokens.max(cfg.max_seqs + 1);
-        Self { model, cfg, waiting: VecDeque::new(), active: Vec::new(), reserved: 0 }
+        Self { model, cfg, waiting: VecDeque::new(), active: Vec::new(), reserved: 0, last_step: StepSize::default() }
     }
 
     pub fn load(&self) -> EngineLoad {
         EngineLoad { running: self.active.len(), waiting: self.waiting.len(), kv_reserved_tokens: self.reserved }
+    }
+
+    /// The size of the last step that ran.
+    pub fn last_step(&self) -> StepSize {
+        self.last_step
     }
 
     pub fn is_idle(&self) -> bool {
@@ -199,6 +212,7 @@ impl<'m, 'a> Engine<'m, 'a> {
                 left -= *t;
             }
         }
+        self.last_step = StepSize { sequences: take.iter().filter(|&&n| n > 0).count(), tokens: take.iter().sum() };
         let logits = {
             let mut batch: Vec<Step<'_>> = Vec::new();
             let mut idx = Vec::new();

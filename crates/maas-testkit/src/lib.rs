@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod otlp;
+
 use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -37,6 +39,11 @@ pub struct Options {
     pub worker_env: Vec<(&'static str, String)>,
     /// Extra environment for the API instances.
     pub api_env: Vec<(&'static str, String)>,
+    /// Extra environment for every service.
+    pub env: Vec<(&'static str, String)>,
+    /// Write each service's log (stderr) to a file in this folder,
+    /// `<binary>-<n>.log`.
+    pub log_dir: Option<PathBuf>,
 }
 
 /// The repository's `models/` folder.
@@ -76,6 +83,8 @@ impl Default for Options {
             with_models: false,
             worker_env: Vec::new(),
             api_env: Vec::new(),
+            env: Vec::new(),
+            log_dir: None,
         }
     }
 }
@@ -217,11 +226,21 @@ impl Platform {
             bail!("{} not found: build the binaries first (cargo build --release --bins)", path.display());
         }
         let mut cmd = Command::new(&path);
+        let stderr = match &self.opts.log_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let n = self.api.len() + self.schedulers.len() + self.workers.len();
+                Stdio::from(std::fs::File::create(dir.join(format!("{name}-{n}.log")))?)
+            }
+            None if std::env::var_os("TEST_LOG").is_some() => Stdio::inherit(),
+            None => Stdio::null(),
+        };
         cmd.envs(self.env())
+            .envs(self.opts.env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let stdout = child.stdout.take().context("stdout")?;

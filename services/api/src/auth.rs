@@ -154,6 +154,7 @@ impl FromRequest for Principal {
             let mut principal = authenticate(&state, token.as_deref()).await?;
             // Only an authenticated request counts against its tenant's limit.
             principal.rate = rate;
+            tracing::Span::current().record("tenant_id", principal.tenant_id.to_string());
             crate::ratelimit::admit_request(&state, &principal).await?;
             Ok(principal)
         })

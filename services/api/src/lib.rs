@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod observe;
 pub mod openapi;
 pub mod ratelimit;
 pub mod replies;

@@ -38,7 +38,10 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(cli.settings).await?;
             println!("maas-api listening on port {}", app.port());
             tracing::info!(port = app.port(), "maas-api listening");
-            app.run_until_stopped().await
+            let result = app.run_until_stopped().await;
+            // Spans still buffered go out before the process ends.
+            maas_core::telemetry::shutdown();
+            result
         }
         Command::Migrate => {
             let db = maas_store::connect(&cli.settings.common.database_url, 2).await?;

@@ -27,12 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// The limits' state for this request, filled as it is admitted and written
-/// into the response headers on the way out.
+/// The limits' state for this request (and a finished job's timing), filled
+/// as it is admitted and served, and written into the response headers on
+/// the way out.
 #[derive(Debug, Default, Clone)]
 pub struct RateHeaders {
     pub requests: Option<RateDecision>,
     pub tokens: Option<RateDecision>,
+    /// A finished sync job's time in the queue and on its worker, in ms.
+    pub timing: Option<(i64, i64)>,
 }
 
 pub type SharedRateHeaders = Arc<Mutex<RateHeaders>>;
@@ -101,6 +104,7 @@ async fn take(state: &AppState, principal: &Principal, q: &Quota, kind: &str, co
     }
     for (_, limit, owner) in &limits {
         if kind == "tokens" && cost > *limit as i64 {
+            crate::observe::refused("tpm", principal.tenant_id);
             return Err(ApiError::RateLimited {
                 message: format!("this request needs about {cost} tokens, more than this {owner}'s limit of {limit} tokens per minute; send less or ask for a higher limit"),
                 retry_after_secs: 60,
@@ -127,6 +131,7 @@ async fn take(state: &AppState, principal: &Principal, q: &Quota, kind: &str, co
         }
     }
     if decisions.iter().any(|d| !d.taken) {
+        crate::observe::refused(if kind == "requests" { "rpm" } else { "tpm" }, principal.tenant_id);
         // Nothing was taken; the limit to name is the one that lacked room
         // (the longest wait).
         if let Some((d, (_, _, owner))) = decisions.iter().zip(&limits).max_by_key(|(d, _)| d.retry_after_ms) {
@@ -189,6 +194,13 @@ pub async fn headers_middleware(req: ServiceRequest, next: Next<impl MessageBody
     let mut res = next.call(req).await?;
     let h = shared.lock().map(|h| h.clone()).unwrap_or_default();
     let headers = res.headers_mut();
+    if let Some((queue_ms, inference_ms)) = h.timing {
+        for (name, ms) in [("x-queue-time-ms", queue_ms), ("x-inference-time-ms", inference_ms)] {
+            if let Ok(v) = HeaderValue::try_from(ms.to_string()) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+    }
     for (kind, d) in [("requests", h.requests), ("tokens", h.tokens)] {
         let Some(d) = d else { continue };
         for (name, value) in [

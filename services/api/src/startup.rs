@@ -96,6 +96,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(crate::ratelimit::headers_middleware))
+                .wrap(actix_web::middleware::from_fn(crate::observe::middleware))
                 .app_data(data.clone())
                 .app_data(web::JsonConfig::default().limit(limit).error_handler(move |e, _| json_error(e, limit).into()))
                 .app_data(web::PayloadConfig::default().limit(limit))

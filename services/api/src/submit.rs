@@ -141,6 +141,16 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
         Err(e) => {
             // Refused: the charge goes back.
             crate::ratelimit::refund_tokens(state, principal, charged).await;
+            let reason = match &e {
+                maas_store::StoreError::TenantQueueFull { .. } => Some("max_queued"),
+                maas_store::StoreError::TenantBusy { .. } => Some("max_concurrent"),
+                maas_store::StoreError::BudgetExhausted { .. } => Some("token_budget"),
+                maas_store::StoreError::QueueFull { .. } => Some("platform_queue"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                crate::observe::refused(reason, principal.tenant_id);
+            }
             return Err(e.into());
         }
     };
@@ -149,6 +159,8 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
         crate::ratelimit::refund_tokens(state, principal, charged).await;
         return Ok(Submitted::Replayed(job));
     }
+    tracing::Span::current().record("job_id", job.id.to_string());
+    crate::observe::JOBS_SUBMITTED.with_label_values(&[&job.model, &job.mode, &maas_core::metrics::tenant_label(job.tenant_id)]).inc();
     tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
 
     let waiter = (sub.mode == JobMode::Sync).then(|| state.replies.register(job.id));
@@ -217,6 +229,11 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
         }
     }
     guard.state = None;
+    if let (Some(start), Some(end)) = (current.started_at, current.finished_at) {
+        if let Ok(mut h) = principal.rate.lock() {
+            h.timing = Some(((start - current.created_at).num_milliseconds(), (end - start).num_milliseconds()));
+        }
+    }
     Ok(Submitted::Waited(current))
 }
 

@@ -17,5 +17,8 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::build(cli.settings).await?;
     println!("maas-worker listening on port {}", worker.port());
     tracing::info!(port = worker.port(), worker_id = worker.worker_id(), "maas-worker health endpoints up");
-    worker.run_until_stopped().await
+    let result = worker.run_until_stopped().await;
+    // Spans still buffered go out before the process ends.
+    maas_core::telemetry::shutdown();
+    result
 }

@@ -18,7 +18,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use maas_core::trace::TraceParent;
+use maas_core::telemetry::KeyValue;
+use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 /// An attempt the scheduler believes a worker holds.
@@ -308,6 +310,7 @@ impl Core {
             });
             if let Some(failed) = jobs::fail_lost(&self.db, job_id, worker_id, &error).await? {
                 tracing::warn!(%job_id, attempts = failed.attempts, "job failed after its last attempt; dead-lettered");
+                crate::metrics::RECOVERIES.with_label_values(&["failed"]).inc();
                 self.cache.put_job_logged(&failed).await;
                 self.dead_letter(&failed).await;
             }
@@ -317,6 +320,7 @@ impl Core {
         let refund = job.status == "dispatched";
         if let Some(requeued) = jobs::requeue(&self.db, job_id, worker_id, refund).await? {
             tracing::info!(%job_id, attempts = requeued.attempts, "job queued again");
+            crate::metrics::RECOVERIES.with_label_values(&["requeued"]).inc();
             self.cache.put_job_logged(&requeued).await;
             self.enqueue_job_row(&requeued, true);
         }
@@ -393,6 +397,25 @@ impl Core {
                     }
                     continue;
                 };
+                // The job's wait and its dispatch, as spans of its trace; the
+                // worker's spans follow from the dispatch.
+                let now = SystemTime::now();
+                let waited = (Utc::now() - job.created_at).to_std().unwrap_or_default();
+                crate::metrics::QUEUE_WAIT.with_label_values(&[&job.model, &job.lane]).observe(waited.as_secs_f64());
+                crate::metrics::DISPATCHES.with_label_values(&[&job.model, &maas_core::metrics::tenant_label(job.tenant_id)]).inc();
+                let traceparent = match job.traceparent.as_deref().and_then(TraceParent::parse) {
+                    Some(parent) => {
+                        let attrs = || vec![KeyValue::new("job.id", job.id.to_string()), KeyValue::new("model", job.model.clone())];
+                        let created = now.checked_sub(waited).unwrap_or(now);
+                        maas_core::telemetry::record_span("queue wait", &parent, created, now, attrs());
+                        let mut with_worker = attrs();
+                        with_worker.push(KeyValue::new("worker.id", worker_id.clone()));
+                        maas_core::telemetry::record_span("dispatch", &parent, now, SystemTime::now(), with_worker)
+                            .map(|tp| tp.to_string())
+                            .or_else(|| job.traceparent.clone())
+                    }
+                    None => job.traceparent.clone(),
+                };
                 let msg = Dispatch {
                     job_id: job.id,
                     tenant_id: job.tenant_id,
@@ -403,7 +426,6 @@ impl Core {
                     reply_to: next.reply_to.clone(),
                 };
                 let queue = self.broker.names.worker(&worker_id);
-                let traceparent = job.traceparent.clone();
                 // Worker queues are not durable: a persistent message would only cost a disk write.
                 let opts = PublishOpts { persistent: false, ..PublishOpts::traced(traceparent.as_deref()) };
                 if let Err(e) = self.broker.publish_to_queue(&queue, &msg, opts).await {
@@ -428,7 +450,30 @@ impl Core {
                 sent += 1;
             }
         }
+        self.publish_gauges();
         Ok(sent)
+    }
+
+    /// Queue depth and slot use, as of now.
+    fn publish_gauges(&self) {
+        for (model, q) in &self.queues {
+            for lane in [Lane::Interactive, Lane::Batch] {
+                crate::metrics::QUEUE_DEPTH.with_label_values(&[model, lane.as_str()]).set(q.lane_len(lane) as i64);
+            }
+        }
+        let mut slots: HashMap<&str, (i64, i64)> = HashMap::new();
+        for w in self.workers.values() {
+            for (model, total) in &w.slots {
+                slots.entry(model).or_default().0 += i64::from(*total);
+            }
+            for a in w.assigned.values() {
+                slots.entry(&a.model).or_default().1 += 1;
+            }
+        }
+        for (model, (total, used)) in slots {
+            crate::metrics::SLOTS.with_label_values(&[model, "total"]).set(total);
+            crate::metrics::SLOTS.with_label_values(&[model, "used"]).set(used);
+        }
     }
 
     /// Expires jobs queued too long, purges old inputs and outputs, and picks
@@ -447,6 +492,7 @@ impl Core {
         }
         for job in jobs::expire_stale(&self.db, self.settings.job_expiry_secs).await? {
             tracing::info!(job_id = %job.id, "job expired before it started");
+            crate::metrics::EXPIRED.with_label_values(&[&job.model]).inc();
             self.cache.put_job_logged(&job).await;
         }
         let purged = jobs::purge_finished(&self.db, self.settings.job_retention_secs).await?;

@@ -56,6 +56,11 @@ impl FairQueue {
         self.len == 0
     }
 
+    /// Jobs waiting in one lane.
+    pub fn lane_len(&self, lane: Lane) -> usize {
+        self.tenants.values().map(|t| t.lanes[lane.index()].len()).sum()
+    }
+
     fn tenant(&mut self, tenant_id: Uuid) -> &mut TenantQueue {
         let vtime = self.vtime;
         let t = self.tenants.entry(tenant_id).or_default();

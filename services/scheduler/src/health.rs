@@ -28,7 +28,11 @@ impl Role {
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route(
+            "/metrics",
+            web::get().to(|| async { HttpResponse::Ok().content_type(maas_core::metrics::CONTENT_TYPE).body(maas_core::metrics::render()) }),
+        );
 }
 
 async fn readyz(role: web::Data<Role>) -> HttpResponse {

@@ -13,6 +13,7 @@ pub mod core;
 pub mod fair;
 pub mod health;
 pub mod leader;
+pub mod metrics;
 pub mod settings;
 pub mod startup;
 

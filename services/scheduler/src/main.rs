@@ -17,5 +17,8 @@ async fn main() -> anyhow::Result<()> {
     let scheduler = Scheduler::build(cli.settings).await?;
     println!("maas-scheduler listening on port {}", scheduler.port());
     tracing::info!(port = scheduler.port(), "maas-scheduler health endpoints up");
-    scheduler.run_until_stopped().await
+    let result = scheduler.run_until_stopped().await;
+    // Spans still buffered go out before the process ends.
+    maas_core::telemetry::shutdown();
+    result
 }

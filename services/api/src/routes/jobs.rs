@@ -116,14 +116,10 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_owned()))
 }
 
-/// The caller's trace context continued, or a new root.
+/// The request's own trace context (continuing the caller's): what its job
+/// carries to the scheduler and the worker.
 pub(crate) fn trace_context(req: &HttpRequest) -> TraceParent {
-    req.headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map(|tp| tp.child())
-        .unwrap_or_else(TraceParent::new_root)
+    crate::observe::context(req).trace
 }
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])),

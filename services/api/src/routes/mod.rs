@@ -21,6 +21,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     usage::config(cfg);
     admin::config(cfg);
     cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::serve)));
+    cfg.service(resource("/metrics").route(web::get().to(crate::observe::serve_metrics)));
 }
 
 /// Unknown routes answer with the same error object as everything else.

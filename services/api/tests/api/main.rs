@@ -11,3 +11,4 @@ mod embeddings;
 mod jobs;
 mod limits;
 mod maasctl;
+mod observability;

@@ -22,6 +22,8 @@ pub struct BatchConfig {
 
 struct Request {
     ids: Vec<Vec<u32>>,
+    /// The span of the job it serves: the batch's span links to it.
+    trace: Option<maas_core::trace::TraceParent>,
     cancel: CancelFlag,
     reply: oneshot::Sender<Result<ModelOutput, ModelError>>,
 }
@@ -79,7 +81,7 @@ impl EmbedderHandle {
             .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Request { ids, cancel, reply })
+            .try_send(Request { ids, trace: maas_core::telemetry::context_of(&tracing::Span::current()), cancel, reply })
             .map_err(|_| ModelError::Failed("the embedder queue is full".into()))?;
         rx.await.map_err(|_| ModelError::Failed("the embedder thread stopped".into()))?
     }
@@ -136,6 +138,16 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
             continue;
         }
         let all: Vec<Vec<u32>> = batch.iter().flat_map(|r| r.ids.iter().cloned()).collect();
+        let total_tokens: usize = all.iter().map(Vec::len).sum();
+        let model_label = [maas_core::models::MINILM];
+        crate::metrics::BATCH_SIZE.with_label_values(&model_label).observe(all.len() as f64);
+        crate::metrics::BATCH_TOKENS.with_label_values(&model_label).observe(total_tokens as f64);
+        // One span per forward pass, linked to the span of every job it serves.
+        let span = tracing::info_span!("embed batch", requests = batch.len(), sequences = all.len(), tokens = total_tokens);
+        for tp in batch.iter().filter_map(|r| r.trace.as_ref()) {
+            maas_core::telemetry::link(&span, tp);
+        }
+        let _entered = span.enter();
         let t0 = Instant::now();
         let vectors = match model.forward(&all) {
             Ok(v) => v,
@@ -148,7 +160,6 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
             }
         };
         let compute = t0.elapsed();
-        let total_tokens: usize = all.iter().map(Vec::len).sum();
         tracing::debug!(requests = batch.len(), sequences = all.len(), tokens = total_tokens, ?compute, "embedding batch");
         let mut rows = vectors.into_iter();
         for r in batch {

@@ -15,10 +15,13 @@ use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::mpsc;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 struct Request {
     input: ChatInput,
+    /// When the job was created: time to first token counts from here.
+    origin: Instant,
     cancel: CancelFlag,
     sink: Option<TextSink>,
     reply: oneshot::Sender<Result<ModelOutput, ModelError>>,
@@ -42,11 +45,11 @@ impl ChatHandle {
         Self { tx }
     }
 
-    pub async fn run(&self, input: &Value, cancel: CancelFlag, sink: Option<TextSink>) -> Result<ModelOutput, ModelError> {
+    pub async fn run(&self, input: &Value, cancel: CancelFlag, sink: Option<TextSink>, origin: Instant) -> Result<ModelOutput, ModelError> {
         let input: ChatInput = serde_json::from_value(input.clone()).map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         input.validate().map_err(|e| ModelError::InvalidInput(e.message))?;
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Request { input, cancel, sink, reply }).map_err(|_| ModelError::Failed("the chat queue is full".into()))?;
+        self.tx.try_send(Request { input, origin, cancel, sink, reply }).map_err(|_| ModelError::Failed("the chat queue is full".into()))?;
         rx.await.map_err(|_| ModelError::Failed("the chat thread stopped".into()))?
     }
 }
@@ -65,12 +68,17 @@ fn serve(model: &ChatModel, cfg: EngineConfig, rx: &mpsc::Receiver<Request>) {
         while let Ok(r) = rx.try_recv() {
             admit(model, &mut engine, r);
         }
-        engine.step();
+        if engine.step() {
+            let size = engine.last_step();
+            let model = [maas_core::models::SMOLLM2];
+            crate::metrics::BATCH_SIZE.with_label_values(&model).observe(size.sequences as f64);
+            crate::metrics::BATCH_TOKENS.with_label_values(&model).observe(size.tokens as f64);
+        }
     }
 }
 
 fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
-    let Request { input, cancel, sink, reply } = r;
+    let Request { input, origin, cancel, sink, reply } = r;
     let prompt = match (&input.messages, &input.prompt) {
         (Some(m), _) => model.chat_prompt(&m.iter().map(|m| Message { role: m.role.clone(), content: m.content.clone() }).collect::<Vec<_>>()),
         (None, Some(Prompt::Text(p))) => model.raw_prompt(p),
@@ -98,6 +106,9 @@ fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
     let reply = Rc::new(RefCell::new(Some(reply)));
     let waiter = reply.clone();
     let tok = &model.tokenizer;
+    let mut last_token: Option<Instant> = None;
+    let ttft = crate::metrics::TIME_TO_FIRST_TOKEN.with_label_values(&[maas_core::models::SMOLLM2]);
+    let itl = crate::metrics::INTER_TOKEN.with_label_values(&[maas_core::models::SMOLLM2]);
     engine.submit(EngineRequest {
         prompt,
         params,
@@ -105,6 +116,12 @@ fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
         cancelled: Box::new(move || cancel.is_cancelled() || waiter.borrow().as_ref().is_none_or(|s| s.is_closed())),
         on_event: Box::new(move |e| match e {
             Event::Text { text, logprobs } => {
+                let now = Instant::now();
+                match last_token {
+                    None => ttft.observe(now.saturating_duration_since(origin).as_secs_f64()),
+                    Some(t) => itl.observe(now.saturating_duration_since(t).as_secs_f64()),
+                }
+                last_token = Some(now);
                 if let Some(s) = &sink {
                     let logprobs = (!logprobs.is_empty()).then(|| entries(tok, &logprobs));
                     let _ = s.send(Piece { text, logprobs });

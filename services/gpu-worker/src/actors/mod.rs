@@ -19,15 +19,16 @@ pub enum Pool {
 }
 
 impl Pool {
-    /// Runs one job; a chat model with a `sink` hands over its text as it grows.
-    pub async fn run(&self, input: Value, cancel: CancelFlag, sink: Option<chat::TextSink>) -> Result<ModelOutput, ModelError> {
+    /// Runs one job; a chat model with a `sink` hands over its text as it
+    /// grows. `origin` is when the job was created (latency metrics count from it).
+    pub async fn run(&self, input: Value, cancel: CancelFlag, sink: Option<chat::TextSink>, origin: std::time::Instant) -> Result<ModelOutput, ModelError> {
         match self {
             Pool::Threads(addr) => addr
                 .send(model::RunJob { input, cancel })
                 .await
                 .unwrap_or_else(|e| Err(ModelError::Failed(e.to_string()))),
             Pool::Batched(handle) => handle.run(&input, cancel).await,
-            Pool::Chat(handle) => handle.run(&input, cancel, sink).await,
+            Pool::Chat(handle) => handle.run(&input, cancel, sink, origin).await,
         }
     }
 }

@@ -13,6 +13,9 @@
 
 use crate::actors::Pool;
 use crate::models::{CancelFlag, ModelError};
+use chrono::Utc;
+use maas_core::trace::TraceParent;
+use tracing::Instrument;
 use actix::prelude::*;
 use maas_core::messages::{Dispatch, ModelSlots, Reply, RunningAttempt, WorkerEvent};
 use maas_mq::lapin::message::Delivery;
@@ -55,6 +58,9 @@ impl Supervisor {
     }
 
     fn send_heartbeat(&self, ctx: &mut Context<Self>) {
+        for s in &self.slots {
+            crate::metrics::SLOTS.with_label_values(&[&s.model]).set(i64::from(s.slots));
+        }
         let event = WorkerEvent::Heartbeat {
             worker_id: self.deps.worker_id.clone(),
             incarnation: self.incarnation.clone(),
@@ -125,10 +131,25 @@ impl Handler<Dispatched> for Supervisor {
         self.running.insert(dispatch.job_id, (dispatch.attempt, cancel.clone()));
         let pool = self.pools.get(&dispatch.model).cloned();
         let deps = self.deps.clone();
-        let traceparent = maas_mq::traceparent_of(&delivery.properties);
+        let incoming = maas_mq::traceparent_of(&delivery.properties);
         let job_id = dispatch.job_id;
+        // The job's span on this worker, continuing the trace from the scheduler.
+        let parent = incoming.as_deref().and_then(TraceParent::parse);
+        let span = tracing::info_span!(
+            "run job",
+            job_id = %job_id,
+            tenant_id = %dispatch.tenant_id,
+            model = %dispatch.model,
+            attempt = dispatch.attempt,
+            trace_id = parent.as_ref().map(TraceParent::trace_id_hex).unwrap_or_default(),
+        );
+        if let Some(p) = &parent {
+            maas_core::telemetry::set_parent(&span, p);
+        }
+        let traceparent = maas_core::telemetry::context_of(&span).map(|tp| tp.to_string()).or(incoming);
         ctx.spawn(
             run_attempt(deps, pool, dispatch, delivery, cancel, traceparent)
+                .instrument(span)
                 .into_actor(self)
                 .map(move |_, act, _| {
                     act.running.remove(&job_id);
@@ -239,11 +260,16 @@ async fn run_attempt(
             }
             _ => (None, None),
         };
+        let origin = Instant::now().checked_sub((Utc::now() - job.created_at).to_std().unwrap_or_default()).unwrap_or_else(Instant::now);
+        let busy = crate::metrics::SLOTS_BUSY.with_label_values(&[&d.model]);
+        busy.inc();
         let result = match &pool {
-            Some(p) => p.run(d.input.clone(), cancel, sink).await,
+            Some(p) => p.run(d.input.clone(), cancel, sink, origin).await,
             None => Err(ModelError::Failed(format!("model '{}' is not loaded on this worker", d.model))),
         };
+        busy.dec();
         let compute_ms = t0.elapsed().as_millis() as i64;
+        crate::metrics::INFERENCE.with_label_values(&[&d.model]).observe(t0.elapsed().as_secs_f64());
         if let Some(task) = forwarder {
             // Every chunk is out before the result is recorded and announced.
             let _ = task.await;
@@ -258,7 +284,10 @@ async fn run_attempt(
             Err(ModelError::Failed(m)) => Some(Outcome::Failed { error: json!({"code": "model_error", "message": m}) }),
         };
         match outcome {
-            None => tracing::info!(%job_id, "job stopped by cancel"),
+            None => {
+                crate::metrics::JOBS.with_label_values(&[&d.model, "cancelled"]).inc();
+                tracing::info!(%job_id, "job stopped by cancel");
+            }
             Some(outcome) => {
                 let done = with_retries("complete", || {
                     let o = match &outcome {
@@ -271,10 +300,14 @@ async fn run_attempt(
                 match done {
                     Ok(Some(job)) => {
                         tracing::info!(%job_id, status = %job.status, compute_ms, "job finished");
+                        record_finished(&job, &outcome);
                         deps.cache.put_job_logged(&job).await;
                         settle_rate(&deps, &job, &outcome).await;
                     }
-                    Ok(None) => tracing::info!(%job_id, "result dropped: the job was cancelled or reassigned meanwhile"),
+                    Ok(None) => {
+                        crate::metrics::JOBS.with_label_values(&[&d.model, "dropped"]).inc();
+                        tracing::info!(%job_id, "result dropped: the job was cancelled or reassigned meanwhile");
+                    }
                     Err(e) => {
                         // Leave the delivery unacked: the attempt stays ours in
                         // Postgres and is retried when the delivery returns.
@@ -317,5 +350,19 @@ async fn settle_rate(deps: &Deps, job: &jobs::Job, outcome: &Outcome) {
     buckets.extend(job.key_id.map(|k| key_bucket(k, "tokens")));
     if let Err(e) = deps.cache.rate_settle(&buckets, used - job.rate_tokens, RATE_WINDOW_MS).await {
         tracing::warn!(job_id = %job.id, error = %e, "could not settle the job's token charge");
+    }
+}
+
+/// The metrics of a job whose result was recorded.
+fn record_finished(job: &jobs::Job, outcome: &Outcome) {
+    use crate::metrics::{END_TO_END, JOBS, TOKENS};
+    JOBS.with_label_values(&[&job.model, &job.status]).inc();
+    if let Some(end) = job.finished_at {
+        END_TO_END.with_label_values(&[&job.model, &job.status]).observe((end - job.created_at).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+    if let Outcome::Succeeded { usage, .. } = outcome {
+        let tenant = maas_core::metrics::tenant_label(job.tenant_id);
+        TOKENS.with_label_values(&[&job.model, "prompt", &tenant]).inc_by(usage.prompt_tokens.max(0) as u64);
+        TOKENS.with_label_values(&[&job.model, "completion", &tenant]).inc_by(usage.completion_tokens.max(0) as u64);
     }
 }
