@@ -51,19 +51,11 @@ pub(crate) struct Layer {
     pub(crate) ff2_b: Vec<f32>,
     pub(crate) ln2_g: Vec<f32>,
     pub(crate) ln2_b: Vec<f32>,
-    /// The four weight matrices again as f16 bits, for batches of up to
-    /// `HALF_MAX_TOKENS` tokens: those stream every weight once per call, so
-    /// half the bytes is nearly half the time (the arithmetic stays f32).
-    pub(crate) half: [Vec<u16>; 4],
-}
-
-/// Batches of up to this many tokens take the f16-weight path.
-const HALF_MAX_TOKENS: usize = 128;
-
-fn to_f16(w: &[f32]) -> Vec<u16> {
-    let mut out = Vec::with_capacity(w.len());
-    cpu::push_f16(&mut out, w);
-    out
+    /// The four weight matrices as f16 panels for the CPU kernel
+    /// (`cpu::linear_packed`): half the bytes to stream, packed once here so
+    /// no call repacks them; the arithmetic stays f32. The f32 copies above
+    /// are what the GPU path uploads.
+    pub(crate) packed: [cpu::PackedF16; 4],
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -169,7 +161,12 @@ impl Embedder {
             let ff1_w = w.f32(&format!("{p}.intermediate.dense.weight"), &[f, h])?;
             let ff2_w = w.f32(&format!("{p}.output.dense.weight"), &[h, f])?;
             layers.push(Layer {
-                half: [to_f16(&qkv_w), to_f16(&out_w), to_f16(&ff1_w), to_f16(&ff2_w)],
+                packed: [
+                    cpu::PackedF16::pack(&qkv_w, 3 * h, h),
+                    cpu::PackedF16::pack(&out_w, h, h),
+                    cpu::PackedF16::pack(&ff1_w, f, h),
+                    cpu::PackedF16::pack(&ff2_w, h, f),
+                ],
                 qkv_w,
                 qkv_b,
                 out_w,
@@ -299,24 +296,15 @@ impl Embedder {
         let mut ctx = vec![0.0f32; t * h];
         let mut proj = vec![0.0f32; t * h];
         let mut ff = vec![0.0f32; t * f];
-        // Few tokens: f16 weights through the few-row kernel; many: f32
-        // weights through the GEMM (measured crossover: ~128 tokens).
-        let few = t <= HALF_MAX_TOKENS;
-        let lin = |x: &[f32], w32: &[f32], w16: &[u16], b: &[f32], k: usize, n: usize, out: &mut [f32]| {
-            if few {
-                cpu::linear_f16(x, w16, Some(b), t, k, n, out, Threads::All);
-            } else {
-                cpu::linear(x, w32, Some(b), t, k, n, out, Threads::All);
-            }
-        };
+        let lin = |x: &[f32], w: &cpu::PackedF16, b: &[f32], out: &mut [f32]| cpu::linear_packed(x, w, Some(b), t, out, Threads::All);
         for l in &w.layers {
-            lin(&x, &l.qkv_w, &l.half[0], &l.qkv_b, h, 3 * h, &mut qkv);
+            lin(&x, &l.packed[0], &l.qkv_b, &mut qkv);
             cpu::attention(&qkv, &seqs, heads, h / heads, &mut ctx);
-            lin(&ctx, &l.out_w, &l.half[1], &l.out_b, h, h, &mut proj);
+            lin(&ctx, &l.packed[1], &l.out_b, &mut proj);
             cpu::add_layer_norm_inplace(&mut x, &proj, h, &l.ln1_g, &l.ln1_b, eps);
-            lin(&x, &l.ff1_w, &l.half[2], &l.ff1_b, h, f, &mut ff);
+            lin(&x, &l.packed[2], &l.ff1_b, &mut ff);
             cpu::gelu_inplace(&mut ff);
-            lin(&ff, &l.ff2_w, &l.half[3], &l.ff2_b, f, h, &mut proj);
+            lin(&ff, &l.packed[3], &l.ff2_b, &mut proj);
             cpu::add_layer_norm_inplace(&mut x, &proj, h, &l.ln2_g, &l.ln2_b, eps);
         }
         let mut pooled = vec![0.0f32; seqs.len() * h];

@@ -6,8 +6,8 @@ use gemm::{gemm, Parallelism};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
 
-/// A stored weight: f32, or f16 bits (half the bytes to stream; the
-/// arithmetic stays f32).
+/// A stored weight type of the few-row kernel (f32 today; the f16 path for
+/// the encoder is `packed::linear_packed`).
 pub trait WeightElem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// 16 weights widened (inlined into AVX-512 code only).
@@ -32,44 +32,6 @@ impl WeightElem for f32 {
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
         std::arch::x86_64::_mm256_loadu_ps(p)
-    }
-}
-
-impl WeightElem for u16 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        super::mathf::f16_value(self)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load16(p: *const Self) -> __m512 {
-        use std::arch::x86_64::*;
-        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load8(p: *const Self) -> __m256 {
-        use std::arch::x86_64::*;
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
-}
-
-/// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]` with the weights as f16 bits,
-/// streamed once by the few-row kernel (meant for few rows: it does not
-/// switch to the GEMM for many).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_f16(x: &[f32], w: &[u16], bias: Option<&[f32]>, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
-    assert_eq!(x.len(), m * k, "linear_f16: x is not m×k");
-    assert_eq!(w.len(), n * k, "linear_f16: w is not n×k");
-    assert_eq!(out.len(), m * n, "linear_f16: out is not m×n");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "linear_f16: bias is not n");
-        for row in out.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
-        }
-    }
-    if m > 0 && n > 0 {
-        small_m(x, w, bias.is_some(), m, k, n, out, threads);
     }
 }
 
@@ -350,22 +312,6 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    fn linear_with_f16_weights_matches_float64_on_the_rounded_weights() {
-        for (seed, &(m, k, n)) in [(1usize, 384usize, 384usize), (16, 384, 1152), (7, 1536, 384), (3, 5, 7), (5, 33, 67)].iter().enumerate() {
-            let x = random(m * k, 300 + seed as u64);
-            let mut w16 = Vec::new();
-            crate::cpu::push_f16(&mut w16, &random(n * k, 400 + seed as u64));
-            let w: Vec<f32> = w16.iter().map(|&h| crate::cpu::f16_value(h)).collect();
-            let b = random(n, 500 + seed as u64);
-            for threads in [Threads::One, Threads::All] {
-                let mut out = vec![0.0; m * n];
-                linear_f16(&x, &w16, Some(&b), m, k, n, &mut out, threads);
-                assert_close(&out, &reference(&x, &w, Some(&b), m, k, n), 1e-5, "linear_f16");
-            }
-        }
     }
 
     #[test]
