@@ -58,6 +58,15 @@ pub(crate) struct Layer {
     pub(crate) packed: [cpu::PackedF16; 4],
 }
 
+thread_local! {
+    /// The CPU forward pass's activations, reused between calls on a thread.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Largest activation buffer kept between calls (64 MiB: a batch of ~4,000
+/// tokens); a larger batch allocates its own.
+const SCRATCH_KEEP_FLOATS: usize = 16 << 20;
+
 #[derive(Debug, Clone, serde::Deserialize)]
 struct Config {
     hidden_size: usize,
@@ -279,7 +288,15 @@ impl Embedder {
             return ids.iter().map(|_| vec![0.0; h]).collect();
         }
         // Embeddings: word + position + token type 0, then LayerNorm.
-        let mut x = vec![0.0f32; t * h];
+        // Activations live in one buffer per thread, kept between calls: a
+        // large batch's fresh allocation would cost a page fault per 4 KiB.
+        // Every element is written before it is read.
+        let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        buf.resize(t * (6 * h + f), 0.0);
+        let (x, rest) = buf.split_at_mut(t * h);
+        let (qkv, rest) = rest.split_at_mut(t * 3 * h);
+        let (ctx, rest) = rest.split_at_mut(t * h);
+        let (proj, ff) = rest.split_at_mut(t * h);
         for (s, &(start, _)) in ids.iter().zip(&seqs) {
             for (p, &id) in s.iter().enumerate() {
                 let row = &mut x[(start + p) * h..(start + p + 1) * h];
@@ -290,26 +307,26 @@ impl Embedder {
                 }
             }
         }
-        cpu::layer_norm_inplace(&mut x, h, &w.emb_ln_g, &w.emb_ln_b, eps);
+        cpu::layer_norm_inplace(x, h, &w.emb_ln_g, &w.emb_ln_b, eps);
 
-        let mut qkv = vec![0.0f32; t * 3 * h];
-        let mut ctx = vec![0.0f32; t * h];
-        let mut proj = vec![0.0f32; t * h];
-        let mut ff = vec![0.0f32; t * f];
         let lin = |x: &[f32], w: &cpu::PackedF16, b: &[f32], out: &mut [f32]| cpu::linear_packed(x, w, Some(b), t, out, Threads::All);
         for l in &w.layers {
-            lin(&x, &l.packed[0], &l.qkv_b, &mut qkv);
-            cpu::attention(&qkv, &seqs, heads, h / heads, &mut ctx);
-            lin(&ctx, &l.packed[1], &l.out_b, &mut proj);
-            cpu::add_layer_norm_inplace(&mut x, &proj, h, &l.ln1_g, &l.ln1_b, eps);
-            lin(&x, &l.packed[2], &l.ff1_b, &mut ff);
-            cpu::gelu_inplace(&mut ff);
-            lin(&ff, &l.packed[3], &l.ff2_b, &mut proj);
-            cpu::add_layer_norm_inplace(&mut x, &proj, h, &l.ln2_g, &l.ln2_b, eps);
+            lin(x, &l.packed[0], &l.qkv_b, qkv);
+            cpu::attention(qkv, &seqs, heads, h / heads, ctx);
+            lin(ctx, &l.packed[1], &l.out_b, proj);
+            cpu::add_layer_norm_inplace(x, proj, h, &l.ln1_g, &l.ln1_b, eps);
+            lin(x, &l.packed[2], &l.ff1_b, ff);
+            cpu::gelu_inplace(ff);
+            lin(ff, &l.packed[3], &l.ff2_b, proj);
+            cpu::add_layer_norm_inplace(x, proj, h, &l.ln2_g, &l.ln2_b, eps);
         }
         let mut pooled = vec![0.0f32; seqs.len() * h];
-        cpu::mean_pool(&x, h, &seqs, &mut pooled);
+        cpu::mean_pool(x, h, &seqs, &mut pooled);
         cpu::l2_normalize_inplace(&mut pooled, h);
+        // Kept for the next call unless it is unusually large.
+        if buf.capacity() <= SCRATCH_KEEP_FLOATS {
+            SCRATCH.with(|s| *s.borrow_mut() = buf);
+        }
         pooled.chunks_exact(h).map(<[f32]>::to_vec).collect()
     }
 }

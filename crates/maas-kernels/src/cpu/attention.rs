@@ -105,13 +105,13 @@ unsafe fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 }
 
 /// One (sequence, head) with head size 32: K transposed once into
-/// `scratch`, then per query 16 scores per step by broadcast FMAs, a
-/// vectorised softmax, and the weighted sum of values in two registers.
+/// `scratch`, then queries four at a time (four independent accumulator
+/// chains sharing each load of K and V): 16 scores per step by broadcast
+/// FMAs, a vectorised softmax per query, and the weighted sum of values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn head32_avx512(qkv: &[f32], start: usize, len: usize, head: usize, h: usize, scale: f32, out: *mut f32, scratch: &mut Vec<f32>) {
-    use std::arch::x86_64::*;
     const D: usize = 32;
     if len == 0 {
         return;
@@ -119,7 +119,7 @@ unsafe fn head32_avx512(qkv: &[f32], start: usize, len: usize, head: usize, h: u
     let row = 3 * h;
     let lp = len.div_ceil(16) * 16;
     scratch.clear();
-    scratch.resize(D * lp + lp, 0.0);
+    scratch.resize(D * lp + 4 * lp, 0.0);
     let (kt, scores) = scratch.split_at_mut(D * lp);
     for j in 0..len {
         let k = &qkv[(start + j) * row + h + head * D..][..D];
@@ -127,45 +127,86 @@ unsafe fn head32_avx512(qkv: &[f32], start: usize, len: usize, head: usize, h: u
             kt[p * lp + j] = k[p];
         }
     }
-    for i in 0..len {
-        let q = &qkv[(start + i) * row + head * D..][..D];
-        let mut jb = 0;
-        while jb < lp {
-            let mut acc = _mm512_setzero_ps();
-            for p in 0..D {
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(q[p] * scale), _mm512_loadu_ps(kt.as_ptr().add(p * lp + jb)), acc);
+    let mut i = 0;
+    while i < len {
+        let at = Queries { qkv, start, len, lp, head, h, scale, out };
+        match len - i {
+            1 => queries32::<1>(&at, i, kt, scores),
+            2 => queries32::<2>(&at, i, kt, scores),
+            3 => queries32::<3>(&at, i, kt, scores),
+            _ => queries32::<4>(&at, i, kt, scores),
+        }
+        i += 4;
+    }
+}
+
+/// Where one (sequence, head) of [`head32_avx512`] lives.
+struct Queries<'a> {
+    qkv: &'a [f32],
+    start: usize,
+    len: usize,
+    lp: usize,
+    head: usize,
+    h: usize,
+    scale: f32,
+    out: *mut f32,
+}
+
+/// Queries `i..i + QR` of one (sequence, head), head size 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn queries32<const QR: usize>(at: &Queries<'_>, i: usize, kt: &[f32], scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const D: usize = 32;
+    let (len, lp, h, row) = (at.len, at.lp, at.h, 3 * at.h);
+    let q: [*const f32; QR] = std::array::from_fn(|r| at.qkv.as_ptr().add((at.start + i + r) * row + at.head * D));
+    let mut jb = 0;
+    while jb < lp {
+        let mut acc = [_mm512_setzero_ps(); QR];
+        for p in 0..D {
+            let kv = _mm512_loadu_ps(kt.as_ptr().add(p * lp + jb));
+            for r in 0..QR {
+                acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(p) * at.scale), kv, acc[r]);
             }
-            _mm512_storeu_ps(scores.as_mut_ptr().add(jb), acc);
-            jb += 16;
         }
-        let mut max = f32::NEG_INFINITY;
-        for &s in &scores[..len] {
-            max = max.max(s);
+        for r in 0..QR {
+            _mm512_storeu_ps(scores.as_mut_ptr().add(r * lp + jb), acc[r]);
         }
+        jb += 16;
+    }
+    let mut inv = [0f32; QR];
+    for r in 0..QR {
+        let sr = &mut scores[r * lp..(r + 1) * lp];
+        let max = sr[..len].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let vmax = _mm512_set1_ps(max);
         let mut vsum = _mm512_setzero_ps();
         let mut jb = 0;
         while jb < lp {
-            let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(scores.as_ptr().add(jb)), vmax));
+            let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sr.as_ptr().add(jb)), vmax));
             // Lanes past the sequence's end weigh nothing.
             let valid = if jb + 16 <= len { 0xffffu16 } else { ((1u32 << (len - jb)) - 1) as u16 };
             let e = _mm512_maskz_mov_ps(valid, e);
             vsum = _mm512_add_ps(vsum, e);
-            _mm512_storeu_ps(scores.as_mut_ptr().add(jb), e);
+            _mm512_storeu_ps(sr.as_mut_ptr().add(jb), e);
             jb += 16;
         }
-        let inv = 1.0 / _mm512_reduce_add_ps(vsum);
-        let (mut o0, mut o1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for j in 0..len {
-            let v = qkv.as_ptr().add((start + j) * row + 2 * h + head * D);
-            let pj = _mm512_set1_ps(scores[j]);
-            o0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v), o0);
-            o1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v.add(16)), o1);
+        inv[r] = 1.0 / _mm512_reduce_add_ps(vsum);
+    }
+    let mut o = [[_mm512_setzero_ps(); 2]; QR];
+    for j in 0..len {
+        let v = at.qkv.as_ptr().add((at.start + j) * row + 2 * h + at.head * D);
+        let (v0, v1) = (_mm512_loadu_ps(v), _mm512_loadu_ps(v.add(16)));
+        for r in 0..QR {
+            let pj = _mm512_set1_ps(*scores.get_unchecked(r * lp + j));
+            o[r][0] = _mm512_fmadd_ps(pj, v0, o[r][0]);
+            o[r][1] = _mm512_fmadd_ps(pj, v1, o[r][1]);
         }
-        let dst = out.add((start + i) * h + head * D);
-        let vinv = _mm512_set1_ps(inv);
-        _mm512_storeu_ps(dst, _mm512_mul_ps(o0, vinv));
-        _mm512_storeu_ps(dst.add(16), _mm512_mul_ps(o1, vinv));
+    }
+    for r in 0..QR {
+        let dst = at.out.add((at.start + i + r) * h + at.head * D);
+        let vinv = _mm512_set1_ps(inv[r]);
+        _mm512_storeu_ps(dst, _mm512_mul_ps(o[r][0], vinv));
+        _mm512_storeu_ps(dst.add(16), _mm512_mul_ps(o[r][1], vinv));
     }
 }
 
@@ -199,8 +240,8 @@ mod tests {
     #[test]
     fn attention_matches_a_float64_reference_on_packed_sequences() {
         let (heads, d) = (12, 32);
-        let seqs = [(0usize, 5usize), (5, 1), (6, 17), (23, 40), (63, 16), (79, 256)];
-        let rows = 335;
+        let seqs = [(0usize, 5usize), (5, 1), (6, 17), (23, 40), (63, 16), (79, 256), (335, 6), (341, 7)];
+        let rows = 348;
         let qkv: Vec<f32> = random(rows * 3 * heads * d, 21).into_iter().map(|v| v * 3.0).collect();
         let mut out = vec![0.0; rows * heads * d];
         attention(&qkv, &seqs, heads, d, &mut out);
