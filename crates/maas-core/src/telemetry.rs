@@ -100,6 +100,20 @@ pub fn init(service: &'static str, format: LogFormat) {
         None
     };
     let result = tracing_subscriber::registry().with(filter).with(logs).with(otel).try_init();
+    if result.is_ok() && format == LogFormat::Json {
+        // A panic is logged as one JSON line too, not as free text.
+        std::panic::set_hook(Box::new(|info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+            tracing::error!(panic.message = %message, panic.location = %location, thread = %thread, "panic");
+        }));
+    }
     if result.is_ok() {
         tracing::debug!(service, traces = enabled(), "logging initialised");
     }

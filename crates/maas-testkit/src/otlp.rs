@@ -1,7 +1,9 @@
 //! A minimal OTLP/HTTP receiver for tests: accepts `POST /v1/traces` with
-//! JSON bodies (`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) and keeps every span.
+//! protobuf bodies (`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, the
+//! default) or JSON ones (`http/json`) and keeps every span.
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -23,6 +25,8 @@ pub struct OtlpReceiver {
     /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should be.
     pub endpoint: String,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Bodies received in each encoding.
+    bodies: Arc<Mutex<HashMap<Protocol, usize>>>,
 }
 
 fn string_attr(attrs: &Value, key: &str) -> Option<String> {
@@ -55,15 +59,58 @@ fn parse(body: &Value) -> Vec<ReceivedSpan> {
     out
 }
 
+/// Spans of an `ExportTraceServiceRequest` in protobuf.
+fn parse_protobuf(body: &[u8]) -> Option<Vec<ReceivedSpan>> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+    let req = ExportTraceServiceRequest::decode(body).ok()?;
+    let mut out = Vec::new();
+    for rs in req.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|a| a.key == "service.name")
+            .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                Any::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                out.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: s.name.to_lowercase(),
+                    trace_id: hex::encode(&s.trace_id),
+                    span_id: hex::encode(&s.span_id),
+                    parent_span_id: hex::encode(&s.parent_span_id),
+                    link_trace_ids: s.links.iter().map(|l| hex::encode(&l.trace_id)).collect(),
+                });
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The protocol a receiver's [`OtlpReceiver::env`] asks the services to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Protobuf,
+    Json,
+}
+
 impl OtlpReceiver {
     pub async fn start() -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let bodies: Arc<Mutex<HashMap<Protocol, usize>>> = Arc::default();
         let store = spans.clone();
+        let counts = bodies.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let store = store.clone();
+                let (store, counts) = (store.clone(), counts.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut reader = BufReader::new(read);
@@ -91,12 +138,20 @@ impl OtlpReceiver {
                         if reader.read_exact(&mut body).await.is_err() {
                             return;
                         }
-                        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                            if let Ok(mut s) = store.lock() {
-                                s.extend(parse(&v));
+                        let (protocol, spans) = match serde_json::from_slice::<Value>(&body) {
+                            Ok(v) => (Protocol::Json, Some(parse(&v))),
+                            Err(_) => (Protocol::Protobuf, parse_protobuf(&body)),
+                        };
+                        if spans.is_some() {
+                            if let Ok(mut c) = counts.lock() {
+                                *c.entry(protocol).or_default() += 1;
                             }
                         }
-                        let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+                        if let (Some(spans), Ok(mut s)) = (spans, store.lock()) {
+                            s.extend(spans);
+                        }
+                        // An empty body is a valid (empty) response in both encodings.
+                        let reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
                         if write.write_all(reply.as_bytes()).await.is_err() {
                             return;
                         }
@@ -104,7 +159,12 @@ impl OtlpReceiver {
                 });
             }
         });
-        Ok(Self { endpoint, spans })
+        Ok(Self { endpoint, spans, bodies })
+    }
+
+    /// How many bodies arrived in `protocol`.
+    pub fn bodies(&self, protocol: Protocol) -> usize {
+        self.bodies.lock().map(|c| c.get(&protocol).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     /// Every span received so far.
@@ -113,10 +173,14 @@ impl OtlpReceiver {
     }
 
     /// The environment that points a service at this receiver.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub fn env(&self, protocol: Protocol) -> Vec<(&'static str, String)> {
+        let protocol = match protocol {
+            Protocol::Protobuf => "http/protobuf",
+            Protocol::Json => "http/json",
+        };
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".into()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.into()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ]
     }

@@ -1,7 +1,7 @@
 //! Traces across the three services, Prometheus metrics, JSON logs without
 //! content, and the request id and timing headers.
 
-use maas_testkit::otlp::OtlpReceiver;
+use maas_testkit::otlp::{OtlpReceiver, Protocol};
 use maas_testkit::{assert_error, Options, Platform};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -14,9 +14,18 @@ fn caller_context(n: u8) -> (String, String) {
 }
 
 #[tokio::test]
-async fn each_job_is_one_trace_across_api_scheduler_and_worker() {
+async fn each_job_is_one_trace_across_api_scheduler_and_worker_over_protobuf() {
+    one_trace_per_job(Protocol::Protobuf).await;
+}
+
+#[tokio::test]
+async fn each_job_is_one_trace_across_api_scheduler_and_worker_over_json() {
+    one_trace_per_job(Protocol::Json).await;
+}
+
+async fn one_trace_per_job(protocol: Protocol) {
     let otlp = OtlpReceiver::start().await.unwrap();
-    let p = Platform::start(Options { with_models: true, env: otlp.env(), ..Options::default() }).await.unwrap();
+    let p = Platform::start(Options { with_models: true, env: otlp.env(protocol), ..Options::default() }).await.unwrap();
     let t = p.create_tenant("acme", 1).await;
     let (sync_tp, sync_trace) = caller_context(1);
     let r = p.http.post(p.url("/v1/jobs")).bearer_auth(&t.key).header("traceparent", &sync_tp)
@@ -59,6 +68,9 @@ async fn each_job_is_one_trace_across_api_scheduler_and_worker() {
         let dispatch = mine.iter().find(|s| s.name == "dispatch").unwrap_or_else(|| panic!("{what}: no dispatch span in {names:?}"));
         assert!(mine.iter().any(|s| s.service == "maas-worker" && s.name == "run job" && s.parent_span_id == dispatch.span_id), "{what}: {names:?}");
     }
+    // Every body came in the protocol asked for.
+    let other = if protocol == Protocol::Json { Protocol::Protobuf } else { Protocol::Json };
+    assert!(otlp.bodies(protocol) > 0 && otlp.bodies(other) == 0, "{protocol:?}");
     // The embedding batch ran in a span of its own, linked to the request it served.
     assert!(spans.iter().any(|s| s.name == "embed batch" && s.service == "maas-worker" && s.link_trace_ids.contains(&embed_trace)));
 }
