@@ -124,13 +124,15 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
     if auth.tenant_disabled {
         return Err(ApiError::Forbidden { message: "this tenant is disabled".into(), code: "tenant_disabled" });
     }
-    let db = state.db.clone();
-    let key_id = auth.id;
-    actix_web::rt::spawn(async move {
-        if let Err(e) = keys::touch(&db, key_id).await {
-            tracing::debug!(error = %e, "could not record key use");
-        }
-    });
+    if state.key_touches.due(auth.id) {
+        let db = state.db.clone();
+        let key_id = auth.id;
+        actix_web::rt::spawn(async move {
+            if let Err(e) = keys::touch(&db, key_id).await {
+                tracing::debug!(error = %e, "could not record key use");
+            }
+        });
+    }
     Ok(Principal {
         tenant_id: auth.tenant_id,
         key_id: auth.id,

@@ -88,6 +88,7 @@ impl Application {
             reply_queue,
             served: Default::default(),
             quotas: Default::default(),
+            key_touches: Default::default(),
         };
         let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();

@@ -6,7 +6,8 @@ use crate::settings::ApiSettings;
 use maas_mq::Broker;
 use maas_store::cache::Cache;
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,32 @@ pub struct AppState {
     pub served: Arc<ServedModels>,
     /// Tenants' quotas (rate limits), re-read at most every 2 s.
     pub quotas: Arc<crate::ratelimit::QuotaCache>,
+    /// When this instance last recorded each key's use.
+    pub key_touches: Arc<KeyTouches>,
+}
+
+/// Records a key's `last_used_at` at most once a minute per key and API
+/// instance, so a busy key costs no write per request (the column's
+/// resolution is a minute anyway).
+#[derive(Default)]
+pub struct KeyTouches {
+    last: Mutex<HashMap<Uuid, Instant>>,
+}
+
+impl KeyTouches {
+    /// Whether `key` is due for a write now (and marks it written).
+    pub fn due(&self, key: Uuid) -> bool {
+        let Ok(mut last) = self.last.lock() else { return false };
+        let now = Instant::now();
+        if last.get(&key).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60)) {
+            return false;
+        }
+        if last.len() > 100_000 {
+            last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        last.insert(key, now);
+        true
+    }
 }
 
 /// Which models some worker serves, re-read from Postgres at most every 2 s.

@@ -96,3 +96,28 @@ mod base64_like {
         out
     }
 }
+
+#[tokio::test]
+async fn a_keys_use_is_recorded_once_a_minute() {
+    let p = Platform::start(Options { workers: 0, ..Options::default() }).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let used_at = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>("SELECT last_used_at FROM api_keys WHERE id = $1::uuid")
+            .bind(&t.key_id)
+            .fetch_one(&p.db)
+            .await
+            .unwrap()
+    };
+    assert!(used_at().await.is_none(), "a new key was never used");
+    for _ in 0..5 {
+        let r = p.http.get(p.url("/v1/models")).bearer_auth(&t.key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let found = p.wait_count(&format!("SELECT count(*) FROM api_keys WHERE id = '{}' AND last_used_at IS NOT NULL", t.key_id), 1, std::time::Duration::from_secs(5)).await;
+    assert_eq!(found, 1, "last_used_at is recorded");
+    let first = used_at().await;
+    let r = p.http.get(p.url("/v1/models")).bearer_auth(&t.key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(used_at().await, first, "not rewritten within the minute");
+}
