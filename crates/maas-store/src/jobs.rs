@@ -72,8 +72,8 @@ pub struct NewJob<'a> {
     /// Tokens charged against tokens-per-minute limits (recorded for settling).
     pub rate_tokens: i64,
     /// An upper bound of the tokens the job can use: what it reserves from
-    /// the tenant's token budget, when it has one.
-    pub budget_tokens: i64,
+    /// the tenant's token budget, when it has one (computed only then).
+    pub budget_tokens: &'a (dyn Fn() -> i64 + Sync),
 }
 
 /// Admission bounds checked in the inserting transaction, besides the
@@ -143,16 +143,17 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
         }
         if let Some(limit) = quota.token_budget {
             let period = crate::budget::Period::parse(quota.budget_period.as_deref()).unwrap_or(crate::budget::Period::Month);
+            let needed = (j.budget_tokens)();
             let standing = crate::budget::open(&mut tx, j.tenant_id, period).await?;
-            if standing.spent + standing.reserved + j.budget_tokens > limit {
+            if standing.spent + standing.reserved + needed > limit {
                 return Err(StoreError::BudgetExhausted {
                     limit,
                     period,
                     remaining: (limit - standing.spent - standing.reserved).max(0),
-                    needed: j.budget_tokens,
+                    needed,
                 });
             }
-            budget_period = Some((standing.period_start, j.budget_tokens));
+            budget_period = Some((standing.period_start, needed));
         }
     }
     let inserted = sqlx::query_as::<_, Job>(&format!(

@@ -332,6 +332,12 @@ impl Platform {
         TestTenant { id, key: k["key"].as_str().unwrap().to_owned(), key_id: k["id"].as_str().unwrap().to_owned() }
     }
 
+    /// Replaces a tenant's quota through the admin API.
+    pub async fn set_quota(&self, tenant: &str, quota: Value) {
+        let r = self.http.put(self.url(&format!("/admin/v1/tenants/{tenant}/quota"))).bearer_auth(self.admin_token()).json(&quota).send().await.unwrap();
+        assert_eq!(r.status(), 200, "set quota");
+    }
+
     /// `POST /v1/jobs` with a tenant key.
     pub async fn submit(&self, key: &str, body: Value) -> reqwest::Response {
         self.http.post(self.url("/v1/jobs")).bearer_auth(key).json(&body).send().await.unwrap()

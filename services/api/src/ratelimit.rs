@@ -147,12 +147,15 @@ pub async fn admit_request(state: &AppState, principal: &Principal) -> Result<()
     take(state, principal, &q, "requests", 1).await.map(|_| ())
 }
 
-/// A job's estimated tokens against the TPM limits of the tenant and the
-/// key; returns the estimate charged (0 when no limit applies), to settle
+/// A job's estimated tokens (see [`estimate_tokens`]) against the TPM limits
+/// of the tenant and the key; returns the estimate charged (0 when no limit applies), to settle
 /// when the job ends.
-pub async fn admit_tokens(state: &AppState, principal: &Principal, estimate: i64) -> Result<i64, ApiError> {
+pub async fn admit_tokens(state: &AppState, principal: &Principal, input: &Value) -> Result<i64, ApiError> {
     let q = state.quotas.get(state, principal.tenant_id).await?;
-    Ok(take(state, principal, &q, "tokens", estimate).await?.unwrap_or(0))
+    if q.tpm.is_none() && principal.limits.tpm.is_none() {
+        return Ok(0);
+    }
+    Ok(take(state, principal, &q, "tokens", estimate_tokens(input)).await?.unwrap_or(0))
 }
 
 /// Gives back a charge whose job never ran (refused later in admission, or

@@ -117,7 +117,7 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
     if !state.served.contains(&state.db, sub.model.as_str()).await? {
         return Err(ApiError::ModelUnavailable { model: sub.model.as_str().to_owned() });
     }
-    let charged = crate::ratelimit::admit_tokens(state, principal, crate::ratelimit::estimate_tokens(sub.input)).await?;
+    let charged = crate::ratelimit::admit_tokens(state, principal, sub.input).await?;
     let caps = jobs::QueueCaps { global_max_queued: Some(state.settings.max_queued_jobs) };
     let inserted = jobs::insert(
         &state.db,
@@ -132,7 +132,7 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
             traceparent: Some(&sub.traceparent),
             caps,
             rate_tokens: charged,
-            budget_tokens: maas_core::models::token_bound(sub.model, sub.input),
+            budget_tokens: &|| maas_core::models::token_bound(sub.model, sub.input),
         },
     )
     .await;

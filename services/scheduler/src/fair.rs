@@ -41,11 +41,13 @@ pub struct FairQueue {
     vtime: f64,
     aging: Duration,
     len: usize,
+    /// Jobs per lane, kept as jobs come and go (read for the queue-depth gauge).
+    lane_lens: [usize; 2],
 }
 
 impl FairQueue {
     pub fn new(aging: Duration) -> Self {
-        Self { tenants: HashMap::new(), vtime: 0.0, aging, len: 0 }
+        Self { tenants: HashMap::new(), vtime: 0.0, aging, len: 0, lane_lens: [0; 2] }
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +60,7 @@ impl FairQueue {
 
     /// Jobs waiting in one lane.
     pub fn lane_len(&self, lane: Lane) -> usize {
-        self.tenants.values().map(|t| t.lanes[lane.index()].len()).sum()
+        self.lane_lens[lane.index()]
     }
 
     fn tenant(&mut self, tenant_id: Uuid) -> &mut TenantQueue {
@@ -75,6 +77,7 @@ impl FairQueue {
         let lane = job.lane.index();
         self.tenant(job.tenant_id).lanes[lane].push_back(job);
         self.len += 1;
+        self.lane_lens[lane] += 1;
     }
 
     /// Puts a job back at the front (a retry keeps its place).
@@ -82,6 +85,7 @@ impl FairQueue {
         let lane = job.lane.index();
         self.tenant(job.tenant_id).lanes[lane].push_front(job);
         self.len += 1;
+        self.lane_lens[lane] += 1;
     }
 
     fn pick_lane(&self, now: Instant, eligible: &impl Fn(Uuid) -> bool) -> Option<Lane> {
@@ -111,6 +115,7 @@ impl FairQueue {
         self.vtime = self.vtime.max(t.pass);
         t.pass += 1.0 / f64::from(weight(tenant_id).max(1));
         self.len -= 1;
+        self.lane_lens[lane] -= 1;
         if t.is_empty() && t.pass <= self.vtime {
             self.tenants.remove(&tenant_id);
         }
@@ -212,8 +217,9 @@ mod tests {
         let next = q.pop(now, |_| 1, |t| t != a).unwrap();
         assert_eq!(next.tenant_id, b);
         assert!(q.pop(now, |_| 1, |t| t != a).is_none(), "nothing else is eligible");
-        assert_eq!(q.len(), 2);
+        assert_eq!((q.len(), q.lane_len(Lane::Interactive), q.lane_len(Lane::Batch)), (2, 2, 0));
         let w = HashMap::new();
         assert_eq!(drain(&mut q, 5, now, &w), vec![a, a], "A's jobs are still there once it may run again");
+        assert_eq!(q.lane_len(Lane::Interactive), 0);
     }
 }

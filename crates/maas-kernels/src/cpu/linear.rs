@@ -3,38 +3,6 @@
 
 use gemm::{gemm, Parallelism};
 
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::{__m256, __m512};
-
-/// A stored weight type of the few-row kernel (f32 today; the f16 path for
-/// the encoder is `packed::linear_packed`).
-pub trait WeightElem: Copy + Send + Sync + 'static {
-    fn to_f32(self) -> f32;
-    /// 16 weights widened (inlined into AVX-512 code only).
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(p: *const Self) -> __m512;
-    /// 8 weights widened (inlined into AVX2+F16C code only).
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load8(p: *const Self) -> __m256;
-}
-
-impl WeightElem for f32 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load16(p: *const Self) -> __m512 {
-        std::arch::x86_64::_mm512_loadu_ps(p)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load8(p: *const Self) -> __m256 {
-        std::arch::x86_64::_mm256_loadu_ps(p)
-    }
-}
-
 /// How many threads a GEMM may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
@@ -108,7 +76,7 @@ const BLOCK_N: usize = 64;
 /// Few rows: each task takes a block of weight rows and computes their dot
 /// products with every input row, so each weight is read from memory once.
 #[allow(clippy::too_many_arguments)]
-fn small_m<W: WeightElem>(x: &[f32], w: &[W], accumulate: bool, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
+fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
     #[derive(Clone, Copy)]
     struct OutPtr(*mut f32);
     // SAFETY: each task writes only its own columns of out.
@@ -146,7 +114,7 @@ fn small_m<W: WeightElem>(x: &[f32], w: &[W], accumulate: bool, m: usize, k: usi
 }
 
 /// `part[i][j] = x[i] · w[j]` for `m` rows of x and `nb` rows of w (both k long).
-fn dots<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+fn dots(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY (both calls): the CPU supports the instructions (checked
@@ -155,7 +123,7 @@ fn dots<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: 
         if is_x86_feature_detected!("avx512f") {
             return unsafe { dots_avx512(x, w, m, k, nb, part) };
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return unsafe { dots_avx2(x, w, m, k, nb, part) };
         }
     }
@@ -167,7 +135,7 @@ fn dots<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: 
 /// through the FMA latency — then a one-row pass for an odd last row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dots_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
     use std::arch::x86_64::*;
     let kk = k - k % 16;
     let mut j = 0;
@@ -184,12 +152,12 @@ unsafe fn dots_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb:
             let mut p = 0;
             while p < kk {
                 let (va, vb) = (_mm512_loadu_ps(xa.add(p)), _mm512_loadu_ps(xb.add(p)));
-                let (v0, v1) = (W::load16(w0.add(p)), W::load16(w1.add(p)));
+                let (v0, v1) = (_mm512_loadu_ps(w0.add(p)), _mm512_loadu_ps(w1.add(p)));
                 a0 = _mm512_fmadd_ps(va, v0, a0);
                 b0 = _mm512_fmadd_ps(vb, v0, b0);
                 a1 = _mm512_fmadd_ps(va, v1, a1);
                 b1 = _mm512_fmadd_ps(vb, v1, b1);
-                let (v2, v3) = (W::load16(w2.add(p)), W::load16(w3.add(p)));
+                let (v2, v3) = (_mm512_loadu_ps(w2.add(p)), _mm512_loadu_ps(w3.add(p)));
                 a2 = _mm512_fmadd_ps(va, v2, a2);
                 b2 = _mm512_fmadd_ps(vb, v2, b2);
                 a3 = _mm512_fmadd_ps(va, v3, a3);
@@ -201,8 +169,8 @@ unsafe fn dots_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb:
             for q in kk..k {
                 let (pa, pb) = (*xa.add(q), *xb.add(q));
                 for (r, wr) in [w0, w1, w2, w3].iter().enumerate() {
-                    sa[r] += pa * (*wr.add(q)).to_f32();
-                    sb[r] += pb * (*wr.add(q)).to_f32();
+                    sa[r] += pa * (*wr.add(q));
+                    sb[r] += pb * (*wr.add(q));
                 }
             }
             part[i * nb + j..i * nb + j + 4].copy_from_slice(&sa);
@@ -215,19 +183,19 @@ unsafe fn dots_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb:
             let mut p = 0;
             while p < kk {
                 let xv = _mm512_loadu_ps(xi.add(p));
-                a0 = _mm512_fmadd_ps(xv, W::load16(w0.add(p)), a0);
-                a1 = _mm512_fmadd_ps(xv, W::load16(w1.add(p)), a1);
-                a2 = _mm512_fmadd_ps(xv, W::load16(w2.add(p)), a2);
-                a3 = _mm512_fmadd_ps(xv, W::load16(w3.add(p)), a3);
+                a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0.add(p)), a0);
+                a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1.add(p)), a1);
+                a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2.add(p)), a2);
+                a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3.add(p)), a3);
                 p += 16;
             }
             let mut s = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
             for q in kk..k {
                 let xq = *xi.add(q);
-                s[0] += xq * (*w0.add(q)).to_f32();
-                s[1] += xq * (*w1.add(q)).to_f32();
-                s[2] += xq * (*w2.add(q)).to_f32();
-                s[3] += xq * (*w3.add(q)).to_f32();
+                s[0] += xq * (*w0.add(q));
+                s[1] += xq * (*w1.add(q));
+                s[2] += xq * (*w2.add(q));
+                s[3] += xq * (*w3.add(q));
             }
             part[i * nb + j..i * nb + j + 4].copy_from_slice(&s);
         }
@@ -240,8 +208,8 @@ unsafe fn dots_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb:
 
 /// AVX2: as above with 8 lanes.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dots_avx2<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: usize, part: &mut [f32]) {
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &mut [f32]) {
     use std::arch::x86_64::*;
     let hsum = |v: __m256| {
         let mut o = [0f32; 8];
@@ -259,19 +227,19 @@ unsafe fn dots_avx2<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: u
             let mut p = 0;
             while p < kk {
                 let xv = _mm256_loadu_ps(xi.add(p));
-                a0 = _mm256_fmadd_ps(xv, W::load8(w0.add(p)), a0);
-                a1 = _mm256_fmadd_ps(xv, W::load8(w1.add(p)), a1);
-                a2 = _mm256_fmadd_ps(xv, W::load8(w2.add(p)), a2);
-                a3 = _mm256_fmadd_ps(xv, W::load8(w3.add(p)), a3);
+                a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0.add(p)), a0);
+                a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1.add(p)), a1);
+                a2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2.add(p)), a2);
+                a3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3.add(p)), a3);
                 p += 8;
             }
             let mut s = [hsum(a0), hsum(a1), hsum(a2), hsum(a3)];
             for q in kk..k {
                 let xq = *xi.add(q);
-                s[0] += xq * (*w0.add(q)).to_f32();
-                s[1] += xq * (*w1.add(q)).to_f32();
-                s[2] += xq * (*w2.add(q)).to_f32();
-                s[3] += xq * (*w3.add(q)).to_f32();
+                s[0] += xq * (*w0.add(q));
+                s[1] += xq * (*w1.add(q));
+                s[2] += xq * (*w2.add(q));
+                s[3] += xq * (*w3.add(q));
             }
             part[i * nb + j..i * nb + j + 4].copy_from_slice(&s);
         }
@@ -285,12 +253,12 @@ unsafe fn dots_avx2<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, nb: u
 /// Portable version (and the tail of the SIMD ones): weight rows `w` (`rows`
 /// of them) land in columns `col0..` of `part`, whose rows are `stride` wide.
 #[allow(clippy::too_many_arguments)]
-fn dots_generic<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, rows: usize, col0: usize, stride: usize, part: &mut [f32]) {
+fn dots_generic(x: &[f32], w: &[f32], m: usize, k: usize, rows: usize, col0: usize, stride: usize, part: &mut [f32]) {
     for r in 0..rows {
         let wr = &w[r * k..(r + 1) * k];
         for i in 0..m {
             let xi = &x[i * k..(i + 1) * k];
-            part[i * stride + col0 + r] = xi.iter().zip(wr).map(|(a, b)| a * b.to_f32()).sum();
+            part[i * stride + col0 + r] = xi.iter().zip(wr).map(|(a, b)| a * *b).sum();
         }
     }
 }

@@ -16,7 +16,7 @@ mod team;
 pub use attention::attention;
 pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
 pub use kv_attention::{causal_attention, push_f16, KvSegment};
-pub use linear::{linear, Threads, WeightElem, SMALL_M};
+pub use linear::{linear, Threads, SMALL_M};
 pub use mathf::{exp_scaled_inplace, f16_bits, f16_value};
 pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};

@@ -5,11 +5,6 @@ use maas_testkit::{assert_error, Options, Platform};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn set_quota(p: &Platform, tenant: &str, quota: Value) {
-    let r = p.http.put(p.url(&format!("/admin/v1/tenants/{tenant}/quota"))).bearer_auth(p.admin_token()).json(&quota).send().await.unwrap();
-    assert_eq!(r.status(), 200, "set quota");
-}
-
 async fn ledger(p: &Platform, tenant: &str) -> (i64, i64) {
     sqlx::query_as("SELECT spent, reserved FROM budget_ledger WHERE tenant_id = $1::uuid")
         .bind(tenant)
@@ -29,13 +24,13 @@ async fn a_budget_for_fifty_admits_exactly_fifty_of_two_hundred_concurrent_reque
     let p = Platform::start(Options::default()).await.unwrap();
     let (a, b) = (p.create_tenant("budgeted", 1).await, p.create_tenant("other", 1).await);
     // Spend some of the period first: 5 words in and out = 10 tokens.
-    set_quota(&p, &a.id, json!({"token_budget": 1_000_000, "budget_period": "month"})).await;
+    p.set_quota(&a.id, json!({"token_budget": 1_000_000, "budget_period": "month"})).await;
     let r = p.submit(&a.key, json!({"model": "echo", "mode": "sync", "input": {"text": "one two three four five"}})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(ledger(&p, &a.id).await, (10, 0));
     // Each request below may use 6 tokens (3 words in, 3 out): leave room for exactly 50.
     let budget = 10 + 50 * 6;
-    set_quota(&p, &a.id, json!({"token_budget": budget, "budget_period": "month"})).await;
+    p.set_quota(&a.id, json!({"token_budget": budget, "budget_period": "month"})).await;
     let body = json!({"model": "echo", "mode": "async", "input": {"text": "a b c", "delay_ms": 200}});
     let answers = futures_util::future::join_all((0..200).map(|_| p.http.post(p.url("/v1/jobs")).bearer_auth(&a.key).json(&body).send())).await;
     let mut accepted = Vec::new();
@@ -84,7 +79,7 @@ async fn a_budget_for_fifty_admits_exactly_fifty_of_two_hundred_concurrent_reque
 async fn a_reservation_is_released_when_a_job_ends_without_running() {
     let p = Platform::start(Options { worker_slots: 1, ..Options::default() }).await.unwrap();
     let a = p.create_tenant("budgeted", 1).await;
-    set_quota(&p, &a.id, json!({"token_budget": 100, "budget_period": "day"})).await;
+    p.set_quota(&a.id, json!({"token_budget": 100, "budget_period": "day"})).await;
     // One slot: the first job runs for a while, the second waits in the queue.
     let running = p.submit_async_echo(&a.key, "one two", 30_000).await;
     let queued = p.submit_async_echo(&a.key, "three four five", 30_000).await;
@@ -102,7 +97,7 @@ async fn a_reservation_is_released_when_a_job_ends_without_running() {
 async fn max_concurrent_caps_waiting_callers_and_running_jobs() {
     let p = Platform::start(Options { worker_slots: 8, ..Options::default() }).await.unwrap();
     let (a, b) = (p.create_tenant("capped", 1).await, p.create_tenant("free", 1).await);
-    set_quota(&p, &a.id, json!({"max_concurrent": 2})).await;
+    p.set_quota(&a.id, json!({"max_concurrent": 2})).await;
     // Sync callers: two in progress, a third is refused at once.
     let slow = json!({"model": "echo", "mode": "sync", "input": {"text": "x", "delay_ms": 1500}});
     let (first, second) = (p.submit(&a.key, slow.clone()), p.submit(&a.key, slow.clone()));
@@ -148,7 +143,7 @@ async fn max_concurrent_caps_waiting_callers_and_running_jobs() {
 async fn a_key_limit_applies_with_the_tenants_and_refusals_take_nothing() {
     let p = Platform::start(Options::default()).await.unwrap();
     let a = p.create_tenant("acme", 1).await;
-    set_quota(&p, &a.id, json!({"rpm": 100})).await;
+    p.set_quota(&a.id, json!({"rpm": 100})).await;
     let r = p.admin_post(&format!("/admin/v1/tenants/{}/keys", a.id), json!({"name": "ci", "rpm": 3})).await;
     assert_eq!(r.status(), 201);
     let limited: Value = r.json().await.unwrap();

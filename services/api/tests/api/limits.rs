@@ -5,17 +5,12 @@
 use maas_testkit::{assert_error, Options, Platform};
 use serde_json::{json, Value};
 
-async fn set_quota(p: &Platform, tenant: &str, quota: Value) {
-    let r = p.http.put(p.url(&format!("/admin/v1/tenants/{tenant}/quota"))).bearer_auth(p.admin_token()).json(&quota).send().await.unwrap();
-    assert_eq!(r.status(), 200, "set quota");
-}
-
 #[tokio::test]
 async fn an_rpm_limit_holds_across_two_api_instances() {
     let mut p = Platform::start(Options::default()).await.unwrap();
     p.spawn_api().await.unwrap();
     let (a, b) = (p.create_tenant("limited", 1).await, p.create_tenant("free", 1).await);
-    set_quota(&p, &a.id, json!({"rpm": 10})).await;
+    p.set_quota(&a.id, json!({"rpm": 10})).await;
     // 30 requests at once, alternating between the two instances.
     let urls: Vec<String> = (0..30).map(|i| p.url_of(&p.api[i % 2], "/v1/models")).collect();
     let answers = futures_util::future::join_all(urls.iter().map(|u| p.http.get(u).bearer_auth(&a.key).send())).await;
@@ -49,7 +44,7 @@ async fn an_rpm_limit_holds_across_two_api_instances() {
 async fn a_tpm_limit_admits_by_estimate_and_settles_with_usage() {
     let p = Platform::start(Options { with_models: true, ..Options::default() }).await.unwrap();
     let t = p.create_tenant("acme", 1).await;
-    set_quota(&p, &t.id, json!({"tpm": 300})).await;
+    p.set_quota(&t.id, json!({"tpm": 300})).await;
     // 400 bytes: estimated at 100 tokens; "word " is one word piece, so the
     // recorded usage is 82 (80 words + [CLS] + [SEP]).
     let input = "word ".repeat(80);
@@ -131,7 +126,7 @@ async fn max_queued_holds_exactly_under_concurrency_and_the_platform_queue_is_bo
     let opts = Options { worker_slots: 1, api_env: vec![("MAAS_API_MAX_QUEUED_JOBS", "12".into())], ..Options::default() };
     let p = Platform::start(opts).await.unwrap();
     let (a, b) = (p.create_tenant("capped", 1).await, p.create_tenant("other", 1).await);
-    set_quota(&p, &a.id, json!({"max_queued": 5})).await;
+    p.set_quota(&a.id, json!({"max_queued": 5})).await;
     let slow = json!({"model": "echo", "mode": "async", "input": {"text": "x", "delay_ms": 30_000}});
     let answers = futures_util::future::join_all((0..20).map(|_| p.http.post(p.url("/v1/jobs")).bearer_auth(&a.key).json(&slow).send())).await;
     let mut accepted = Vec::new();

@@ -119,8 +119,7 @@ async fn metrics_move_by_exactly_what_was_done() {
     let opts = Options { env: vec![("MAAS_METRICS_MAX_TENANTS", "1".into())], ..Options::default() };
     let p = Platform::start(opts).await.unwrap();
     let (a, b) = (p.create_tenant("first", 1).await, p.create_tenant("second", 1).await);
-    let r = p.http.put(p.url(&format!("/admin/v1/tenants/{}/quota", a.id))).bearer_auth(p.admin_token()).json(&json!({"rpm": 5})).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    p.set_quota(&a.id, json!({"rpm": 5})).await;
     let (api0, sched0, worker0) = (scrape(&p, &p.api[0]).await, scrape(&p, &p.schedulers[0]).await, scrape(&p, &p.workers[0]).await);
     // 8 sync jobs of 3 words from tenant A against an RPM of 5: 5 run, 3 are refused.
     let (mut ok, mut refused) = (0, 0);
