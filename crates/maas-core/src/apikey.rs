@@ -37,7 +37,11 @@ impl NewKey {
         let secret = format!("{KEY_PREFIX}{body}");
         let prefix = secret[..KEY_PREFIX.len() + LOOKUP_LEN].to_owned();
         let hash = hash_key(&secret);
-        Self { secret, prefix, hash }
+        Self {
+            secret,
+            prefix,
+            hash,
+        }
     }
 }
 
@@ -46,7 +50,8 @@ impl<'a> PresentedKey<'a> {
     /// bearer token never reaches the database.
     pub fn parse(raw: &'a str) -> Option<Self> {
         let body = raw.strip_prefix(KEY_PREFIX)?;
-        if body.len() != LOOKUP_LEN + SECRET_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if body.len() != LOOKUP_LEN + SECRET_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return None;
         }
         Some(Self { raw })

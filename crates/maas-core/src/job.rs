@@ -48,7 +48,10 @@ impl JobStatus {
 
     /// A terminal state never changes again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Expired)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Expired
+        )
     }
 }
 
@@ -134,17 +137,28 @@ mod tests {
     fn every_status_round_trips_through_its_name() {
         for s in JobStatus::ALL {
             assert_eq!(JobStatus::parse(s.as_str()), Some(s));
-            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
         }
         assert_eq!(JobStatus::parse("done"), None);
     }
 
     #[test]
     fn only_finished_states_are_terminal() {
-        let terminal: Vec<_> = JobStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<_> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(
             terminal,
-            vec![JobStatus::Succeeded, JobStatus::Failed, JobStatus::Cancelled, JobStatus::Expired]
+            vec![
+                JobStatus::Succeeded,
+                JobStatus::Failed,
+                JobStatus::Cancelled,
+                JobStatus::Expired
+            ]
         );
     }
 

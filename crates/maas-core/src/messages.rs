@@ -68,7 +68,11 @@ pub enum WorkerEvent {
         running: Vec<RunningAttempt>,
     },
     /// The worker is done with an attempt (whatever the outcome), so its slot is free.
-    Finished { worker_id: String, job_id: Uuid, attempt: i32 },
+    Finished {
+        worker_id: String,
+        job_id: Uuid,
+        attempt: i32,
+    },
     /// The worker is leaving; whatever is still assigned to it must be handed to others.
     Deregister { worker_id: String },
 }
@@ -112,7 +116,11 @@ mod tests {
 
     #[test]
     fn worker_events_are_tagged_by_type() {
-        let e = WorkerEvent::Finished { worker_id: "w1".into(), job_id: Uuid::nil(), attempt: 2 };
+        let e = WorkerEvent::Finished {
+            worker_id: "w1".into(),
+            job_id: Uuid::nil(),
+            attempt: 2,
+        };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["type"], "finished");
         let back: WorkerEvent = serde_json::from_value(v).unwrap();

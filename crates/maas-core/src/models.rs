@@ -54,37 +54,91 @@ pub enum EmbeddingItem {
 /// Parses OpenAI's embeddings `input`: a string, an array of strings, an
 /// array of token ids, or an array of such arrays, within the request limits.
 pub fn parse_embedding_input(v: &Value) -> Result<Vec<EmbeddingItem>, InputError> {
-    let err = |m: String| InputError { param: "input".into(), message: m };
-    let bad = || err("input must be a string, an array of strings, an array of token ids or an array of such arrays".into());
+    let err = |m: String| InputError {
+        param: "input".into(),
+        message: m,
+    };
+    let bad = || {
+        err("input must be a string, an array of strings, an array of token ids or an array of such arrays".into())
+    };
     let ids = |a: &[Value]| -> Result<Vec<u32>, InputError> {
-        a.iter().map(|x| x.as_u64().filter(|n| *n <= u64::from(u32::MAX)).map(|n| n as u32).ok_or_else(bad)).collect()
+        a.iter()
+            .map(|x| {
+                x.as_u64()
+                    .filter(|n| *n <= u64::from(u32::MAX))
+                    .map(|n| n as u32)
+                    .ok_or_else(bad)
+            })
+            .collect()
     };
     let items = match v {
         Value::String(s) => vec![EmbeddingItem::Text(s.clone())],
-        Value::Array(items) if items.is_empty() => return Err(err("input must not be empty".into())),
+        Value::Array(items) if items.is_empty() => {
+            return Err(err("input must not be empty".into()))
+        }
         Value::Array(items) => match &items[0] {
-            Value::String(_) => items.iter().map(|x| x.as_str().map(|s| EmbeddingItem::Text(s.into())).ok_or_else(bad)).collect::<Result<_, _>>()?,
+            Value::String(_) => items
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(|s| EmbeddingItem::Text(s.into()))
+                        .ok_or_else(bad)
+                })
+                .collect::<Result<_, _>>()?,
             Value::Number(_) => vec![EmbeddingItem::Ids(ids(items)?)],
             Value::Array(_) => items
                 .iter()
-                .map(|x| x.as_array().ok_or_else(bad).and_then(|a| ids(a)).map(EmbeddingItem::Ids))
+                .map(|x| {
+                    x.as_array()
+                        .ok_or_else(bad)
+                        .and_then(|a| ids(a))
+                        .map(EmbeddingItem::Ids)
+                })
                 .collect::<Result<_, _>>()?,
             _ => return Err(bad()),
         },
         _ => return Err(bad()),
     };
     if items.len() > EMBED_MAX_INPUTS {
-        return Err(err(format!("at most {EMBED_MAX_INPUTS} inputs per request (got {})", items.len())));
+        return Err(err(format!(
+            "at most {EMBED_MAX_INPUTS} inputs per request (got {})",
+            items.len()
+        )));
     }
-    let chars: usize = items.iter().map(|i| if let EmbeddingItem::Text(t) = i { t.chars().count() } else { 0 }).sum();
+    let chars: usize = items
+        .iter()
+        .map(|i| {
+            if let EmbeddingItem::Text(t) = i {
+                t.chars().count()
+            } else {
+                0
+            }
+        })
+        .sum();
     if chars > EMBED_MAX_CHARS {
-        return Err(err(format!("at most {EMBED_MAX_CHARS} characters per request (got {chars})")));
+        return Err(err(format!(
+            "at most {EMBED_MAX_CHARS} characters per request (got {chars})"
+        )));
     }
-    let n_ids: usize = items.iter().map(|i| if let EmbeddingItem::Ids(v) = i { v.len() } else { 0 }).sum();
+    let n_ids: usize = items
+        .iter()
+        .map(|i| {
+            if let EmbeddingItem::Ids(v) = i {
+                v.len()
+            } else {
+                0
+            }
+        })
+        .sum();
     if n_ids > EMBED_MAX_IDS {
-        return Err(err(format!("at most {EMBED_MAX_IDS} token ids per request (got {n_ids})")));
+        return Err(err(format!(
+            "at most {EMBED_MAX_IDS} token ids per request (got {n_ids})"
+        )));
     }
-    if items.iter().any(|i| matches!(i, EmbeddingItem::Ids(v) if v.is_empty())) {
+    if items
+        .iter()
+        .any(|i| matches!(i, EmbeddingItem::Ids(v) if v.is_empty()))
+    {
         return Err(err("a token-id input must not be empty".into()));
     }
     Ok(items)
@@ -172,7 +226,12 @@ pub fn token_bound(model: &ModelName, input: &Value) -> i64 {
     let bytes = |v: &Value| v.as_str().map_or(0, |s| s.len() as i64);
     match model.as_str() {
         // Echo counts words in and the same words out.
-        ECHO => 2 * input.get("text").and_then(Value::as_str).map_or(0, |s| s.split_whitespace().count() as i64),
+        ECHO => {
+            2 * input
+                .get("text")
+                .and_then(Value::as_str)
+                .map_or(0, |s| s.split_whitespace().count() as i64)
+        }
         MINILM => match parse_embedding_input(input.get("input").unwrap_or(input)) {
             Ok(items) => items
                 .iter()
@@ -187,13 +246,20 @@ pub fn token_bound(model: &ModelName, input: &Value) -> i64 {
             let messages: i64 = input
                 .get("messages")
                 .and_then(Value::as_array)
-                .map_or(0, |m| m.iter().map(|m| bytes(&m["role"]) + bytes(&m["content"]) + CHAT_MESSAGE_TOKENS).sum());
+                .map_or(0, |m| {
+                    m.iter()
+                        .map(|m| bytes(&m["role"]) + bytes(&m["content"]) + CHAT_MESSAGE_TOKENS)
+                        .sum()
+                });
             let prompt = match input.get("prompt") {
                 Some(Value::String(s)) => s.len() as i64,
                 Some(Value::Array(ids)) => ids.len() as i64,
                 _ => 0,
             };
-            let max_tokens = input.get("max_tokens").and_then(Value::as_i64).unwrap_or(i64::from(CHAT_DEFAULT_MAX_TOKENS));
+            let max_tokens = input
+                .get("max_tokens")
+                .and_then(Value::as_i64)
+                .unwrap_or(i64::from(CHAT_DEFAULT_MAX_TOKENS));
             messages + prompt + CHAT_TEMPLATE_TOKENS + max_tokens
         }
     }
@@ -210,29 +276,50 @@ impl ChatInput {
 
     /// Checks the fields' ranges; `param` names the offending field.
     pub fn validate(&self) -> Result<(), InputError> {
-        let err = |param: &str, message: String| InputError { param: param.into(), message };
+        let err = |param: &str, message: String| InputError {
+            param: param.into(),
+            message,
+        };
         match (&self.messages, &self.prompt) {
             (Some(m), None) => {
                 if m.is_empty() {
                     return Err(err("messages", "messages must not be empty".into()));
                 }
-                if let Some(bad) = m.iter().find(|m| !["system", "user", "assistant"].contains(&m.role.as_str())) {
-                    return Err(err("messages", format!("unknown role '{}' (system, user or assistant)", bad.role)));
+                if let Some(bad) = m
+                    .iter()
+                    .find(|m| !["system", "user", "assistant"].contains(&m.role.as_str()))
+                {
+                    return Err(err(
+                        "messages",
+                        format!("unknown role '{}' (system, user or assistant)", bad.role),
+                    ));
                 }
             }
             (None, Some(Prompt::Text(_))) => {}
             (None, Some(Prompt::Ids(ids))) => {
                 if ids.is_empty() || ids.len() > CHAT_MAX_PROMPT_IDS {
-                    return Err(err("prompt", format!("a prompt of token ids must hold 1 to {CHAT_MAX_PROMPT_IDS} ids")));
+                    return Err(err(
+                        "prompt",
+                        format!("a prompt of token ids must hold 1 to {CHAT_MAX_PROMPT_IDS} ids"),
+                    ));
                 }
             }
             _ => return Err(err("input", "give either messages or prompt".into())),
         }
-        if self.max_tokens.is_some_and(|m| m == 0 || m > CHAT_MAX_TOKENS) {
-            return Err(err("max_tokens", format!("max_tokens must be between 1 and {CHAT_MAX_TOKENS}")));
+        if self
+            .max_tokens
+            .is_some_and(|m| m == 0 || m > CHAT_MAX_TOKENS)
+        {
+            return Err(err(
+                "max_tokens",
+                format!("max_tokens must be between 1 and {CHAT_MAX_TOKENS}"),
+            ));
         }
         if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-            return Err(err("temperature", "temperature must be between 0 and 2".into()));
+            return Err(err(
+                "temperature",
+                "temperature must be between 0 and 2".into(),
+            ));
         }
         if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return Err(err("top_p", "top_p must be in (0, 1]".into()));
@@ -241,11 +328,17 @@ impl ChatInput {
             return Err(err("top_k", "top_k must be at most 1000".into()));
         }
         if self.logprobs.is_some_and(|k| k > CHAT_MAX_TOP_LOGPROBS) {
-            return Err(err("top_logprobs", format!("at most {CHAT_MAX_TOP_LOGPROBS} alternatives per token")));
+            return Err(err(
+                "top_logprobs",
+                format!("at most {CHAT_MAX_TOP_LOGPROBS} alternatives per token"),
+            ));
         }
         let stops = self.stops();
         if stops.len() > 4 || stops.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return Err(err("stop", "at most 4 stop strings of 1 to 256 bytes".into()));
+            return Err(err(
+                "stop",
+                "at most 4 stop strings of 1 to 256 bytes".into(),
+            ));
         }
         Ok(())
     }
@@ -276,8 +369,11 @@ pub fn validate_input(model: &ModelName, input: &Value) -> Result<(), InputError
             Ok(())
         }
         SMOLLM2 => {
-            let parsed: ChatInput = serde_json::from_value(input.clone())
-                .map_err(|e| InputError { param: "input".into(), message: format!("invalid input for the chat model: {e}") })?;
+            let parsed: ChatInput =
+                serde_json::from_value(input.clone()).map_err(|e| InputError {
+                    param: "input".into(),
+                    message: format!("invalid input for the chat model: {e}"),
+                })?;
             parsed.validate()
         }
         MINILM => {
@@ -289,7 +385,10 @@ pub fn validate_input(model: &ModelName, input: &Value) -> Result<(), InputError
         }
         _ => {
             if input.is_null() {
-                return Err(InputError { param: "input".into(), message: "input is required".into() });
+                return Err(InputError {
+                    param: "input".into(),
+                    message: "input is required".into(),
+                });
             }
             Ok(())
         }
@@ -303,11 +402,28 @@ mod tests {
 
     #[test]
     fn embedding_inputs_take_every_openai_form_within_limits() {
-        assert_eq!(parse_embedding_input(&json!("hi")).unwrap(), vec![EmbeddingItem::Text("hi".into())]);
+        assert_eq!(
+            parse_embedding_input(&json!("hi")).unwrap(),
+            vec![EmbeddingItem::Text("hi".into())]
+        );
         assert_eq!(parse_embedding_input(&json!(["a", "b"])).unwrap().len(), 2);
-        assert_eq!(parse_embedding_input(&json!([1, 2, 3])).unwrap(), vec![EmbeddingItem::Ids(vec![1, 2, 3])]);
-        assert_eq!(parse_embedding_input(&json!([[1], [2, 3]])).unwrap().len(), 2);
-        for bad in [json!([]), json!([1, "a"]), json!([-1]), json!({"x": 1}), json!(null), json!([[]]), json!([true])] {
+        assert_eq!(
+            parse_embedding_input(&json!([1, 2, 3])).unwrap(),
+            vec![EmbeddingItem::Ids(vec![1, 2, 3])]
+        );
+        assert_eq!(
+            parse_embedding_input(&json!([[1], [2, 3]])).unwrap().len(),
+            2
+        );
+        for bad in [
+            json!([]),
+            json!([1, "a"]),
+            json!([-1]),
+            json!({"x": 1}),
+            json!(null),
+            json!([[]]),
+            json!([true]),
+        ] {
             assert!(parse_embedding_input(&bad).is_err(), "{bad}");
         }
         let many: Vec<String> = (0..=EMBED_MAX_INPUTS).map(|i| i.to_string()).collect();
@@ -325,12 +441,22 @@ mod tests {
         let echo = ModelName::parse("echo").unwrap();
         assert!(validate_input(&echo, &json!({"text": "hi"})).is_ok());
         assert!(validate_input(&echo, &json!({"text": "hi", "delay_ms": 10})).is_ok());
-        assert_eq!(validate_input(&echo, &json!({"text": 3})).unwrap_err().param, "input");
+        assert_eq!(
+            validate_input(&echo, &json!({"text": 3}))
+                .unwrap_err()
+                .param,
+            "input"
+        );
         assert!(validate_input(&echo, &json!({"text": "a", "delay_ms": "x"})).is_err());
         assert!(validate_input(&echo, &json!({"text": "a", "delay_ms": -1})).is_err());
         assert!(validate_input(&echo, &json!({"text": "a", "extra": 1})).is_err());
         assert_eq!(
-            validate_input(&echo, &json!({"text": "a", "delay_ms": ECHO_MAX_DELAY_MS + 1})).unwrap_err().param,
+            validate_input(
+                &echo,
+                &json!({"text": "a", "delay_ms": ECHO_MAX_DELAY_MS + 1})
+            )
+            .unwrap_err()
+            .param,
             "input.delay_ms"
         );
     }

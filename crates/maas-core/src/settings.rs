@@ -7,15 +7,30 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonSettings {
     /// Postgres, the source of truth.
-    #[arg(long, env = "MAAS_DATABASE_URL", hide_env_values = true, default_value = "postgres://postgres@127.0.0.1:5432/maas")]
+    #[arg(
+        long,
+        env = "MAAS_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/maas"
+    )]
     pub database_url: String,
 
     /// Redis (a `/N` database index is honoured).
-    #[arg(long, env = "MAAS_REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "MAAS_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// RabbitMQ (the vhost is honoured).
-    #[arg(long, env = "MAAS_AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "MAAS_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
 
     /// Prefix of every queue, exchange and Redis key, so several platforms
@@ -36,7 +51,8 @@ pub struct CommonSettings {
 fn parse_namespace(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(s.to_owned())
     } else {

@@ -15,7 +15,10 @@
 //! job in api, scheduler and worker share one trace.
 
 use crate::trace::TraceParent;
-use opentelemetry::trace::{Span as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+    TracerProvider as _,
+};
 use opentelemetry::Context;
 pub use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -40,7 +43,9 @@ impl std::str::FromStr for LogFormat {
         match s {
             "json" => Ok(Self::Json),
             "text" => Ok(Self::Text),
-            other => Err(format!("unknown log format '{other}' (expected json or text)")),
+            other => Err(format!(
+                "unknown log format '{other}' (expected json or text)"
+            )),
         }
     }
 }
@@ -58,16 +63,30 @@ pub fn enabled() -> bool {
 }
 
 fn exporter_configured() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
 }
 
 fn start_otel(service: &'static str) -> Result<&'static Otel, String> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build().map_err(|e| e.to_string())?;
-    let name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| service.to_owned());
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
-    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| service.to_owned());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(name)
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
     let tracer = provider.tracer(service);
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(OTEL.get_or_init(|| Otel { provider, tracer }))
@@ -76,7 +95,8 @@ fn start_otel(service: &'static str) -> Result<&'static Otel, String> {
 /// Installs the global subscriber (and the OTLP exporter when configured).
 /// Safe to call once per process.
 pub fn init(service: &'static str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
     let logs = match format {
         LogFormat::Json => fmt::layer()
             .json()
@@ -85,7 +105,10 @@ pub fn init(service: &'static str, format: LogFormat) {
             .with_span_list(true)
             .with_writer(std::io::stderr)
             .boxed(),
-        LogFormat::Text => fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     let mut otel_error = None;
     let otel = if exporter_configured() {
@@ -99,7 +122,11 @@ pub fn init(service: &'static str, format: LogFormat) {
     } else {
         None
     };
-    let result = tracing_subscriber::registry().with(filter).with(logs).with(otel).try_init();
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(otel)
+        .try_init();
     if result.is_ok() && format == LogFormat::Json {
         // A panic is logged as one JSON line too, not as free text.
         std::panic::set_hook(Box::new(|info| {
@@ -109,8 +136,14 @@ pub fn init(service: &'static str, format: LogFormat) {
                 .map(|s| (*s).to_owned())
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-            let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let thread = std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_owned();
             tracing::error!(panic.message = %message, panic.location = %location, thread = %thread, "panic");
         }));
     }
@@ -132,8 +165,18 @@ pub fn shutdown() {
 }
 
 fn span_context(tp: &TraceParent) -> SpanContext {
-    let flags = if tp.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-    SpanContext::new(TraceId::from_bytes(tp.trace_id), SpanId::from_bytes(tp.span_id), flags, true, TraceState::default())
+    let flags = if tp.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    SpanContext::new(
+        TraceId::from_bytes(tp.trace_id),
+        SpanId::from_bytes(tp.span_id),
+        flags,
+        true,
+        TraceState::default(),
+    )
 }
 
 fn traceparent(sc: &SpanContext) -> Option<TraceParent> {
@@ -171,10 +214,21 @@ pub fn link(span: &tracing::Span, to: &TraceParent) {
 /// Records a finished span with explicit times, child of `parent` (for
 /// intervals known only afterwards, such as a job's wait in the queue).
 /// Returns its context, for spans that follow from it.
-pub fn record_span(name: &'static str, parent: &TraceParent, start: SystemTime, end: SystemTime, attributes: Vec<KeyValue>) -> Option<TraceParent> {
+pub fn record_span(
+    name: &'static str,
+    parent: &TraceParent,
+    start: SystemTime,
+    end: SystemTime,
+    attributes: Vec<KeyValue>,
+) -> Option<TraceParent> {
     let o = OTEL.get()?;
     let cx = Context::new().with_remote_span_context(span_context(parent));
-    let mut span = o.tracer.span_builder(name).with_start_time(start).with_attributes(attributes).start_with_context(&o.tracer, &cx);
+    let mut span = o
+        .tracer
+        .span_builder(name)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .start_with_context(&o.tracer, &cx);
     let own = traceparent(span.span_context());
     span.end_with_timestamp(end);
     own

@@ -23,7 +23,11 @@ impl TraceParent {
         // All-zero ids are invalid; make sure we never produce one.
         trace_id[0] |= 1;
         span_id[0] |= 1;
-        Self { trace_id, span_id, sampled: true }
+        Self {
+            trace_id,
+            span_id,
+            sampled: true,
+        }
     }
 
     /// The same trace with a new span id: the context to hand to the next hop.
@@ -31,7 +35,11 @@ impl TraceParent {
         let mut span_id = [0u8; 8];
         rand::rng().fill(&mut span_id);
         span_id[0] |= 1;
-        Self { trace_id: self.trace_id, span_id, sampled: self.sampled }
+        Self {
+            trace_id: self.trace_id,
+            span_id,
+            sampled: self.sampled,
+        }
     }
 
     /// Parses a `traceparent` header; anything malformed is `None` (and the
@@ -49,7 +57,11 @@ impl TraceParent {
         if trace_id == [0; 16] || span_id == [0; 8] || parts[3].len() != 2 {
             return None;
         }
-        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -94,7 +106,8 @@ mod tests {
         ] {
             assert!(TraceParent::parse(bad).is_none(), "{bad}");
         }
-        let ok = TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        let ok =
+            TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
         assert_eq!(ok.trace_id_hex(), "0af7651916cd43dd8448eb211c80319c");
     }
 }

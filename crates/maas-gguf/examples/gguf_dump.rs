@@ -8,7 +8,9 @@ fn main() {
     keys.sort();
     for k in keys {
         match &f.gguf.metadata[k] {
-            maas_gguf::Value::Array(a) => println!("{k} = [{} items] {:?}", a.len(), &a[..a.len().min(17)]),
+            maas_gguf::Value::Array(a) => {
+                println!("{k} = [{} items] {:?}", a.len(), &a[..a.len().min(17)])
+            }
             v => println!("{k} = {v:?}"),
         }
     }

@@ -23,11 +23,13 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let file = std::fs::File::open(path).map_err(|e| GgufError::Io(format!("{}: {e}", path.display())))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| GgufError::Io(format!("{}: {e}", path.display())))?;
         // SAFETY (memmap): opened read-only; model files are not modified
         // while a worker runs. Every read through the map is bounds-checked.
         #[allow(unsafe_code)]
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| GgufError::Io(format!("{}: {e}", path.display())))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| GgufError::Io(format!("{}: {e}", path.display())))?;
         let gguf = Gguf::parse(&map)?;
         Ok(Self { map, gguf })
     }
@@ -40,7 +42,10 @@ impl GgufFile {
 
     /// A tensor by name, dequantised to f32.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let t = self.gguf.tensor(name).ok_or_else(|| GgufError::Missing(name.to_owned()))?;
+        let t = self
+            .gguf
+            .tensor(name)
+            .ok_or_else(|| GgufError::Missing(name.to_owned()))?;
         dequantize(t.kind, self.tensor_bytes(t), t.elements())
     }
 }

@@ -16,7 +16,11 @@ pub enum GgufError {
     #[error("unsupported GGUF version {0} (2 and 3 are supported)")]
     Version(u32),
     #[error("truncated: {what} at byte {at} runs past the end of the file ({len} bytes)")]
-    Truncated { what: &'static str, at: usize, len: usize },
+    Truncated {
+        what: &'static str,
+        at: usize,
+        len: usize,
+    },
     #[error("corrupt: {0}")]
     Corrupt(String),
     #[error("tensor type {0} is not supported")]
@@ -153,7 +157,11 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], GgufError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.ok_or(GgufError::Truncated { what, at: self.pos, len: self.buf.len() })?;
+        let end = end.ok_or(GgufError::Truncated {
+            what,
+            at: self.pos,
+            len: self.buf.len(),
+        })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -184,9 +192,11 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self, what: &'static str) -> Result<String, GgufError> {
         let n = self.u64(what)?;
-        let n = usize::try_from(n).map_err(|_| GgufError::Corrupt(format!("{what}: length {n}")))?;
+        let n =
+            usize::try_from(n).map_err(|_| GgufError::Corrupt(format!("{what}: length {n}")))?;
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| GgufError::Corrupt(format!("{what} is not UTF-8")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| GgufError::Corrupt(format!("{what} is not UTF-8")))
     }
     fn value(&mut self, ty: u32, depth: u32) -> Result<Value, GgufError> {
         Ok(match ty {
@@ -211,7 +221,11 @@ impl<'a> Reader<'a> {
                 let n = self.count("array length")?;
                 // Each element takes at least one byte: a longer array cannot fit.
                 if n > self.buf.len().saturating_sub(self.pos) {
-                    return Err(GgufError::Truncated { what: "array", at: self.pos, len: self.buf.len() });
+                    return Err(GgufError::Truncated {
+                        what: "array",
+                        at: self.pos,
+                        len: self.buf.len(),
+                    });
                 }
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -222,7 +236,11 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64("u64 value")?),
             11 => Value::I64(self.u64("i64 value")? as i64),
             12 => Value::F64(f64::from_bits(self.u64("f64 value")?)),
-            other => return Err(GgufError::Corrupt(format!("unknown metadata value type {other}"))),
+            other => {
+                return Err(GgufError::Corrupt(format!(
+                    "unknown metadata value type {other}"
+                )))
+            }
         })
     }
 }
@@ -250,7 +268,9 @@ impl Gguf {
         let alignment = match metadata.get("general.alignment") {
             None => 32,
             Some(v) => {
-                let a = v.as_u64().ok_or_else(|| GgufError::Corrupt("general.alignment is not an integer".into()))?;
+                let a = v.as_u64().ok_or_else(|| {
+                    GgufError::Corrupt("general.alignment is not an integer".into())
+                })?;
                 if a == 0 || !a.is_power_of_two() || a > 1 << 20 {
                     return Err(GgufError::Corrupt(format!("general.alignment {a}")));
                 }
@@ -262,7 +282,9 @@ impl Gguf {
             let name = r.string("tensor name")?;
             let n_dims = r.u32("tensor dimensions")?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(GgufError::Corrupt(format!("tensor {name}: {n_dims} dimensions")));
+                return Err(GgufError::Corrupt(format!(
+                    "tensor {name}: {n_dims} dimensions"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -282,25 +304,47 @@ impl Gguf {
                 .ok_or_else(|| GgufError::Corrupt(format!("tensor {name}: size overflows")))?;
             let (per_block, block_bytes) = kind.block();
             if elements % per_block as u64 != 0 || dims[0] % per_block as u64 != 0 {
-                return Err(GgufError::Corrupt(format!("tensor {name}: rows are not whole blocks")));
+                return Err(GgufError::Corrupt(format!(
+                    "tensor {name}: rows are not whole blocks"
+                )));
             }
             let byte_len = (elements / per_block as u64)
                 .checked_mul(block_bytes as u64)
                 .ok_or_else(|| GgufError::Corrupt(format!("tensor {name}: size overflows")))?;
             if offset % alignment as u64 != 0 {
-                return Err(GgufError::Corrupt(format!("tensor {name}: offset {offset} is not aligned")));
+                return Err(GgufError::Corrupt(format!(
+                    "tensor {name}: offset {offset} is not aligned"
+                )));
             }
             let start = (data_start as u64).checked_add(offset);
             let end = start.and_then(|s| s.checked_add(byte_len));
             match (start, end) {
                 (Some(s), Some(e)) if e <= buf.len() as u64 => {
                     index.insert(name.clone(), tensors.len());
-                    tensors.push(Tensor { name, dims, kind, file_offset: s as usize, byte_len: byte_len as usize });
+                    tensors.push(Tensor {
+                        name,
+                        dims,
+                        kind,
+                        file_offset: s as usize,
+                        byte_len: byte_len as usize,
+                    });
                 }
-                _ => return Err(GgufError::Truncated { what: "tensor data", at: data_start, len: buf.len() }),
+                _ => {
+                    return Err(GgufError::Truncated {
+                        what: "tensor data",
+                        at: data_start,
+                        len: buf.len(),
+                    })
+                }
             }
         }
-        Ok(Self { version, metadata, tensors, alignment, index })
+        Ok(Self {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            index,
+        })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&Tensor> {
@@ -313,11 +357,15 @@ impl Gguf {
 
     /// An integer metadata value.
     pub fn u64(&self, key: &str) -> Result<u64, GgufError> {
-        self.get(key).and_then(Value::as_u64).ok_or_else(|| GgufError::Corrupt(format!("metadata {key} missing or not an integer")))
+        self.get(key)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| GgufError::Corrupt(format!("metadata {key} missing or not an integer")))
     }
 
     /// A string metadata value.
     pub fn str(&self, key: &str) -> Result<&str, GgufError> {
-        self.get(key).and_then(Value::as_str).ok_or_else(|| GgufError::Corrupt(format!("metadata {key} missing or not a string")))
+        self.get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| GgufError::Corrupt(format!("metadata {key} missing or not a string")))
     }
 }

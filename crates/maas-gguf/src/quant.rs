@@ -34,13 +34,28 @@ fn half(b: &[u8], at: usize) -> f32 {
 pub fn dequantize(kind: TensorType, bytes: &[u8], elements: usize) -> Result<Vec<f32>, GgufError> {
     let (per_block, block_bytes) = kind.block();
     if elements % per_block != 0 || bytes.len() != elements / per_block * block_bytes {
-        return Err(GgufError::Corrupt(format!("{kind:?}: {} bytes do not hold {elements} elements", bytes.len())));
+        return Err(GgufError::Corrupt(format!(
+            "{kind:?}: {} bytes do not hold {elements} elements",
+            bytes.len()
+        )));
     }
     let mut out = Vec::with_capacity(elements);
     match kind {
-        TensorType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        TensorType::F16 => out.extend(bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))),
-        TensorType::BF16 => out.extend(bytes.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))),
+        TensorType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        TensorType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+        ),
+        TensorType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)),
+        ),
         TensorType::Q8_0 => {
             for b in bytes.chunks_exact(block_bytes) {
                 let d = half(b, 0);
@@ -51,7 +66,11 @@ pub fn dequantize(kind: TensorType, bytes: &[u8], elements: usize) -> Result<Vec
             let with_min = kind == TensorType::Q4_1;
             for b in bytes.chunks_exact(block_bytes) {
                 let d = half(b, 0);
-                let (m, qs) = if with_min { (half(b, 2), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
+                let (m, qs) = if with_min {
+                    (half(b, 2), &b[4..20])
+                } else {
+                    (-8.0 * d, &b[2..18])
+                };
                 out.extend(qs.iter().map(|&q| d * f32::from(q & 0x0f) + m));
                 out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
             }
@@ -66,7 +85,14 @@ mod tests {
 
     #[test]
     fn halves_convert_exactly() {
-        for (bits, want) in [(0x3c00, 1.0), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 5.960_464_5e-8), (0x03ff, 6.097_555e-5), (0x8001, -5.960_464_5e-8)] {
+        for (bits, want) in [
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x03ff, 6.097_555e-5),
+            (0x8001, -5.960_464_5e-8),
+        ] {
             assert_eq!(f16_to_f32(bits), want, "{bits:#x}");
         }
         assert!(f16_to_f32(0x7c00).is_infinite());

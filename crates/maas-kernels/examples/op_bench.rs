@@ -13,7 +13,11 @@ fn time<F: FnMut()>(name: &str, flop: f64, mut f: F) {
     }
     v.sort_by(f64::total_cmp);
     let m = v[3];
-    println!("{name:<28} {:>9.3} ms  {:>7.1} GFLOP/s", m * 1e3, flop / m / 1e9);
+    println!(
+        "{name:<28} {:>9.3} ms  {:>7.1} GFLOP/s",
+        m * 1e3,
+        flop / m / 1e9
+    );
 }
 
 fn main() {
@@ -21,24 +25,46 @@ fn main() {
     let t: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2048);
     let len: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
     let (h, f) = (384, 1536);
-    let x: Vec<f32> = (0..t * f).map(|i| ((i % 97) as f32 - 48.0) / 50.0).collect();
-    let w: Vec<f32> = (0..f * h * 3).map(|i| ((i % 89) as f32 - 44.0) / 500.0).collect();
+    let x: Vec<f32> = (0..t * f)
+        .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
+        .collect();
+    let w: Vec<f32> = (0..f * h * 3)
+        .map(|i| ((i % 89) as f32 - 44.0) / 500.0)
+        .collect();
     let b = vec![0.1f32; f * 3];
     let mut out = vec![0f32; t * f * 3];
-    for (name, k, n) in [("qkv 384->1152", h, 3 * h), ("out 384->384", h, h), ("ff1 384->1536", h, f), ("ff2 1536->384", f, h)] {
+    for (name, k, n) in [
+        ("qkv 384->1152", h, 3 * h),
+        ("out 384->384", h, h),
+        ("ff1 384->1536", h, f),
+        ("ff2 1536->384", f, h),
+    ] {
         for th in [Threads::One, Threads::All] {
             time(&format!("{name} {th:?}"), 2.0 * (t * k * n) as f64, || {
-                cpu::linear(&x[..t * k], &w[..n * k], Some(&b[..n]), t, k, n, &mut out[..t * n], th)
+                cpu::linear(
+                    &x[..t * k],
+                    &w[..n * k],
+                    Some(&b[..n]),
+                    t,
+                    k,
+                    n,
+                    &mut out[..t * n],
+                    th,
+                )
             });
         }
     }
     let seqs: Vec<(usize, usize)> = (0..t / len).map(|i| (i * len, len)).collect();
     let qkv = &x[..t * 3 * h];
     let mut ctx = vec![0f32; t * h];
-    time("attention", 4.0 * (t * len * h) as f64, || cpu::attention(qkv, &seqs, 12, 32, &mut ctx));
+    time("attention", 4.0 * (t * len * h) as f64, || {
+        cpu::attention(qkv, &seqs, 12, 32, &mut ctx)
+    });
     let mut g = x[..t * f].to_vec();
     time("gelu", 0.0, || cpu::gelu_inplace(&mut g));
     let mut y = x[..t * h].to_vec();
     let gamma = vec![1.0f32; h];
-    time("add_layer_norm", 0.0, || cpu::add_layer_norm_inplace(&mut y, &ctx, h, &gamma, &gamma, 1e-12));
+    time("add_layer_norm", 0.0, || {
+        cpu::add_layer_norm_inplace(&mut y, &ctx, h, &gamma, &gamma, 1e-12)
+    });
 }

@@ -19,22 +19,29 @@ use maas_models::engine::{Engine, EngineConfig, Event, Request};
 use maas_models::llama::{Llama, Logits, Step};
 use maas_models::sampling::SamplingParams;
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
     // Ordinary vocabulary ids (not special tokens), varied per sequence.
-    (0..len as u32).map(|i| 1000 + (i * 37 + salt * 101) % 30_000).collect()
+    (0..len as u32)
+        .map(|i| 1000 + (i * 37 + salt * 101) % 30_000)
+        .collect()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("models"));
+    let dir = args
+        .get(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models"));
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
     // Which decode cases (sequences stepping together); prefill runs unless
     // a list is given.
-    let only: Option<Vec<usize>> = args.get(3).map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect());
+    let only: Option<Vec<usize>> = args
+        .get(3)
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect());
     let gguf = dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     let m = Llama::load(&gguf).unwrap();
     println!(
@@ -45,7 +52,11 @@ fn main() {
     );
     // Warm-up.
     m.forward(&prompt(32, 0), &mut m.new_cache(), false);
-    for len in if only.is_some() { vec![] } else { vec![128usize, 512] } {
+    for len in if only.is_some() {
+        vec![]
+    } else {
+        vec![128usize, 512]
+    } {
         let p = prompt(len, 1);
         let mut best = f64::MAX;
         for _ in 0..3 {
@@ -66,9 +77,27 @@ fn main() {
         let t0 = Instant::now();
         for _ in 0..steps {
             let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let mut batch: Vec<Step<'_>> = caches.iter_mut().zip(&toks).map(|(cache, t)| Step { tokens: t, cache, logits: Logits::Last, prompt: false }).collect();
+            let mut batch: Vec<Step<'_>> = caches
+                .iter_mut()
+                .zip(&toks)
+                .map(|(cache, t)| Step {
+                    tokens: t,
+                    cache,
+                    logits: Logits::Last,
+                    prompt: false,
+                })
+                .collect();
             let out = m.step(&mut batch);
-            next = out.iter().map(|l| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32).collect();
+            next = out
+                .iter()
+                .map(|l| {
+                    l.iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .unwrap()
+                        .0 as u32
+                })
+                .collect();
         }
         let s = t0.elapsed().as_secs_f64();
         println!(
@@ -80,8 +109,22 @@ fn main() {
     drop(m);
     let chat = ChatModel::load(&gguf).unwrap();
     const TOPICS: [&str; 16] = [
-        "the sea", "a city at night", "mountains", "a library", "the moon", "autumn", "a train journey", "a garden",
-        "the desert", "a storm", "a market", "winter", "a river", "the stars", "an old house", "a forest",
+        "the sea",
+        "a city at night",
+        "mountains",
+        "a library",
+        "the moon",
+        "autumn",
+        "a train journey",
+        "a garden",
+        "the desert",
+        "a storm",
+        "a market",
+        "winter",
+        "a river",
+        "the stars",
+        "an old house",
+        "a forest",
     ];
     for seqs in only.unwrap_or_else(|| vec![1usize, 4, 16]) {
         let mut engine = Engine::new(&chat, EngineConfig::default());
@@ -89,13 +132,21 @@ fn main() {
         let firsts: Rc<RefCell<Vec<f64>>> = Rc::default();
         let tokens: Rc<RefCell<usize>> = Rc::default();
         for i in 0..seqs {
-            let msg = Message { role: "user".into(), content: format!("Write a long, detailed story about {}.", TOPICS[i % 16]) };
+            let msg = Message {
+                role: "user".into(),
+                content: format!("Write a long, detailed story about {}.", TOPICS[i % 16]),
+            };
             let prompt = chat.chat_prompt(&[msg]).unwrap();
             let (f, tk) = (firsts.clone(), tokens.clone());
             let mut seen = false;
             engine.submit(Request {
                 prompt,
-                params: SamplingParams { temperature: 0.8, seed: Some(i as u64), max_tokens: 128, ..Default::default() },
+                params: SamplingParams {
+                    temperature: 0.8,
+                    seed: Some(i as u64),
+                    max_tokens: 128,
+                    ..Default::default()
+                },
                 logprobs: None,
                 cancelled: Box::new(|| false),
                 on_event: Box::new(move |e| match e {

@@ -5,10 +5,17 @@
 use std::io::BufRead;
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "models".into());
-    let f = maas_gguf::GgufFile::open(&std::path::Path::new(&dir).join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let f = maas_gguf::GgufFile::open(
+        &std::path::Path::new(&dir).join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    )
+    .unwrap();
     let t = maas_models::chat_tokenizer::ChatTokenizer::from_gguf(&f.gguf).unwrap();
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap().replace("\\n", "\n").replace("\\t", "\t");
-        println!("{:?}\n{:?}", t.encode(&line, false).unwrap(), t.encode(&line, true).unwrap());
+        println!(
+            "{:?}\n{:?}",
+            t.encode(&line, false).unwrap(),
+            t.encode(&line, true).unwrap()
+        );
     }
 }

@@ -23,18 +23,35 @@ fn flops(batch: usize, len: usize) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("models")).join("all-minilm-l6-v2");
+    let dir = args
+        .get(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models"))
+        .join("all-minilm-l6-v2");
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let device: maas_models::Device = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(maas_models::Device::Cpu);
+    let device: maas_models::Device = args
+        .get(3)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(maas_models::Device::Cpu);
     let e = Embedder::load_on(&dir, device).unwrap();
-    let engine = if device == maas_models::Device::Cpu { "maas" } else { "maas-cuda" };
+    let engine = if device == maas_models::Device::Cpu {
+        "maas"
+    } else {
+        "maas-cuda"
+    };
     let peak = maas_kernels::cpu::peak_fma_gflops(Duration::from_millis(500));
     if device == maas_models::Device::Cpu {
-        println!("{{\"peak_fp32_gflops\": {peak:.1}, \"threads\": {}}}", rayon::current_num_threads());
+        println!(
+            "{{\"peak_fp32_gflops\": {peak:.1}, \"threads\": {}}}",
+            rayon::current_num_threads()
+        );
     }
     // Optional fourth argument: only these cases, as `tokens×batch,…` (e.g. 16x1).
     let only: Option<Vec<(usize, usize)>> = args.get(4).map(|s| {
-        s.split(',').filter_map(|c| c.split_once('x')).filter_map(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))).collect()
+        s.split(',')
+            .filter_map(|c| c.split_once('x'))
+            .filter_map(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .collect()
     });
     for &len in &[16usize, 64, 256] {
         for &batch in &[1usize, 8, 32, 128] {

@@ -139,10 +139,13 @@ impl Embedder {
     /// Loads the model for `device` (its weights are uploaded there).
     pub fn load_on(dir: &Path, device: Device) -> Result<Self, EmbedError> {
         let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name)).map_err(|e| EmbedError::Files(format!("{}: {e}", dir.join(name).display())))
+            std::fs::read_to_string(dir.join(name))
+                .map_err(|e| EmbedError::Files(format!("{}: {e}", dir.join(name).display())))
         };
-        let cfg: Config = serde_json::from_str(&read("config.json")?).map_err(|e| EmbedError::Files(format!("config.json: {e}")))?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let cfg: Config = serde_json::from_str(&read("config.json")?)
+            .map_err(|e| EmbedError::Files(format!("config.json: {e}")))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         // The file ships truncation at 128 and fixed padding; sentence-
         // transformers truncates at 256 and pads nothing that we would use.
         tokenizer
@@ -190,10 +193,16 @@ impl Embedder {
                 ln2_b: w.f32(&format!("{p}.output.LayerNorm.bias"), &[h])?,
             });
         }
-        let token_types = w.f32("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?;
+        let token_types = w.f32(
+            "embeddings.token_type_embeddings.weight",
+            &[cfg.type_vocab_size, h],
+        )?;
         let host = HostWeights {
             word: w.f32("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
-            pos: w.f32("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?,
+            pos: w.f32(
+                "embeddings.position_embeddings.weight",
+                &[cfg.max_position_embeddings, h],
+            )?,
             token_type0: token_types[..h].to_vec(),
             emb_ln_g: w.f32("embeddings.LayerNorm.weight", &[h])?,
             emb_ln_b: w.f32("embeddings.LayerNorm.bias", &[h])?,
@@ -203,12 +212,26 @@ impl Embedder {
             Device::Cpu => Backend::Cpu(host),
             Device::Cuda(ordinal) => {
                 if h / cfg.num_attention_heads != 32 {
-                    return Err(EmbedError::Files("the CUDA attention kernel needs a head size of 32".into()));
+                    return Err(EmbedError::Files(
+                        "the CUDA attention kernel needs a head size of 32".into(),
+                    ));
                 }
-                Backend::Cuda(crate::bert_gpu::GpuWeights::upload(ordinal, &host.word, &host.pos, &host.token_type0, &host.emb_ln_g, &host.emb_ln_b, &host.layers)?)
+                Backend::Cuda(crate::bert_gpu::GpuWeights::upload(
+                    ordinal,
+                    &host.word,
+                    &host.pos,
+                    &host.token_type0,
+                    &host.emb_ln_g,
+                    &host.emb_ln_b,
+                    &host.layers,
+                )?)
             }
         };
-        Ok(Self { backend, tokenizer, cfg })
+        Ok(Self {
+            backend,
+            tokenizer,
+            cfg,
+        })
     }
 
     /// The device this model runs on.
@@ -254,7 +277,10 @@ impl Embedder {
     pub fn embed(&self, inputs: &[EmbedInput]) -> Result<Embeddings, EmbedError> {
         let ids = self.tokenize(inputs)?;
         let vectors = self.forward(&ids)?;
-        Ok(Embeddings { tokens: ids.iter().map(Vec::len).collect(), vectors })
+        Ok(Embeddings {
+            tokens: ids.iter().map(Vec::len).collect(),
+            vectors,
+        })
     }
 
     /// Runs the encoder over tokenized sequences and pools them.
@@ -276,7 +302,11 @@ impl Embedder {
 
     fn forward_cpu(&self, w: &HostWeights, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let cfg = &self.cfg;
-        let (h, f, heads) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads);
+        let (h, f, heads) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+        );
         let eps = cfg.layer_norm_eps;
         let mut seqs = Vec::with_capacity(ids.len());
         let mut t = 0;
@@ -309,7 +339,9 @@ impl Embedder {
         }
         cpu::layer_norm_inplace(x, h, &w.emb_ln_g, &w.emb_ln_b, eps);
 
-        let lin = |x: &[f32], w: &cpu::PackedF16, b: &[f32], out: &mut [f32]| cpu::linear_packed(x, w, Some(b), t, out, Threads::All);
+        let lin = |x: &[f32], w: &cpu::PackedF16, b: &[f32], out: &mut [f32]| {
+            cpu::linear_packed(x, w, Some(b), t, out, Threads::All)
+        };
         for l in &w.layers {
             lin(x, &l.packed[0], &l.qkv_b, qkv);
             cpu::attention(qkv, &seqs, heads, h / heads, ctx);

@@ -105,7 +105,16 @@ impl GpuWeights {
         let (d_ids, d_pos) = (g.upload(&flat)?, g.upload(&positions)?);
         let (d_starts, d_lens) = (g.upload(&starts)?, g.upload(&lens)?);
         let mut x = g.zeros(t * h)?;
-        g.embed(&d_ids, &d_pos, &self.word, &self.pos, &self.type0, &mut x, t, h)?;
+        g.embed(
+            &d_ids,
+            &d_pos,
+            &self.word,
+            &self.pos,
+            &self.type0,
+            &mut x,
+            t,
+            h,
+        )?;
         g.layer_norm(&mut x, &self.emb_ln_g, &self.emb_ln_b, t, h, s.eps)?;
         let mut qkv = g.zeros(t * 3 * h)?;
         let mut ctx = g.zeros(t * h)?;
@@ -125,6 +134,10 @@ impl GpuWeights {
         let mut pooled = g.zeros(ids.len() * h)?;
         g.mean_pool_l2(&x, &d_starts, &d_lens, &mut pooled, ids.len(), h)?;
         let host = g.download(&pooled)?;
-        Ok(host.chunks_exact(h).take(ids.len()).map(<[f32]>::to_vec).collect())
+        Ok(host
+            .chunks_exact(h)
+            .take(ids.len())
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }

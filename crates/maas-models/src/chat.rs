@@ -18,7 +18,11 @@ pub enum ChatError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("the prompt ({prompt} tokens) and max_tokens ({max}) exceed the context of {context} tokens")]
-    TooLong { prompt: usize, max: usize, context: usize },
+    TooLong {
+        prompt: usize,
+        max: usize,
+        context: usize,
+    },
     #[error("the prompt and max_tokens need {need} KV-cache positions, more than this worker's budget of {budget}")]
     OverBudget { need: usize, budget: usize },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
@@ -55,7 +59,11 @@ impl ChatModel {
         let tokenizer = ChatTokenizer::from_gguf(&f.gguf)?;
         let template = ChatTemplate::new(f.gguf.str("tokenizer.chat_template")?)?;
         drop(f);
-        Ok(Self { model: Llama::load(path)?, tokenizer, template })
+        Ok(Self {
+            model: Llama::load(path)?,
+            tokenizer,
+            template,
+        })
     }
 
     /// Prompt ids of a conversation, ready for the assistant's turn.
@@ -71,7 +79,12 @@ impl ChatModel {
     /// Generates after `prompt` until an end-of-generation token, a stop
     /// string (not included in the text) or `max_tokens`; `cancelled` is
     /// checked before every step.
-    pub fn generate(&self, prompt: &[u32], params: SamplingParams, cancelled: &dyn Fn() -> bool) -> Result<Generation, ChatError> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: SamplingParams,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation, ChatError> {
         self.generate_streaming(prompt, params, cancelled, &mut |_| {})
     }
 
@@ -88,7 +101,14 @@ impl ChatModel {
     ) -> Result<Generation, ChatError> {
         let mut result = None;
         {
-            let mut engine = Engine::new(self, EngineConfig { max_seqs: 1, kv_budget_tokens: self.model.cfg.context, step_tokens: 512 });
+            let mut engine = Engine::new(
+                self,
+                EngineConfig {
+                    max_seqs: 1,
+                    kv_budget_tokens: self.model.cfg.context,
+                    step_tokens: 512,
+                },
+            );
             engine.submit(Request {
                 prompt: prompt.to_vec(),
                 params,

@@ -32,24 +32,40 @@ const CLOSE: char = '\u{F0001}';
 impl ChatTemplate {
     pub fn new(source: &str) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
-        env.add_template_owned("chat", source.to_owned()).map_err(|e| TemplateError::Render(e.to_string()))?;
+        env.add_template_owned("chat", source.to_owned())
+            .map_err(|e| TemplateError::Render(e.to_string()))?;
         Ok(Self { env })
     }
 
     /// The prompt text, as the model was trained to see it.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
-        let t = self.env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let t = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TemplateError::Render(e.to_string()))?;
         t.render(context! { messages => messages, add_generation_prompt => add_generation_prompt })
             .map_err(|e| TemplateError::Render(e.to_string()))
     }
 
     /// Token ids of the rendered prompt: template text with special tokens
     /// parsed, message text encoded as plain text.
-    pub fn encode(&self, tok: &ChatTokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>, TemplateError> {
+    pub fn encode(
+        &self,
+        tok: &ChatTokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TemplateError> {
         let marked: Vec<Message> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| Message { role: m.role.clone(), content: format!("{OPEN}{i}{CLOSE}") })
+            .map(|(i, m)| Message {
+                role: m.role.clone(),
+                content: format!("{OPEN}{i}{CLOSE}"),
+            })
             .collect();
         let text = self.render(&marked, add_generation_prompt)?;
         let mut ids = Vec::new();
@@ -57,9 +73,15 @@ impl ChatTemplate {
         while let Some(start) = rest.find(OPEN) {
             ids.extend(tok.encode(&rest[..start], true)?);
             let after = &rest[start + OPEN.len_utf8()..];
-            let end = after.find(CLOSE).ok_or_else(|| TemplateError::Render("unbalanced message marker".into()))?;
-            let i: usize = after[..end].parse().map_err(|_| TemplateError::Render("bad message marker".into()))?;
-            let m = messages.get(i).ok_or_else(|| TemplateError::Render("bad message index".into()))?;
+            let end = after
+                .find(CLOSE)
+                .ok_or_else(|| TemplateError::Render("unbalanced message marker".into()))?;
+            let i: usize = after[..end]
+                .parse()
+                .map_err(|_| TemplateError::Render("bad message marker".into()))?;
+            let m = messages
+                .get(i)
+                .ok_or_else(|| TemplateError::Render("bad message index".into()))?;
             ids.extend(tok.encode(&m.content, false)?);
             rest = &after[end + CLOSE.len_utf8()..];
         }

@@ -40,29 +40,52 @@ fn strings(g: &Gguf, key: &str) -> Result<Vec<String>, TokenizerError> {
         .and_then(Value::as_array)
         .ok_or_else(|| TokenizerError::Metadata(format!("{key} missing")))?
         .iter()
-        .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| TokenizerError::Metadata(format!("{key}: not strings"))))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| TokenizerError::Metadata(format!("{key}: not strings")))
+        })
         .collect()
 }
 
 impl ChatTokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Self, TokenizerError> {
-        let model = g.str("tokenizer.ggml.model").map_err(|e| TokenizerError::Metadata(e.to_string()))?;
+        let model = g
+            .str("tokenizer.ggml.model")
+            .map_err(|e| TokenizerError::Metadata(e.to_string()))?;
         if model != "gpt2" {
-            return Err(TokenizerError::Metadata(format!("tokenizer model '{model}' is not supported (gpt2 only)")));
+            return Err(TokenizerError::Metadata(format!(
+                "tokenizer model '{model}' is not supported (gpt2 only)"
+            )));
         }
         let tokens = strings(g, "tokenizer.ggml.tokens")?;
         let merges: Vec<(String, String)> = strings(g, "tokenizer.ggml.merges")?
             .into_iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())).ok_or_else(|| TokenizerError::Metadata(format!("merge '{m}'"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| TokenizerError::Metadata(format!("merge '{m}'")))
+            })
             .collect::<Result<_, _>>()?;
         let types: Vec<u64> = g
             .get("tokenizer.ggml.token_type")
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_else(|| vec![1; tokens.len()]);
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let id = |key: &str| g.u64(key).map(|v| v as u32).map_err(|e| TokenizerError::Metadata(e.to_string()));
-        let (bos, eos) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let id = |key: &str| {
+            g.u64(key)
+                .map(|v| v as u32)
+                .map_err(|e| TokenizerError::Metadata(e.to_string()))
+        };
+        let (bos, eos) = (
+            id("tokenizer.ggml.bos_token_id")?,
+            id("tokenizer.ggml.eos_token_id")?,
+        );
 
         let build = |encode_special: bool| -> Result<Tokenizer, TokenizerError> {
             let bpe = BPE::builder()
@@ -82,7 +105,8 @@ impl ChatTokenizer {
                 .filter(|(_, ty)| matches!(**ty, 3 | 4))
                 .map(|(tok, _)| AddedToken::from(tok.clone(), true))
                 .collect();
-            t.add_special_tokens(specials).map_err(|e| TokenizerError::Build(e.to_string()))?;
+            t.add_special_tokens(specials)
+                .map_err(|e| TokenizerError::Build(e.to_string()))?;
             t.set_encode_special_tokens(encode_special);
             Ok(t)
         };
@@ -90,7 +114,16 @@ impl ChatTokenizer {
         // end-of-turn and end-of-text tokens, and the fill-in-the-middle
         // repository/padding/file-separator tokens (for SmolLM2: 2, 0 and 4).
         let mut end_of_generation = vec![eos];
-        for name in ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<reponame>", "<|repo_name|>", "<|fim_pad|>", "<|file_sep|>"] {
+        for name in [
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|end_of_text|>",
+            "<reponame>",
+            "<|repo_name|>",
+            "<|fim_pad|>",
+            "<|file_sep|>",
+        ] {
             if let Some(i) = tokens.iter().position(|t| t == name) {
                 if !end_of_generation.contains(&(i as u32)) {
                     end_of_generation.push(i as u32);
@@ -102,26 +135,46 @@ impl ChatTokenizer {
                 end_of_generation.push(e);
             }
         }
-        Ok(Self { plain: build(true)?, special: build(false)?, bos, eos, end_of_generation, tokens })
+        Ok(Self {
+            plain: build(true)?,
+            special: build(false)?,
+            bos,
+            eos,
+            end_of_generation,
+            tokens,
+        })
     }
 
     /// Token ids of `text`; `parse_special` turns special-token text into
     /// the special tokens (raw prompts), otherwise it stays text (chat messages).
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let t = if parse_special { &self.special } else { &self.plain };
-        t.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| TokenizerError::Build(e.to_string()))
+        let t = if parse_special {
+            &self.special
+        } else {
+            &self.plain
+        };
+        t.encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Build(e.to_string()))
     }
 
     /// Text of ids (special tokens included as their text).
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.special.decode(ids, false).map_err(|e| TokenizerError::Build(e.to_string()))
+        self.special
+            .decode(ids, false)
+            .map_err(|e| TokenizerError::Build(e.to_string()))
     }
 
     /// The raw bytes a token stands for (a byte-level token may hold part
     /// of a UTF-8 character); special tokens give their text.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let Some(t) = self.tokens.get(id as usize) else { return Vec::new() };
-        t.chars().map(byte_of_char).collect::<Option<Vec<u8>>>().unwrap_or_else(|| t.as_bytes().to_vec())
+        let Some(t) = self.tokens.get(id as usize) else {
+            return Vec::new();
+        };
+        t.chars()
+            .map(byte_of_char)
+            .collect::<Option<Vec<u8>>>()
+            .unwrap_or_else(|| t.as_bytes().to_vec())
     }
 
     /// A token's text for display (lossy where it holds part of a character).
@@ -137,11 +190,15 @@ impl ChatTokenizer {
 /// The byte-level alphabet, inverted: printable bytes stand for themselves,
 /// the other 68 bytes (0–32, 127–160, 173) for U+0100 onwards, in order.
 fn byte_of_char(c: char) -> Option<u8> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let v = c as u32;
     if printable(v) {
         return Some(v as u8);
     }
     let n = v.checked_sub(256)?;
-    (0u32..256).filter(|b| !printable(*b)).nth(n as usize).map(|b| b as u8)
+    (0u32..256)
+        .filter(|b| !printable(*b))
+        .nth(n as usize)
+        .map(|b| b as u8)
 }

@@ -31,7 +31,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_seqs: 16, kv_budget_tokens: 32_768, step_tokens: 256 }
+        Self {
+            max_seqs: 16,
+            kv_budget_tokens: 32_768,
+            step_tokens: 256,
+        }
     }
 }
 
@@ -49,7 +53,10 @@ pub struct TokenLogprob {
 pub enum Event {
     /// New text (whole UTF-8 characters, never the possible start of a stop
     /// string) and the logprobs of the tokens generated since the last event.
-    Text { text: String, logprobs: Vec<TokenLogprob> },
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done(Result<Generation, ChatError>),
 }
 
@@ -109,11 +116,22 @@ impl<'m, 'a> Engine<'m, 'a> {
     pub fn new(model: &'m ChatModel, mut cfg: EngineConfig) -> Self {
         cfg.max_seqs = cfg.max_seqs.max(1);
         cfg.step_tokens = cfg.step_tokens.max(cfg.max_seqs + 1);
-        Self { model, cfg, waiting: VecDeque::new(), active: Vec::new(), reserved: 0, last_step: StepSize::default() }
+        Self {
+            model,
+            cfg,
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            reserved: 0,
+            last_step: StepSize::default(),
+        }
     }
 
     pub fn load(&self) -> EngineLoad {
-        EngineLoad { running: self.active.len(), waiting: self.waiting.len(), kv_reserved_tokens: self.reserved }
+        EngineLoad {
+            running: self.active.len(),
+            waiting: self.waiting.len(),
+            kv_reserved_tokens: self.reserved,
+        }
     }
 
     /// The size of the last step that ran.
@@ -130,18 +148,35 @@ impl<'m, 'a> Engine<'m, 'a> {
         let context = self.model.model.cfg.context;
         let (prompt, max) = (req.prompt.len(), req.params.max_tokens);
         let refuse = if prompt == 0 || prompt + max > context {
-            Some(ChatError::TooLong { prompt, max, context })
+            Some(ChatError::TooLong {
+                prompt,
+                max,
+                context,
+            })
         } else if prompt + max > self.cfg.kv_budget_tokens {
-            Some(ChatError::OverBudget { need: prompt + max, budget: self.cfg.kv_budget_tokens })
+            Some(ChatError::OverBudget {
+                need: prompt + max,
+                budget: self.cfg.kv_budget_tokens,
+            })
         } else {
             let vocab = self.model.model.cfg.vocab;
-            req.prompt.iter().find(|&&t| t as usize >= vocab).map(|&t| ChatError::BadToken { id: t, vocab })
+            req.prompt
+                .iter()
+                .find(|&&t| t as usize >= vocab)
+                .map(|&t| ChatError::BadToken { id: t, vocab })
         };
         if let Some(e) = refuse {
             (req.on_event)(Event::Done(Err(e)));
             return;
         }
-        let hold = req.params.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+        let hold = req
+            .params
+            .stop
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
         let sampler = Sampler::new(req.params.clone());
         let tokens = req.prompt.clone();
         self.waiting.push_back(Seq {
@@ -188,7 +223,9 @@ impl<'m, 'a> Engine<'m, 'a> {
         }
         // Admit in arrival order while there is a slot and KV room.
         while let Some(front) = self.waiting.front() {
-            if self.active.len() >= self.cfg.max_seqs || self.reserved + front.need > self.cfg.kv_budget_tokens {
+            if self.active.len() >= self.cfg.max_seqs
+                || self.reserved + front.need > self.cfg.kv_budget_tokens
+            {
                 break;
             }
             let mut s = self.waiting.pop_front().expect("front exists");
@@ -200,7 +237,11 @@ impl<'m, 'a> Engine<'m, 'a> {
             return false;
         }
         // Plan: decoders one token each, then prompt chunks, oldest first.
-        let decoding = self.active.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
+        let decoding = self
+            .active
+            .iter()
+            .filter(|s| s.tokens.len() - s.fed == 1)
+            .count();
         let mut left = self.cfg.step_tokens.saturating_sub(decoding);
         let mut take = vec![0usize; self.active.len()];
         for (t, s) in take.iter_mut().zip(&self.active) {
@@ -212,7 +253,10 @@ impl<'m, 'a> Engine<'m, 'a> {
                 left -= *t;
             }
         }
-        self.last_step = StepSize { sequences: take.iter().filter(|&&n| n > 0).count(), tokens: take.iter().sum() };
+        self.last_step = StepSize {
+            sequences: take.iter().filter(|&&n| n > 0).count(),
+            tokens: take.iter().sum(),
+        };
         let logits = {
             let mut batch: Vec<Step<'_>> = Vec::new();
             let mut idx = Vec::new();
@@ -224,7 +268,16 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let tokens = &s.tokens[s.fed..s.fed + n];
                 let cache = s.cache.as_mut().expect("admitted sequences have a cache");
                 let prompt = s.fed < s.prompt_len;
-                batch.push(Step { tokens, cache, logits: if done_prompt { Logits::Last } else { Logits::None }, prompt });
+                batch.push(Step {
+                    tokens,
+                    cache,
+                    logits: if done_prompt {
+                        Logits::Last
+                    } else {
+                        Logits::None
+                    },
+                    prompt,
+                });
                 idx.push(i);
             }
             let out = self.model.model.step(&mut batch);
@@ -267,12 +320,24 @@ impl<'m, 'a> Engine<'m, 'a> {
         s.tokens.push(next);
         let generated = &s.tokens[s.prompt_len..];
         s.text = tok.decode(generated).unwrap_or_default();
-        if let Some(cut) = s.req.params.stop.iter().filter(|x| !x.is_empty()).filter_map(|x| s.text.find(x.as_str())).min() {
+        if let Some(cut) = s
+            .req
+            .params
+            .stop
+            .iter()
+            .filter(|x| !x.is_empty())
+            .filter_map(|x| s.text.find(x.as_str()))
+            .min()
+        {
             s.text.truncate(cut);
             return Some(FinishReason::Stop);
         }
         // A trailing U+FFFD is a character whose bytes are not all here yet.
-        let mut safe = s.text.trim_end_matches('\u{FFFD}').len().min(s.text.len().saturating_sub(s.hold));
+        let mut safe = s
+            .text
+            .trim_end_matches('\u{FFFD}')
+            .len()
+            .min(s.text.len().saturating_sub(s.hold));
         while !s.text.is_char_boundary(safe) {
             safe -= 1;
         }
@@ -316,12 +381,21 @@ fn logprob_of(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
     if k > 0 {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         let k = k.min(idx.len());
-        idx.select_nth_unstable_by(k - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        idx.select_nth_unstable_by(k - 1, |a, b| {
+            logits[*b as usize].total_cmp(&logits[*a as usize])
+        });
         idx.truncate(k);
         idx.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
-        top = idx.into_iter().map(|t| (t, logits[t as usize] - lse)).collect();
+        top = idx
+            .into_iter()
+            .map(|t| (t, logits[t as usize] - lse))
+            .collect();
     }
-    TokenLogprob { id, logprob: logits[id as usize] - lse, top }
+    TokenLogprob {
+        id,
+        logprob: logits[id as usize] - lse,
+        top,
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 
 pub mod bert;
 mod bert_gpu;
+pub mod chat;
 pub mod chat_template;
 pub mod chat_tokenizer;
-pub mod chat;
 pub mod engine;
 pub mod llama;
 pub mod sampling;

@@ -32,7 +32,11 @@ pub struct LlamaConfig {
 /// A weight matrix `[rows × cols]`: quantised blocks, or f32.
 enum Weight {
     Quant(QMatrix),
-    F32 { w: Vec<f32>, rows: usize, cols: usize },
+    F32 {
+        w: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
 }
 
 impl Weight {
@@ -40,8 +44,15 @@ impl Weight {
     fn load(f: &GgufFile, names: &[String]) -> Result<Self, GgufError> {
         let mut parts = Vec::new();
         for name in names {
-            let t = f.gguf.tensor(name).ok_or_else(|| GgufError::Missing(name.clone()))?;
-            let cols = *t.dims.first().ok_or_else(|| GgufError::Corrupt(format!("{name} has no dimensions")))? as usize;
+            let t = f
+                .gguf
+                .tensor(name)
+                .ok_or_else(|| GgufError::Missing(name.clone()))?;
+            let cols = *t
+                .dims
+                .first()
+                .ok_or_else(|| GgufError::Corrupt(format!("{name} has no dimensions")))?
+                as usize;
             let rows = t.elements() / cols.max(1);
             parts.push((t, rows, cols));
         }
@@ -54,20 +65,32 @@ impl Weight {
         if let Some(q) = kind(first).filter(|_| parts.iter().all(|p| p.0.kind == first)) {
             let mut mats = Vec::new();
             for (t, rows, cols) in &parts {
-                mats.push(QMatrix::from_blocks(q, *rows, *cols, f.tensor_bytes(t).to_vec()).map_err(|e| GgufError::Corrupt(format!("{}: {e}", t.name)))?);
+                mats.push(
+                    QMatrix::from_blocks(q, *rows, *cols, f.tensor_bytes(t).to_vec())
+                        .map_err(|e| GgufError::Corrupt(format!("{}: {e}", t.name)))?,
+                );
             }
             let refs: Vec<&QMatrix> = mats.iter().collect();
-            return Ok(Weight::Quant(QMatrix::concat(&refs).map_err(|e| GgufError::Corrupt(e.to_string()))?));
+            return Ok(Weight::Quant(
+                QMatrix::concat(&refs).map_err(|e| GgufError::Corrupt(e.to_string()))?,
+            ));
         }
         let cols = parts[0].2;
         let mut w = Vec::new();
         for (t, _, c) in &parts {
             if *c != cols {
-                return Err(GgufError::Corrupt(format!("{} differs in width from {}", t.name, parts[0].0.name)));
+                return Err(GgufError::Corrupt(format!(
+                    "{} differs in width from {}",
+                    t.name, parts[0].0.name
+                )));
             }
             w.extend(f.tensor_f32(&t.name)?);
         }
-        Ok(Weight::F32 { rows: w.len() / cols, w, cols })
+        Ok(Weight::F32 {
+            rows: w.len() / cols,
+            w,
+            cols,
+        })
     }
 
     fn rows(&self) -> usize {
@@ -95,7 +118,9 @@ impl Weight {
                 cpu::q_linear_path(QPath::Int8, xd, q, decode, od, Threads::All);
                 cpu::q_linear_path(QPath::Tiles, xp, q, m - decode, op, Threads::All);
             }
-            Weight::F32 { w, rows, cols } => cpu::linear(x, w, None, m, *cols, *rows, out, Threads::All),
+            Weight::F32 { w, rows, cols } => {
+                cpu::linear(x, w, None, m, *cols, *rows, out, Threads::All)
+            }
         }
     }
 
@@ -187,26 +212,54 @@ impl Llama {
             heads,
             kv_heads: g.u64(&key("attention.head_count_kv"))? as usize,
             head_dim: hidden / heads.max(1),
-            rope_base: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0) as f32,
-            eps: g.get(&key("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5) as f32,
-            vocab: g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, <[_]>::len),
+            rope_base: g
+                .get(&key("rope.freq_base"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0) as f32,
+            eps: g
+                .get(&key("attention.layer_norm_rms_epsilon"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-5) as f32,
+            vocab: g
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.as_array())
+                .map_or(0, <[_]>::len),
             context: g.u64(&key("context_length"))? as usize,
         };
-        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 || cfg.head_dim % 2 != 0 || cfg.context == 0 {
-            return Err(GgufError::Corrupt(format!("unsupported attention shape: {cfg:?}")));
+        if cfg.heads == 0
+            || cfg.kv_heads == 0
+            || cfg.heads % cfg.kv_heads != 0
+            || cfg.head_dim % 2 != 0
+            || cfg.context == 0
+        {
+            return Err(GgufError::Corrupt(format!(
+                "unsupported attention shape: {cfg:?}"
+            )));
         }
         let v = |name: &str| f.tensor_f32(name);
-        let w = |names: &[&str]| Weight::load(&f, &names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let w = |names: &[&str]| {
+            Weight::load(
+                &f,
+                &names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+        };
         let (qd, kvd) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("blk.{i}");
             let l = Layer {
                 attn_norm: v(&format!("{p}.attn_norm.weight"))?,
-                wqkv: w(&[&format!("{p}.attn_q.weight"), &format!("{p}.attn_k.weight"), &format!("{p}.attn_v.weight")])?,
+                wqkv: w(&[
+                    &format!("{p}.attn_q.weight"),
+                    &format!("{p}.attn_k.weight"),
+                    &format!("{p}.attn_v.weight"),
+                ])?,
                 wo: w(&[&format!("{p}.attn_output.weight")])?,
                 ffn_norm: v(&format!("{p}.ffn_norm.weight"))?,
-                w_gate_up: w(&[&format!("{p}.ffn_gate.weight"), &format!("{p}.ffn_up.weight")])?,
+                w_gate_up: w(&[
+                    &format!("{p}.ffn_gate.weight"),
+                    &format!("{p}.ffn_up.weight"),
+                ])?,
                 w_down: w(&[&format!("{p}.ffn_down.weight")])?,
             };
             let shapes = [
@@ -215,30 +268,53 @@ impl Llama {
                 (l.w_gate_up.rows(), l.w_gate_up.cols(), 2 * cfg.ffn, hidden),
                 (l.w_down.rows(), l.w_down.cols(), hidden, cfg.ffn),
             ];
-            if shapes.iter().any(|(r, c, wr, wc)| r != wr || c != wc) || l.attn_norm.len() != hidden || l.ffn_norm.len() != hidden {
-                return Err(GgufError::Corrupt(format!("{p}: weight shapes do not match the configuration")));
+            if shapes.iter().any(|(r, c, wr, wc)| r != wr || c != wc)
+                || l.attn_norm.len() != hidden
+                || l.ffn_norm.len() != hidden
+            {
+                return Err(GgufError::Corrupt(format!(
+                    "{p}: weight shapes do not match the configuration"
+                )));
             }
             layers.push(l);
         }
         let embed = w(&["token_embd.weight"])?;
         if embed.rows() != cfg.vocab || embed.cols() != cfg.hidden {
-            return Err(GgufError::Corrupt("token_embd does not match the vocabulary".into()));
+            return Err(GgufError::Corrupt(
+                "token_embd does not match the vocabulary".into(),
+            ));
         }
         let half = cfg.head_dim / 2;
-        let (mut rope_cos, mut rope_sin) = (Vec::with_capacity(cfg.context * half), Vec::with_capacity(cfg.context * half));
+        let (mut rope_cos, mut rope_sin) = (
+            Vec::with_capacity(cfg.context * half),
+            Vec::with_capacity(cfg.context * half),
+        );
         for pos in 0..cfg.context {
             for i in 0..half {
-                let theta = pos as f64 * f64::from(cfg.rope_base).powf(-2.0 * i as f64 / cfg.head_dim as f64);
+                let theta = pos as f64
+                    * f64::from(cfg.rope_base).powf(-2.0 * i as f64 / cfg.head_dim as f64);
                 rope_cos.push(theta.cos() as f32);
                 rope_sin.push(theta.sin() as f32);
             }
         }
-        Ok(Self { out_norm: v("output_norm.weight")?, embed, layers, cfg, rope_cos, rope_sin })
+        Ok(Self {
+            out_norm: v("output_norm.weight")?,
+            embed,
+            layers,
+            cfg,
+            rope_cos,
+            rope_sin,
+        })
     }
 
     /// Bytes the weights take in memory.
     pub fn weight_bytes(&self) -> usize {
-        self.embed.bytes() + self.layers.iter().map(|l| l.wqkv.bytes() + l.wo.bytes() + l.w_gate_up.bytes() + l.w_down.bytes()).sum::<usize>()
+        self.embed.bytes()
+            + self
+                .layers
+                .iter()
+                .map(|l| l.wqkv.bytes() + l.wo.bytes() + l.w_gate_up.bytes() + l.w_down.bytes())
+                .sum::<usize>()
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -248,15 +324,26 @@ impl Llama {
     /// A cache with room for `tokens` positions reserved up front.
     pub fn cache_for(&self, tokens: usize) -> KvCache {
         let kvd = self.cfg.kv_heads * self.cfg.head_dim;
-        let mk = || (0..self.cfg.layers).map(|_| Vec::with_capacity(tokens * kvd)).collect();
-        KvCache { k: mk(), v: mk(), len: 0 }
+        let mk = || {
+            (0..self.cfg.layers)
+                .map(|_| Vec::with_capacity(tokens * kvd))
+                .collect()
+        };
+        KvCache {
+            k: mk(),
+            v: mk(),
+            len: 0,
+        }
     }
 
     /// Rotates adjacent pairs (2i, 2i+1) of every head by position·θᵢ, the
     /// layout GGUF's permuted Q/K weights are made for.
     fn rope(&self, row: &mut [f32], pos: usize) {
         let half = self.cfg.head_dim / 2;
-        let (cos, sin) = (&self.rope_cos[pos * half..][..half], &self.rope_sin[pos * half..][..half]);
+        let (cos, sin) = (
+            &self.rope_cos[pos * half..][..half],
+            &self.rope_sin[pos * half..][..half],
+        );
         for head in row.chunks_exact_mut(self.cfg.head_dim) {
             for i in 0..half {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
@@ -270,8 +357,19 @@ impl Llama {
     /// of every new position (`[tokens × vocab]`), or of the last only. One
     /// token runs as a decode step, several as a prompt.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Vec<f32> {
-        let logits = if all_logits { Logits::All } else { Logits::Last };
-        self.step(&mut [Step { tokens, cache, logits, prompt: tokens.len() > 1 }]).pop().unwrap_or_default()
+        let logits = if all_logits {
+            Logits::All
+        } else {
+            Logits::Last
+        };
+        self.step(&mut [Step {
+            tokens,
+            cache,
+            logits,
+            prompt: tokens.len() > 1,
+        }])
+        .pop()
+        .unwrap_or_default()
     }
 
     /// One batch: every entry's tokens run after its own cache, all rows
@@ -294,18 +392,33 @@ impl Llama {
         let mut spans = vec![(0, 0, 0); batch.len()];
         let mut row0 = 0;
         for prompt in [false, true] {
-            for (s, span) in batch.iter().zip(spans.iter_mut()).filter(|(s, _)| s.prompt == prompt) {
-                assert!(s.cache.len + s.tokens.len() <= c.context, "sequence passes the context length");
+            for (s, span) in batch
+                .iter()
+                .zip(spans.iter_mut())
+                .filter(|(s, _)| s.prompt == prompt)
+            {
+                assert!(
+                    s.cache.len + s.tokens.len() <= c.context,
+                    "sequence passes the context length"
+                );
                 *span = (row0, s.tokens.len(), s.cache.len);
                 row0 += s.tokens.len();
             }
         }
-        let decode: usize = batch.iter().filter(|s| !s.prompt).map(|s| s.tokens.len()).sum();
+        let decode: usize = batch
+            .iter()
+            .filter(|s| !s.prompt)
+            .map(|s| s.tokens.len())
+            .sum();
         let mut x = vec![0f32; t * h];
         for (s, &(r0, _, _)) in batch.iter().zip(&spans) {
             for (i, &id) in s.tokens.iter().enumerate() {
-                assert!((id as usize) < c.vocab, "token id {id} outside the vocabulary");
-                self.embed.row(id as usize, &mut x[(r0 + i) * h..(r0 + i + 1) * h]);
+                assert!(
+                    (id as usize) < c.vocab,
+                    "token id {id} outside the vocabulary"
+                );
+                self.embed
+                    .row(id as usize, &mut x[(r0 + i) * h..(r0 + i + 1) * h]);
             }
         }
         let mut hn = vec![0f32; t * h];
@@ -332,14 +445,23 @@ impl Llama {
             let segs: Vec<KvSegment<'_>> = batch
                 .iter()
                 .zip(&spans)
-                .map(|(s, &(row0, rows, pos0))| KvSegment { row0, rows, pos0, k: &s.cache.k[li], v: &s.cache.v[li] })
+                .map(|(s, &(row0, rows, pos0))| KvSegment {
+                    row0,
+                    rows,
+                    pos0,
+                    k: &s.cache.k[li],
+                    v: &s.cache.v[li],
+                })
                 .collect();
             cpu::causal_attention(&q, &segs, c.heads, c.kv_heads, hd, &mut ctx);
             l.wo.matmul(&ctx, t, decode, &mut proj);
             cpu::add_inplace(&mut x, &proj);
             cpu::rms_norm(&x, &l.ffn_norm, h, c.eps, &mut hn);
             l.w_gate_up.matmul(&hn, t, decode, &mut gate_up);
-            for (gu, a) in gate_up.chunks_exact(2 * c.ffn).zip(act.chunks_exact_mut(c.ffn)) {
+            for (gu, a) in gate_up
+                .chunks_exact(2 * c.ffn)
+                .zip(act.chunks_exact_mut(c.ffn))
+            {
                 a.copy_from_slice(&gu[..c.ffn]);
                 cpu::swiglu_inplace(a, &gu[c.ffn..]);
             }
@@ -371,12 +493,18 @@ impl Llama {
             cpu::rms_norm(&x[r * h..(r + 1) * h], &self.out_norm, h, c.eps, dst);
         }
         let mut logits = vec![0f32; rows.len() * c.vocab];
-        self.embed.matmul(&picked, rows.len(), head_decode, &mut logits);
+        self.embed
+            .matmul(&picked, rows.len(), head_decode, &mut logits);
         // Back to the callers' order.
         let mut out = vec![Vec::new(); batch.len()];
         let mut at = 0;
         for prompt in [false, true] {
-            for (i, (s, &(_, n, _))) in batch.iter().zip(&spans).enumerate().filter(|(_, (s, _))| s.prompt == prompt) {
+            for (i, (s, &(_, n, _))) in batch
+                .iter()
+                .zip(&spans)
+                .enumerate()
+                .filter(|(_, (s, _))| s.prompt == prompt)
+            {
                 let k = match s.logits {
                     Logits::None => 0,
                     Logits::Last => 1,

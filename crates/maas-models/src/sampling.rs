@@ -18,7 +18,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, max_tokens: 256, stop: Vec::new() }
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            max_tokens: 256,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -41,7 +48,13 @@ impl Sampler {
     /// most likely tokens, plain temperature sampling not at all (sorting the
     /// whole vocabulary would cost milliseconds per token).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+        let argmax = || {
+            logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32)
+        };
         if self.params.temperature <= 0.0 || logits.is_empty() {
             return argmax();
         }
@@ -50,7 +63,11 @@ impl Sampler {
         // (id, unnormalised probability), most likely first where it matters.
         let mut p = logits.to_vec();
         maas_kernels::cpu::exp_scaled_inplace(&mut p, inv_t, max * inv_t);
-        let mut cand: Vec<(u32, f32)> = p.into_iter().enumerate().map(|(i, e)| (i as u32, e)).collect();
+        let mut cand: Vec<(u32, f32)> = p
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u32, e))
+            .collect();
         let by_p = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if self.params.top_k > 0 && self.params.top_k < cand.len() {
             cand.select_nth_unstable_by(self.params.top_k - 1, by_p);
@@ -99,22 +116,51 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_largest_logit() {
-        let mut s = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9]), 1);
     }
 
     #[test]
     fn the_same_seed_gives_the_same_draws_and_filters_hold() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let p = SamplingParams { temperature: 0.9, seed: Some(42), ..Default::default() };
-        let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p); (0..50).map(|_| s.sample(&logits)).collect() };
+        let p = SamplingParams {
+            temperature: 0.9,
+            seed: Some(42),
+            ..Default::default()
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         let mut ranked: Vec<u32> = (0..100).collect();
         ranked.sort_by(|x, y| logits[*y as usize].total_cmp(&logits[*x as usize]));
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 3, seed: Some(1), ..Default::default() });
-        assert!((0..200).all(|_| ranked[..3].contains(&s.sample(&logits))), "top_k = 3 keeps the three best");
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 1e-6, seed: Some(1), ..Default::default() });
-        assert!((0..50).all(|_| s.sample(&logits) == ranked[0]), "a tiny top_p keeps only the best");
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 3,
+            seed: Some(1),
+            ..Default::default()
+        });
+        assert!(
+            (0..200).all(|_| ranked[..3].contains(&s.sample(&logits))),
+            "top_k = 3 keeps the three best"
+        );
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 1e-6,
+            seed: Some(1),
+            ..Default::default()
+        });
+        assert!(
+            (0..50).all(|_| s.sample(&logits) == ranked[0]),
+            "a tiny top_p keeps only the best"
+        );
     }
 }

@@ -10,16 +10,24 @@ use std::path::PathBuf;
 
 fn model_dir() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let base = std::env::var("MAAS_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("models"));
+    let base = std::env::var("MAAS_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("models"));
     let dir = base.join("all-minilm-l6-v2");
-    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/fetch-models", dir.display());
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch-models",
+        dir.display()
+    );
     dir
 }
 
 /// CPU, or the GPU when `MAAS_WORKER_DEVICE=cuda:N` (scripts/gpu-check).
 fn load() -> Embedder {
-    let device: maas_models::Device =
-        std::env::var("MAAS_WORKER_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().unwrap();
+    let device: maas_models::Device = std::env::var("MAAS_WORKER_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .unwrap();
     eprintln!("running on {device:?}");
     Embedder::load_on(&model_dir(), device).unwrap()
 }
@@ -42,27 +50,46 @@ fn word_pieces_match_the_reference_tokenizer_including_truncation() {
     let e = load();
     let cases = cases();
     assert!(cases.len() >= 40);
-    let inputs: Vec<EmbedInput> = cases.iter().map(|c| EmbedInput::Text(c["input"].as_str().unwrap().into())).collect();
+    let inputs: Vec<EmbedInput> = cases
+        .iter()
+        .map(|c| EmbedInput::Text(c["input"].as_str().unwrap().into()))
+        .collect();
     let ids = e.tokenize(&inputs).unwrap();
     let mut truncated = 0;
     for (c, got) in cases.iter().zip(&ids) {
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(got, &want, "ids of {:?}", c["input"]);
         truncated += usize::from(got.len() == 256);
     }
-    assert!(truncated >= 1, "at least one case exercises truncation at 256");
+    assert!(
+        truncated >= 1,
+        "at least one case exercises truncation at 256"
+    );
 }
 
 #[test]
 fn every_embedding_has_cosine_at_least_0_9999_with_the_reference() {
     let e = load();
     let cases = cases();
-    let inputs: Vec<EmbedInput> = cases.iter().map(|c| EmbedInput::Text(c["input"].as_str().unwrap().into())).collect();
+    let inputs: Vec<EmbedInput> = cases
+        .iter()
+        .map(|c| EmbedInput::Text(c["input"].as_str().unwrap().into()))
+        .collect();
     // One packed batch of everything, and each input alone: both must match.
     let batch = e.embed(&inputs).unwrap();
     let mut worst = 1.0f64;
     for (i, c) in cases.iter().enumerate() {
-        let want: Vec<f64> = c["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<f64> = c["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let alone = e.embed(&inputs[i..=i]).unwrap();
         for got in [&batch.vectors[i], &alone.vectors[0]] {
             assert_eq!(got.len(), 384);
@@ -85,5 +112,8 @@ fn token_id_inputs_embed_like_the_same_text() {
     let b = e.embed(&[EmbedInput::Ids(inner)]).unwrap();
     let want: Vec<f64> = a.vectors[0].iter().map(|v| f64::from(*v)).collect();
     assert!(cosine(&b.vectors[0], &want) > 0.999999);
-    assert!(e.embed(&[EmbedInput::Ids(vec![999_999])]).is_err(), "ids outside the vocabulary are refused");
+    assert!(
+        e.embed(&[EmbedInput::Ids(vec![999_999])]).is_err(),
+        "ids outside the vocabulary are refused"
+    );
 }

@@ -14,8 +14,8 @@
 //!   messages, kept for inspection.
 
 use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -44,7 +44,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(namespace: &str) -> Self {
-        Self { ns: namespace.to_owned() }
+        Self {
+            ns: namespace.to_owned(),
+        }
     }
     pub fn jobs(&self) -> String {
         format!("{}.jobs", self.ns)
@@ -83,14 +85,26 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub async fn connect(url: &str, namespace: &str, connection_name: &str, queue_expires_ms: Option<u32>) -> Result<Self> {
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        connection_name: &str,
+        queue_expires_ms: Option<u32>,
+    ) -> Result<Self> {
         let props = ConnectionProperties::default().with_connection_name(connection_name.into());
         let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
             .await
             .map_err(|_| MqError::Timeout)??;
         let publisher = conn.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        let broker = Self { conn, publisher, names: Names::new(namespace), queue_expires_ms };
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let broker = Self {
+            conn,
+            publisher,
+            names: Names::new(namespace),
+            queue_expires_ms,
+        };
         broker.declare_topology().await?;
         Ok(broker)
     }
@@ -101,7 +115,10 @@ impl Broker {
 
     fn durable_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.names.dlx().into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.names.dlx().into()),
+        );
         if let Some(ms) = self.queue_expires_ms {
             args.insert("x-expires".into(), AMQPValue::LongUInt(ms));
         }
@@ -112,16 +129,34 @@ impl Broker {
     /// idempotent, so all services do this at start.
     async fn declare_topology(&self) -> Result<()> {
         let ch = &self.publisher;
-        let durable_ex = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        ch.exchange_declare(self.names.dlx().into(), ExchangeKind::Fanout, durable_ex, FieldTable::default())
-            .await?;
-        ch.exchange_declare(self.names.cancel_exchange().into(), ExchangeKind::Fanout, durable_ex, FieldTable::default())
-            .await?;
+        let durable_ex = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            self.names.dlx().into(),
+            ExchangeKind::Fanout,
+            durable_ex,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.names.cancel_exchange().into(),
+            ExchangeKind::Fanout,
+            durable_ex,
+            FieldTable::default(),
+        )
+        .await?;
         let mut dead_args = FieldTable::default();
         if let Some(ms) = self.queue_expires_ms {
             dead_args.insert("x-expires".into(), AMQPValue::LongUInt(ms));
         }
-        ch.queue_declare(self.names.dead().into(), QueueDeclareOptions::durable(), dead_args).await?;
+        ch.queue_declare(
+            self.names.dead().into(),
+            QueueDeclareOptions::durable(),
+            dead_args,
+        )
+        .await?;
         ch.queue_bind(
             self.names.dead().into(),
             self.names.dlx().into(),
@@ -131,7 +166,12 @@ impl Broker {
         )
         .await?;
         for q in [self.names.jobs(), self.names.events()] {
-            ch.queue_declare(q.into(), QueueDeclareOptions::durable(), self.durable_args()).await?;
+            ch.queue_declare(
+                q.into(),
+                QueueDeclareOptions::durable(),
+                self.durable_args(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -154,30 +194,55 @@ impl Broker {
 
     /// Declares a queue that lives as long as this connection (worker and reply queues).
     pub async fn declare_private_queue(&self, ch: &Channel, name: &str) -> Result<()> {
-        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        ch.queue_declare(name.into(), opts, FieldTable::default()).await?;
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(name.into(), opts, FieldTable::default())
+            .await?;
         Ok(())
     }
 
     /// Binds a private queue to a fanout exchange.
     pub async fn bind(&self, ch: &Channel, queue: &str, exchange: &str) -> Result<()> {
-        ch.queue_bind(queue.into(), exchange.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
         Ok(())
     }
 
     /// Publishes `body` as persistent JSON to a queue (through the default
     /// exchange) and waits for the broker's confirm.
-    pub async fn publish_to_queue<T: Serialize>(&self, queue: &str, body: &T, opts: PublishOpts<'_>) -> Result<()> {
+    pub async fn publish_to_queue<T: Serialize>(
+        &self,
+        queue: &str,
+        body: &T,
+        opts: PublishOpts<'_>,
+    ) -> Result<()> {
         self.publish("", queue, body, opts).await
     }
 
     /// Publishes to an exchange and waits for the broker's confirm.
-    pub async fn publish<T: Serialize>(&self, exchange: &str, routing_key: &str, body: &T, opts: PublishOpts<'_>) -> Result<()> {
+    pub async fn publish<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &T,
+        opts: PublishOpts<'_>,
+    ) -> Result<()> {
         let payload = serde_json::to_vec(body).unwrap_or_default();
         let mut headers = FieldTable::default();
         if let Some(tp) = opts.traceparent {
-            headers.insert("traceparent".into(), AMQPValue::LongString(LongString::from(tp)));
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(LongString::from(tp)),
+            );
         }
         let mut props = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
@@ -188,7 +253,13 @@ impl Broker {
         }
         let confirm = tokio::time::timeout(Duration::from_secs(10), async {
             self.publisher
-                .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), &payload, props)
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    props,
+                )
                 .await?
                 .await
         })
@@ -217,13 +288,20 @@ pub struct PublishOpts<'a> {
 
 impl Default for PublishOpts<'_> {
     fn default() -> Self {
-        Self { traceparent: None, persistent: true, expiration_ms: None }
+        Self {
+            traceparent: None,
+            persistent: true,
+            expiration_ms: None,
+        }
     }
 }
 
 impl<'a> PublishOpts<'a> {
     pub fn traced(traceparent: Option<&'a str>) -> Self {
-        Self { traceparent, ..Default::default() }
+        Self {
+            traceparent,
+            ..Default::default()
+        }
     }
 }
 

@@ -52,7 +52,11 @@ const PERIOD_START: &str = "date_trunc($2, now() AT TIME ZONE 'UTC') AT TIME ZON
 /// The current period's ledger row, created on first use with what the
 /// tenant's finished jobs already used in the period (a budget set mid-month
 /// counts the month so far). Row-locked until the transaction ends.
-pub async fn open(tx: &mut Transaction<'_, Postgres>, tenant_id: Uuid, period: Period) -> Result<Standing> {
+pub async fn open(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: Uuid,
+    period: Period,
+) -> Result<Standing> {
     sqlx::query(&format!(
         "INSERT INTO budget_ledger (tenant_id, period_start, spent)
          SELECT $1, {PERIOD_START}, COALESCE(sum(prompt_tokens + completion_tokens), 0)::bigint
@@ -74,7 +78,12 @@ pub async fn open(tx: &mut Transaction<'_, Postgres>, tenant_id: Uuid, period: P
 }
 
 /// Adds a job's reservation to the period it was admitted in.
-pub async fn reserve(tx: &mut Transaction<'_, Postgres>, tenant_id: Uuid, period_start: DateTime<Utc>, tokens: i64) -> Result<()> {
+pub async fn reserve(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: Uuid,
+    period_start: DateTime<Utc>,
+    tokens: i64,
+) -> Result<()> {
     sqlx::query("UPDATE budget_ledger SET reserved = reserved + $3, updated_at = now() WHERE tenant_id = $1 AND period_start = $2")
         .bind(tenant_id)
         .bind(period_start)

@@ -133,13 +133,25 @@ impl Cache {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2);
         let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self { conn, ns: namespace.to_owned(), put_if_newer: redis::Script::new(PUT_IF_NEWER), take: redis::Script::new(TAKE), settle: redis::Script::new(SETTLE) })
+        Ok(Self {
+            conn,
+            ns: namespace.to_owned(),
+            put_if_newer: redis::Script::new(PUT_IF_NEWER),
+            take: redis::Script::new(TAKE),
+            settle: redis::Script::new(SETTLE),
+        })
     }
 
     /// Takes `cost` from every bucket of `limits` ((name, limit per
     /// `window_ms`)) or from none, in one atomic script; with `force` it
     /// always takes. One decision per bucket, in order.
-    pub async fn rate_take(&self, limits: &[(String, u64)], cost: i64, window_ms: u64, force: bool) -> Result<Vec<RateDecision>> {
+    pub async fn rate_take(
+        &self,
+        limits: &[(String, u64)],
+        cost: i64,
+        window_ms: u64,
+        force: bool,
+    ) -> Result<Vec<RateDecision>> {
         if limits.is_empty() {
             return Ok(Vec::new());
         }
@@ -197,7 +209,10 @@ impl Cache {
 
     pub async fn get_key(&self, prefix: &str) -> Result<Option<KeyAuth>> {
         let mut c = self.conn.clone();
-        let raw: Option<String> = redis::cmd("GET").arg(self.key_key(prefix)).query_async(&mut c).await?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.key_key(prefix))
+            .query_async(&mut c)
+            .await?;
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
@@ -238,7 +253,11 @@ impl Cache {
         let mut c = self.conn.clone();
         let body = serde_json::to_string(job).unwrap_or_default();
         let finished = maas_core::JobStatus::parse(&job.status).is_some_and(|s| s.is_terminal());
-        let ttl = if finished { FINISHED_JOB_TTL_SECS } else { LIVE_JOB_TTL_SECS };
+        let ttl = if finished {
+            FINISHED_JOB_TTL_SECS
+        } else {
+            LIVE_JOB_TTL_SECS
+        };
         let _: i64 = self
             .put_if_newer
             .key(self.job_key(job.id))
@@ -252,7 +271,11 @@ impl Cache {
 
     pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>> {
         let mut c = self.conn.clone();
-        let raw: Option<String> = redis::cmd("HGET").arg(self.job_key(id)).arg("job").query_async(&mut c).await?;
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.job_key(id))
+            .arg("job")
+            .query_async(&mut c)
+            .await?;
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
@@ -262,7 +285,10 @@ impl Cache {
         if let Err(e) = self.put_job(job).await {
             tracing::warn!(job_id = %job.id, error = %e, "could not update job status cache; dropping the entry");
             let mut c = self.conn.clone();
-            let _: Result<(), _> = redis::cmd("DEL").arg(self.job_key(job.id)).query_async(&mut c).await;
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(self.job_key(job.id))
+                .query_async(&mut c)
+                .await;
         }
     }
 }

@@ -93,22 +93,31 @@ pub struct QueueCaps {
 pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     let mut tx = pool.begin().await?;
     if j.mode == JobMode::Sync {
-        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
     }
     // A replay of a known idempotency key answers with its job, full or not.
     let replay = match j.idempotency_key {
-        Some(k) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
+        Some(k) => {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
             .bind(j.tenant_id)
             .bind(k)
             .fetch_one(&mut *tx)
             .await?
-            > 0,
+                > 0
+        }
         None => false,
     };
     let mut budget_period = None;
     if !replay {
         if let Some(max) = j.caps.global_max_queued {
-            let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'").fetch_one(&mut *tx).await?;
+            let queued: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'")
+                    .fetch_one(&mut *tx)
+                    .await?;
             if queued >= max {
                 return Err(StoreError::QueueFull { max });
             }
@@ -120,10 +129,16 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
         .fetch_optional(&mut *tx)
         .await?
         .unwrap_or_default();
-        if quota.max_queued.is_some() || quota.max_concurrent.is_some() || quota.token_budget.is_some() {
+        if quota.max_queued.is_some()
+            || quota.max_concurrent.is_some()
+            || quota.token_budget.is_some()
+        {
             // One admission at a time per tenant, until this transaction ends:
             // every check below is exact under concurrency.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))").bind(j.tenant_id).execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
+                .bind(j.tenant_id)
+                .execute(&mut *tx)
+                .await?;
         }
         let max_sync = quota.max_concurrent.filter(|_| j.mode == JobMode::Sync);
         if quota.max_queued.is_some() || max_sync.is_some() {
@@ -142,7 +157,8 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
             }
         }
         if let Some(limit) = quota.token_budget {
-            let period = crate::budget::Period::parse(quota.budget_period.as_deref()).unwrap_or(crate::budget::Period::Month);
+            let period = crate::budget::Period::parse(quota.budget_period.as_deref())
+                .unwrap_or(crate::budget::Period::Month);
             let needed = (j.budget_tokens)();
             let standing = crate::budget::open(&mut tx, j.tenant_id, period).await?;
             if standing.spent + standing.reserved + needed > limit {
@@ -195,19 +211,23 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>> {
-    Ok(sqlx::query_as::<_, Job>(&format!("SELECT {COLS} FROM jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    Ok(
+        sqlx::query_as::<_, Job>(&format!("SELECT {COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// A tenant's job, or `None` when it does not exist or belongs to another tenant.
 pub async fn get_for_tenant(pool: &PgPool, id: Uuid, tenant_id: Uuid) -> Result<Option<Job>> {
-    Ok(sqlx::query_as::<_, Job>(&format!("SELECT {COLS} FROM jobs WHERE id = $1 AND tenant_id = $2"))
-        .bind(id)
-        .bind(tenant_id)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as::<_, Job>(&format!(
+        "SELECT {COLS} FROM jobs WHERE id = $1 AND tenant_id = $2"
+    ))
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Newest first. `after` is the id of the last job of the previous page.
@@ -267,7 +287,12 @@ pub async fn mark_dispatched(pool: &PgPool, id: Uuid, worker_id: &str) -> Result
 /// dispatched|running on `worker_id` → queued again (worker lost, or the
 /// dispatch could not be sent). `refund` takes back the attempt when the
 /// worker never received the job.
-pub async fn requeue(pool: &PgPool, id: Uuid, worker_id: &str, refund: bool) -> Result<Option<Job>> {
+pub async fn requeue(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    refund: bool,
+) -> Result<Option<Job>> {
     Ok(sqlx::query_as::<_, Job>(&format!(
         "UPDATE jobs SET status = 'queued', worker_id = NULL, dispatched_at = NULL, started_at = NULL,
                 attempts = attempts - CASE WHEN $3 THEN 1 ELSE 0 END, version = version + 1
@@ -282,7 +307,12 @@ pub async fn requeue(pool: &PgPool, id: Uuid, worker_id: &str, refund: bool) -> 
 }
 
 /// dispatched|running on `worker_id` → failed, when its attempts are spent.
-pub async fn fail_lost(pool: &PgPool, id: Uuid, worker_id: &str, error: &Value) -> Result<Option<Job>> {
+pub async fn fail_lost(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    error: &Value,
+) -> Result<Option<Job>> {
     Ok(sqlx::query_as::<_, Job>(&format!(
         "UPDATE jobs SET status = 'failed', finished_at = now(), error = $3, version = version + 1
          WHERE id = $1 AND worker_id = $2 AND status IN ('dispatched', 'running')
@@ -309,7 +339,12 @@ pub async fn fail_unqueued(pool: &PgPool, id: Uuid, error: &Value) -> Result<Opt
 }
 
 /// dispatched → running, only for the worker and attempt it was dispatched as.
-pub async fn mark_running(pool: &PgPool, id: Uuid, worker_id: &str, attempt: i32) -> Result<Option<Job>> {
+pub async fn mark_running(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    attempt: i32,
+) -> Result<Option<Job>> {
     Ok(sqlx::query_as::<_, Job>(&format!(
         "UPDATE jobs SET status = 'running', started_at = now(), version = version + 1
          WHERE id = $1 AND status = 'dispatched' AND worker_id = $2 AND attempts = $3
@@ -338,7 +373,13 @@ pub struct Usage {
 /// running → succeeded|failed, for the worker and attempt that ran it, with
 /// the usage record in the same transaction. `None`: the job was cancelled or
 /// handed to another worker meanwhile, and this result must be dropped.
-pub async fn complete(pool: &PgPool, id: Uuid, worker_id: &str, attempt: i32, outcome: Outcome) -> Result<Option<Job>> {
+pub async fn complete(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    attempt: i32,
+    outcome: Outcome,
+) -> Result<Option<Job>> {
     let (status, output, error, usage) = match &outcome {
         Outcome::Succeeded { output, usage } => ("succeeded", Some(output), None, Some(*usage)),
         Outcome::Failed { error } => ("failed", None, Some(error), None),

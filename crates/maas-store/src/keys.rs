@@ -99,25 +99,30 @@ pub async fn revoke(pool: &PgPool, key_id: Uuid) -> Result<Option<ApiKey>> {
 
 /// Replaces a key's own rate limits.
 pub async fn set_limits(pool: &PgPool, key_id: Uuid, limits: KeyLimits) -> Result<Option<ApiKey>> {
-    Ok(sqlx::query_as::<_, ApiKey>(&format!("UPDATE api_keys SET rpm = $2, tpm = $3 WHERE id = $1 RETURNING {COLS}"))
-        .bind(key_id)
-        .bind(limits.rpm)
-        .bind(limits.tpm)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as::<_, ApiKey>(&format!(
+        "UPDATE api_keys SET rpm = $2, tpm = $3 WHERE id = $1 RETURNING {COLS}"
+    ))
+    .bind(key_id)
+    .bind(limits.rpm)
+    .bind(limits.tpm)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// What authentication reads about keys, with the tenant's state.
-const AUTH_SELECT: &str = "SELECT k.prefix, k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
+const AUTH_SELECT: &str =
+    "SELECT k.prefix, k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
         (k.revoked_at IS NOT NULL) AS revoked,
         (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled, k.rpm, k.tpm
  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id";
 
 pub async fn auth_by_prefix(pool: &PgPool, prefix: &str) -> Result<Option<KeyAuth>> {
-    Ok(sqlx::query_as::<_, KeyAuth>(&format!("{AUTH_SELECT} WHERE k.prefix = $1"))
-    .bind(prefix)
-    .fetch_optional(pool)
-    .await?)
+    Ok(
+        sqlx::query_as::<_, KeyAuth>(&format!("{AUTH_SELECT} WHERE k.prefix = $1"))
+            .bind(prefix)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Authentication data of every key of a tenant (to refresh caches after a change).
@@ -129,9 +134,9 @@ pub async fn auth_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<(Stri
         auth: KeyAuth,
     }
     let rows = sqlx::query_as::<_, Row>(&format!("{AUTH_SELECT} WHERE k.tenant_id = $1"))
-    .bind(tenant_id)
-    .fetch_all(pool)
-    .await?;
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await?;
     Ok(rows.into_iter().map(|r| (r.prefix, r.auth)).collect())
 }
 

@@ -49,7 +49,12 @@ pub enum StoreError {
     TenantBusy { max: i64 },
     /// The job's token bound does not fit what is left of the budget.
     #[error("the token budget has {remaining} tokens left; the job needs up to {needed}")]
-    BudgetExhausted { limit: i64, period: budget::Period, remaining: i64, needed: i64 },
+    BudgetExhausted {
+        limit: i64,
+        period: budget::Period,
+        remaining: i64,
+        needed: i64,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -74,7 +79,11 @@ async fn pool(opts: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
 /// reconciliation logic moves it on again; nothing is lost and nothing runs
 /// twice to completion. Job creation (the API's pool) stays fully durable.
 pub async fn connect_for_transitions(url: &str, max_connections: u32) -> Result<PgPool> {
-    pool(PgConnectOptions::from_str(url)?.options([("synchronous_commit", "off")]), max_connections).await
+    pool(
+        PgConnectOptions::from_str(url)?.options([("synchronous_commit", "off")]),
+        max_connections,
+    )
+    .await
 }
 
 /// Applies pending migrations. Postgres advisory locks inside sqlx make this
@@ -88,7 +97,9 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 pub async fn schema_current(pool: &PgPool) -> Result<bool> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
     Ok(applied.unwrap_or(0) >= latest)
 }
 

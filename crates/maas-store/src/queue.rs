@@ -35,19 +35,35 @@ struct LaneCount {
 /// dispatches (its `k` older jobs and this one), a tenant of weight `w_t`
 /// gets `(k + 1) · w_t / w` of its own. Aging of old batch work is left out.
 fn jobs_ahead(rows: &[LaneCount], tenant_id: Uuid, lane: &str) -> i64 {
-    let own = rows.iter().find(|r| r.tenant_id == tenant_id && r.lane == lane);
+    let own = rows
+        .iter()
+        .find(|r| r.tenant_id == tenant_id && r.lane == lane);
     let (k, w) = own.map_or((0, 1), |r| (r.older, i64::from(r.weight.max(1))));
     let others: i64 = rows
         .iter()
         .filter(|r| r.lane == lane && r.tenant_id != tenant_id)
         .map(|r| r.queued.min((k + 1) * i64::from(r.weight.max(1)) / w))
         .sum();
-    let interactive_first: i64 = if lane == "batch" { rows.iter().filter(|r| r.lane == "interactive").map(|r| r.queued).sum() } else { 0 };
+    let interactive_first: i64 = if lane == "batch" {
+        rows.iter()
+            .filter(|r| r.lane == "interactive")
+            .map(|r| r.queued)
+            .sum()
+    } else {
+        0
+    };
     k + others + interactive_first
 }
 
 /// Where `job_id` (queued, of `tenant_id`) stands in its model's queue.
-pub async fn standing(pool: &PgPool, job_id: Uuid, tenant_id: Uuid, model: &str, lane: &str, created_at: DateTime<Utc>) -> Result<Standing> {
+pub async fn standing(
+    pool: &PgPool,
+    job_id: Uuid,
+    tenant_id: Uuid,
+    model: &str,
+    lane: &str,
+    created_at: DateTime<Utc>,
+) -> Result<Standing> {
     let rows = sqlx::query_as::<_, LaneCount>(
         "SELECT j.tenant_id, j.lane, t.weight, count(*) AS queued,
                 count(*) FILTER (WHERE (j.created_at, j.id) < ($2, $3)) AS older
@@ -62,7 +78,9 @@ pub async fn standing(pool: &PgPool, job_id: Uuid, tenant_id: Uuid, model: &str,
     .await?;
     let position = jobs_ahead(&rows, tenant_id, lane) + 1;
     let workers: Vec<serde_json::Value> =
-        sqlx::query_scalar("SELECT models FROM workers WHERE status = 'alive'").fetch_all(pool).await?;
+        sqlx::query_scalar("SELECT models FROM workers WHERE status = 'alive'")
+            .fetch_all(pool)
+            .await?;
     let slots: i64 = workers
         .into_iter()
         .filter_map(|m| serde_json::from_value::<Vec<ModelSlots>>(m).ok())
@@ -126,7 +144,13 @@ mod tests {
     use super::*;
 
     fn row(tenant_id: Uuid, lane: &str, weight: i32, queued: i64, older: i64) -> LaneCount {
-        LaneCount { tenant_id, lane: lane.into(), weight, queued, older }
+        LaneCount {
+            tenant_id,
+            lane: lane.into(),
+            weight,
+            queued,
+            older,
+        }
     }
 
     #[test]
@@ -134,12 +158,30 @@ mod tests {
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         // A (weight 1) has 3 older batch jobs; B (weight 2) has 100 queued;
         // C has 5 interactive jobs, all served first.
-        let rows = [row(a, "batch", 1, 4, 3), row(b, "batch", 2, 100, 50), row(c, "interactive", 1, 5, 0)];
+        let rows = [
+            row(a, "batch", 1, 4, 3),
+            row(b, "batch", 2, 100, 50),
+            row(c, "interactive", 1, 5, 0),
+        ];
         // A's 4th job: 3 of A's own, 8 of B's (2 per A dispatch), 5 interactive.
         assert_eq!(jobs_ahead(&rows, a, "batch"), 3 + 8 + 5);
         // An interactive job of A is not behind batch work.
-        assert_eq!(jobs_ahead(&[row(a, "interactive", 1, 1, 0), row(b, "batch", 2, 100, 0)], a, "interactive"), 0);
+        assert_eq!(
+            jobs_ahead(
+                &[row(a, "interactive", 1, 1, 0), row(b, "batch", 2, 100, 0)],
+                a,
+                "interactive"
+            ),
+            0
+        );
         // Another tenant's short queue counts only what it has.
-        assert_eq!(jobs_ahead(&[row(a, "batch", 1, 11, 10), row(b, "batch", 1, 2, 0)], a, "batch"), 10 + 2);
+        assert_eq!(
+            jobs_ahead(
+                &[row(a, "batch", 1, 11, 10), row(b, "batch", 1, 2, 0)],
+                a,
+                "batch"
+            ),
+            10 + 2
+        );
     }
 }

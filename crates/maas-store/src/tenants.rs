@@ -30,10 +30,12 @@ pub async fn create(pool: &PgPool, name: &str, weight: i32) -> Result<Tenant> {
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>> {
-    Ok(sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE id = $1 AND deleted_at IS NULL"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as::<_, Tenant>(&format!(
+        "SELECT {COLS} FROM tenants WHERE id = $1 AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<Tenant>> {

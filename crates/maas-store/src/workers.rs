@@ -31,7 +31,11 @@ pub async fn heartbeat(pool: &PgPool, id: &str, models: &Value, draining: bool) 
 
 /// `dead` (stopped heartbeating) or `gone` (deregistered cleanly).
 pub async fn set_status(pool: &PgPool, id: &str, status: &str) -> Result<()> {
-    sqlx::query("UPDATE workers SET status = $2 WHERE id = $1").bind(id).bind(status).execute(pool).await?;
+    sqlx::query("UPDATE workers SET status = $2 WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

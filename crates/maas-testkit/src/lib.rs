@@ -64,8 +64,17 @@ pub fn models_dir() -> PathBuf {
 pub fn python() -> PathBuf {
     let p = std::env::var("MAAS_TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python")));
-    assert!(p.exists(), "{} is missing: scripts/test creates it", p.display());
+        .unwrap_or_else(|_| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.venv/bin/python"
+            ))
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: scripts/test creates it",
+        p.display()
+    );
     p
 }
 
@@ -110,7 +119,9 @@ impl Service {
     /// SIGTERM, then wait (up to `limit`) for a clean exit; returns the exit success.
     pub async fn terminate(&mut self, limit: Duration) -> bool {
         let pid = self.pid().to_string();
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(Ok(status)) => status.success(),
             _ => {
@@ -147,11 +158,15 @@ fn bin_dir() -> PathBuf {
     }
     // target/<profile>/deps/<test-binary> → target/<profile>
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 fn pg_admin_url() -> String {
-    std::env::var("MAAS_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("MAAS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 impl Platform {
@@ -159,11 +174,18 @@ impl Platform {
     pub async fn start(opts: Options) -> anyhow::Result<Self> {
         let suffix = Uuid::new_v4().simple().to_string();
         let db_name = format!("maas_t_{}", &suffix[..16]);
-        let admin = PgPool::connect(&pg_admin_url()).await.context("connecting to Postgres (is it running?)")?;
-        sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await?;
+        let admin = PgPool::connect(&pg_admin_url())
+            .await
+            .context("connecting to Postgres (is it running?)")?;
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&admin)
+            .await?;
         admin.close().await;
         let base = pg_admin_url();
-        let database_url = format!("{}/{db_name}", base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base));
+        let database_url = format!(
+            "{}/{db_name}",
+            base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base)
+        );
         let db = maas_store::connect(&database_url, 8).await?;
         maas_store::migrate(&db).await?;
         let mut p = Self {
@@ -172,7 +194,9 @@ impl Platform {
             database_url,
             namespace: format!("t{}", &suffix[..12]),
             jwt_secret: format!("secret-{suffix}"),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?,
             api: Vec::new(),
             schedulers: Vec::new(),
             workers: Vec::new(),
@@ -203,17 +227,31 @@ impl Platform {
             ("MAAS_API_MAX_BODY_BYTES", o.max_body_bytes.to_string()),
             ("MAAS_API_SHUTDOWN_TIMEOUT_SECS", "5".into()),
             ("MAAS_SCHEDULER_LISTEN", "127.0.0.1:0".into()),
-            ("MAAS_SCHEDULER_HEARTBEAT_TIMEOUT_MS", o.heartbeat_timeout_ms.to_string()),
+            (
+                "MAAS_SCHEDULER_HEARTBEAT_TIMEOUT_MS",
+                o.heartbeat_timeout_ms.to_string(),
+            ),
             ("MAAS_SCHEDULER_MAX_ATTEMPTS", o.max_attempts.to_string()),
-            ("MAAS_SCHEDULER_BATCH_AGING_MS", o.batch_aging_ms.to_string()),
+            (
+                "MAAS_SCHEDULER_BATCH_AGING_MS",
+                o.batch_aging_ms.to_string(),
+            ),
             ("MAAS_WORKER_LISTEN", "127.0.0.1:0".into()),
             ("MAAS_WORKER_HEARTBEAT_MS", o.heartbeat_ms.to_string()),
             ("MAAS_WORKER_SHUTDOWN_GRACE_MS", "10000".into()),
             (
                 "MAAS_MODELS_DIR",
-                if o.with_models { models_dir().display().to_string() } else { "/nonexistent-models".into() },
+                if o.with_models {
+                    models_dir().display().to_string()
+                } else {
+                    "/nonexistent-models".into()
+                },
             ),
-            ("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".into())),
+            (
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".into()),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -223,7 +261,10 @@ impl Platform {
     async fn spawn(&self, name: &'static str, extra: &[(&str, String)]) -> anyhow::Result<Service> {
         let path = bin_dir().join(name);
         if !path.exists() {
-            bail!("{} not found: build the binaries first (cargo build --release --bins)", path.display());
+            bail!(
+                "{} not found: build the binaries first (cargo build --release --bins)",
+                path.display()
+            );
         }
         let mut cmd = Command::new(&path);
         let stderr = match &self.opts.log_dir {
@@ -236,7 +277,12 @@ impl Platform {
             None => Stdio::null(),
         };
         cmd.envs(self.env())
-            .envs(self.opts.env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .envs(
+                self.opts
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone())),
+            )
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -248,7 +294,9 @@ impl Platform {
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
             .with_context(|| format!("{name} did not start within 60 s"))??
-            .with_context(|| format!("{name} exited before listening (run with TEST_LOG=1 to see why)"))?;
+            .with_context(|| {
+                format!("{name} exited before listening (run with TEST_LOG=1 to see why)")
+            })?;
         let port: u16 = line
             .rsplit(' ')
             .next()
@@ -293,7 +341,10 @@ impl Platform {
     pub async fn wait_for_live_workers(&self, n: usize) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE status = 'alive'").fetch_one(&self.db).await?;
+            let live: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM workers WHERE status = 'alive'")
+                    .fetch_one(&self.db)
+                    .await?;
             if live as usize >= n {
                 return Ok(());
             }
@@ -317,30 +368,57 @@ impl Platform {
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http.post(self.url(path)).bearer_auth(self.admin_token()).json(&body).send().await.unwrap()
+        self.http
+            .post(self.url(path))
+            .bearer_auth(self.admin_token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Creates a tenant and a key for it through the admin API.
     pub async fn create_tenant(&self, name: &str, weight: i32) -> TestTenant {
-        let r = self.admin_post("/admin/v1/tenants", json!({"name": name, "weight": weight})).await;
+        let r = self
+            .admin_post("/admin/v1/tenants", json!({"name": name, "weight": weight}))
+            .await;
         assert_eq!(r.status(), 201, "create tenant");
         let t: Value = r.json().await.unwrap();
         let id = t["id"].as_str().unwrap().to_owned();
-        let r = self.admin_post(&format!("/admin/v1/tenants/{id}/keys"), json!({})).await;
+        let r = self
+            .admin_post(&format!("/admin/v1/tenants/{id}/keys"), json!({}))
+            .await;
         assert_eq!(r.status(), 201, "create key");
         let k: Value = r.json().await.unwrap();
-        TestTenant { id, key: k["key"].as_str().unwrap().to_owned(), key_id: k["id"].as_str().unwrap().to_owned() }
+        TestTenant {
+            id,
+            key: k["key"].as_str().unwrap().to_owned(),
+            key_id: k["id"].as_str().unwrap().to_owned(),
+        }
     }
 
     /// Replaces a tenant's quota through the admin API.
     pub async fn set_quota(&self, tenant: &str, quota: Value) {
-        let r = self.http.put(self.url(&format!("/admin/v1/tenants/{tenant}/quota"))).bearer_auth(self.admin_token()).json(&quota).send().await.unwrap();
+        let r = self
+            .http
+            .put(self.url(&format!("/admin/v1/tenants/{tenant}/quota")))
+            .bearer_auth(self.admin_token())
+            .json(&quota)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "set quota");
     }
 
     /// `POST /v1/jobs` with a tenant key.
     pub async fn submit(&self, key: &str, body: Value) -> reqwest::Response {
-        self.http.post(self.url("/v1/jobs")).bearer_auth(key).json(&body).send().await.unwrap()
+        self.http
+            .post(self.url("/v1/jobs"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Submits an async echo job and returns its id.
@@ -352,7 +430,12 @@ impl Platform {
     }
 
     pub async fn get_job(&self, key: &str, id: &str) -> reqwest::Response {
-        self.http.get(self.url(&format!("/v1/jobs/{id}"))).bearer_auth(key).send().await.unwrap()
+        self.http
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Polls a job until it is in a terminal state.
@@ -364,7 +447,10 @@ impl Platform {
             if ["succeeded", "failed", "cancelled", "expired"].contains(&s) {
                 return v;
             }
-            assert!(tokio::time::Instant::now() < deadline, "job {id} still {s} after {limit:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} still {s} after {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -387,7 +473,10 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> V
     assert_eq!(resp.status().as_u16(), status, "status");
     let v: Value = resp.json().await.expect("error body is JSON");
     let e = &v["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "error.message in {v}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error.message in {v}"
+    );
     assert!(e["type"].is_string(), "error.type in {v}");
     assert!(e.get("param").is_some(), "error.param in {v}");
     assert_eq!(e["code"], code, "error.code in {v}");

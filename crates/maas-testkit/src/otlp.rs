@@ -30,13 +30,16 @@ pub struct OtlpReceiver {
 }
 
 fn string_attr(attrs: &Value, key: &str) -> Option<String> {
-    attrs.as_array()?.iter().find(|a| a["key"] == key)?["value"]["stringValue"].as_str().map(str::to_owned)
+    attrs.as_array()?.iter().find(|a| a["key"] == key)?["value"]["stringValue"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn parse(body: &Value) -> Vec<ReceivedSpan> {
     let mut out = Vec::new();
     for rs in body["resourceSpans"].as_array().into_iter().flatten() {
-        let service = string_attr(&rs["resource"]["attributes"], "service.name").unwrap_or_default();
+        let service =
+            string_attr(&rs["resource"]["attributes"], "service.name").unwrap_or_default();
         for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
             for s in ss["spans"].as_array().into_iter().flatten() {
                 let text = |k: &str| s[k].as_str().unwrap_or_default().to_lowercase();
@@ -159,12 +162,19 @@ impl OtlpReceiver {
                 });
             }
         });
-        Ok(Self { endpoint, spans, bodies })
+        Ok(Self {
+            endpoint,
+            spans,
+            bodies,
+        })
     }
 
     /// How many bodies arrived in `protocol`.
     pub fn bodies(&self, protocol: Protocol) -> usize {
-        self.bodies.lock().map(|c| c.get(&protocol).copied().unwrap_or(0)).unwrap_or(0)
+        self.bodies
+            .lock()
+            .map(|c| c.get(&protocol).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Every span received so far.

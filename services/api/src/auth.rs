@@ -22,15 +22,27 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Endpoint families a key can be scoped to.
-pub const FAMILIES: [&str; 6] = ["jobs", "embeddings", "chat", "completions", "batches", "files"];
+pub const FAMILIES: [&str; 6] = [
+    "jobs",
+    "embeddings",
+    "chat",
+    "completions",
+    "batches",
+    "files",
+];
 
 /// Checks a requested scope list: families, or `model:<name>` of a known model.
 pub fn validate_scopes(scopes: &[String]) -> Result<(), ApiError> {
     if scopes.is_empty() {
-        return Err(ApiError::invalid("scopes must not be empty; omit the field for a key with every scope", Some("scopes")));
+        return Err(ApiError::invalid(
+            "scopes must not be empty; omit the field for a key with every scope",
+            Some("scopes"),
+        ));
     }
     for s in scopes {
-        let ok = FAMILIES.contains(&s.as_str()) || s.strip_prefix("model:").is_some_and(|m| CATALOGUE.contains(&m));
+        let ok = FAMILIES.contains(&s.as_str())
+            || s.strip_prefix("model:")
+                .is_some_and(|m| CATALOGUE.contains(&m));
         if !ok {
             return Err(ApiError::invalid(
                 format!("unknown scope '{s}'; expected one of {FAMILIES:?} or model:<name> of a known model"),
@@ -57,8 +69,14 @@ impl Principal {
     /// Family scopes restrict families when present; `model:` scopes restrict
     /// models when present; a key without scopes may do everything.
     pub fn require(&self, family: &str, model: Option<&ModelName>) -> Result<(), ApiError> {
-        let Some(scopes) = &self.scopes else { return Ok(()) };
-        let families: Vec<&str> = scopes.iter().map(String::as_str).filter(|s| !s.starts_with("model:")).collect();
+        let Some(scopes) = &self.scopes else {
+            return Ok(());
+        };
+        let families: Vec<&str> = scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.starts_with("model:"))
+            .collect();
         if !families.is_empty() && !families.contains(&family) {
             return Err(ApiError::Forbidden {
                 message: format!("this API key is not allowed to use '{family}' endpoints"),
@@ -66,10 +84,16 @@ impl Principal {
             });
         }
         if let Some(model) = model {
-            let models: Vec<&str> = scopes.iter().filter_map(|s| s.strip_prefix("model:")).collect();
+            let models: Vec<&str> = scopes
+                .iter()
+                .filter_map(|s| s.strip_prefix("model:"))
+                .collect();
             if !models.is_empty() && !models.contains(&model.as_str()) {
                 return Err(ApiError::Forbidden {
-                    message: format!("this API key is not allowed to use model '{}'", model.as_str()),
+                    message: format!(
+                        "this API key is not allowed to use model '{}'",
+                        model.as_str()
+                    ),
                     code: "insufficient_scope",
                 });
             }
@@ -81,11 +105,16 @@ impl Principal {
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn invalid_key() -> ApiError {
-    ApiError::Unauthenticated { message: "invalid API key".into(), code: "invalid_api_key" }
+    ApiError::Unauthenticated {
+        message: "invalid API key".into(),
+        code: "invalid_api_key",
+    }
 }
 
 async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal, ApiError> {
@@ -105,7 +134,9 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
     let auth: KeyAuth = match cached {
         Some(a) => a,
         None => {
-            let a = keys::auth_by_prefix(&state.db, prefix).await?.ok_or_else(invalid_key)?;
+            let a = keys::auth_by_prefix(&state.db, prefix)
+                .await?
+                .ok_or_else(invalid_key)?;
             if let Err(e) = state.cache.fill_key(prefix, &a).await {
                 tracing::warn!(error = %e, "could not cache key");
             }
@@ -116,13 +147,22 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
         return Err(invalid_key());
     }
     if auth.revoked {
-        return Err(ApiError::Unauthenticated { message: "this API key has been revoked".into(), code: "invalid_api_key" });
+        return Err(ApiError::Unauthenticated {
+            message: "this API key has been revoked".into(),
+            code: "invalid_api_key",
+        });
     }
     if auth.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::Unauthenticated { message: "this API key has expired".into(), code: "expired_api_key" });
+        return Err(ApiError::Unauthenticated {
+            message: "this API key has expired".into(),
+            code: "expired_api_key",
+        });
     }
     if auth.tenant_disabled {
-        return Err(ApiError::Forbidden { message: "this tenant is disabled".into(), code: "tenant_disabled" });
+        return Err(ApiError::Forbidden {
+            message: "this tenant is disabled".into(),
+            code: "tenant_disabled",
+        });
     }
     if state.key_touches.due(auth.id) {
         let db = state.db.clone();
@@ -138,7 +178,10 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
         key_id: auth.id,
         scopes: auth.scopes,
         rate: Default::default(),
-        limits: keys::KeyLimits { rpm: auth.rpm, tpm: auth.tpm },
+        limits: keys::KeyLimits {
+            rpm: auth.rpm,
+            tpm: auth.tpm,
+        },
     })
 }
 
@@ -150,7 +193,11 @@ impl FromRequest for Principal {
         use actix_web::HttpMessage;
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let token = bearer(req).map(str::to_owned);
-        let rate = req.extensions().get::<crate::ratelimit::SharedRateHeaders>().cloned().unwrap_or_default();
+        let rate = req
+            .extensions()
+            .get::<crate::ratelimit::SharedRateHeaders>()
+            .cloned()
+            .unwrap_or_default();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
             let mut principal = authenticate(&state, token.as_deref()).await?;
@@ -183,7 +230,8 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub fn new(secret: &Secret) -> Result<Self, String> {
-        let key = DecodingKey::from_secret(secret.expose().as_bytes()).map_err(|e| e.to_string())?;
+        let key =
+            DecodingKey::from_secret(secret.expose().as_bytes()).map_err(|e| e.to_string())?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[AUDIENCE]);
         validation.set_issuer(&[ISSUER]);
@@ -194,11 +242,16 @@ impl JwtVerifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<AdminClaims, ApiError> {
-        let data = jsonwebtoken::decode::<AdminClaims>(token, &self.key, &self.validation).map_err(|e| {
-            ApiError::Unauthenticated { message: format!("invalid admin token: {e}"), code: "invalid_token" }
-        })?;
+        let data = jsonwebtoken::decode::<AdminClaims>(token, &self.key, &self.validation)
+            .map_err(|e| ApiError::Unauthenticated {
+                message: format!("invalid admin token: {e}"),
+                code: "invalid_token",
+            })?;
         if data.claims.role != "admin" {
-            return Err(ApiError::Forbidden { message: "this token does not carry the admin role".into(), code: "not_admin" });
+            return Err(ApiError::Forbidden {
+                message: "this token does not carry the admin role".into(),
+                code: "not_admin",
+            });
         }
         Ok(data.claims)
     }
@@ -292,8 +345,14 @@ mod tests {
         let good = mint_admin_token(&secret, "alice", 60).unwrap();
         assert_eq!(v.verify(&good).unwrap().sub, "alice");
         let other = mint_admin_token(&Secret::new("other"), "alice", 60).unwrap();
-        assert!(matches!(v.verify(&other), Err(ApiError::Unauthenticated { .. })));
+        assert!(matches!(
+            v.verify(&other),
+            Err(ApiError::Unauthenticated { .. })
+        ));
         let expired = mint_admin_token(&secret, "alice", -60).unwrap();
-        assert!(matches!(v.verify(&expired), Err(ApiError::Unauthenticated { .. })));
+        assert!(matches!(
+            v.verify(&expired),
+            Err(ApiError::Unauthenticated { .. })
+        ));
     }
 }

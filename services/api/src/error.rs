@@ -10,7 +10,11 @@ use std::fmt;
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: the request is malformed or a field is invalid.
-    InvalidRequest { message: String, param: Option<String>, code: &'static str },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
     /// 401: no credentials, or credentials that do not authenticate.
     Unauthenticated { message: String, code: &'static str },
     /// 403: authenticated, but not allowed.
@@ -26,7 +30,10 @@ pub enum ApiError {
     /// 415: the body is not JSON.
     UnsupportedMediaType,
     /// 429: a rate limit of the tenant is reached.
-    RateLimited { message: String, retry_after_secs: u64 },
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// 429: the tenant already has its `max_concurrent` requests in progress.
     TooManyConcurrent { max: i64 },
     /// 429: the token budget cannot cover the request.
@@ -34,7 +41,10 @@ pub enum ApiError {
     /// 503: no worker serves this model at present.
     ModelUnavailable { model: String },
     /// 503: a dependency is unavailable; retry later.
-    Unavailable { message: String, retry_after_secs: u64 },
+    Unavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// 504: a sync call's result was not ready in time.
     Timeout { message: String },
     /// 500: a bug or an unexpected failure; details go to the log only.
@@ -57,18 +67,33 @@ pub struct ErrorObject {
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
-        Self::InvalidRequest { message: message.into(), param: param.map(str::to_owned), code: "invalid_request" }
+        Self::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+            code: "invalid_request",
+        }
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::NotFound { message: format!("{what} not found"), code: "not_found" }
+        Self::NotFound {
+            message: format!("{what} not found"),
+            code: "not_found",
+        }
     }
 
     pub fn internal(e: impl fmt::Display) -> Self {
         Self::Internal(e.to_string())
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, String, Option<String>, &'static str) {
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        String,
+        Option<String>,
+        &'static str,
+    ) {
         match self {
             Self::InvalidRequest { message, param, code } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", message.clone(), param.clone(), code)
@@ -156,7 +181,12 @@ impl ResponseError for ApiError {
         }
         let mut resp = HttpResponse::build(status);
         match self {
-            Self::Unavailable { retry_after_secs, .. } | Self::RateLimited { retry_after_secs, .. } => {
+            Self::Unavailable {
+                retry_after_secs, ..
+            }
+            | Self::RateLimited {
+                retry_after_secs, ..
+            } => {
                 resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             Self::TooManyConcurrent { .. } => {
@@ -167,7 +197,14 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        resp.json(ErrorBody { error: ErrorObject { message, kind, param, code } })
+        resp.json(ErrorBody {
+            error: ErrorObject {
+                message,
+                kind,
+                param,
+                code,
+            },
+        })
     }
 }
 

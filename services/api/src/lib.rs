@@ -18,8 +18,8 @@ pub mod replies;
 pub mod routes;
 pub mod settings;
 pub mod startup;
-pub mod submit;
 pub mod state;
+pub mod submit;
 
 pub use settings::ApiSettings;
 pub use startup::Application;

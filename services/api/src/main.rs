@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use maas_api::{ApiSettings, Application};
 
 #[derive(Parser)]
-#[command(name = "maas-api", version, about = "Tenant and admin HTTP API of the model-serving platform")]
+#[command(
+    name = "maas-api",
+    version,
+    about = "Tenant and admin HTTP API of the model-serving platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -51,7 +55,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::AdminToken { sub, ttl_secs } => {
             let key = cli.settings.jwt_key().map_err(anyhow::Error::msg)?;
-            println!("{}", maas_api::auth::mint_admin_token(&key, &sub, ttl_secs).map_err(anyhow::Error::msg)?);
+            println!(
+                "{}",
+                maas_api::auth::mint_admin_token(&key, &sub, ttl_secs)
+                    .map_err(anyhow::Error::msg)?
+            );
             Ok(())
         }
     }

@@ -8,7 +8,9 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
-use maas_core::metrics::{self, register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+use maas_core::metrics::{
+    self, register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec,
+};
 use maas_core::trace::TraceParent;
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -27,8 +29,12 @@ pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 
 pub static JOBS_SUBMITTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("maas_jobs_submitted_total", "Jobs accepted (stored and queued), by model, mode and tenant", &["model", "mode", "tenant"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "maas_jobs_submitted_total",
+        "Jobs accepted (stored and queued), by model, mode and tenant",
+        &["model", "mode", "tenant"]
+    )
+    .expect("metric registers once")
 });
 
 pub static REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -42,7 +48,9 @@ pub static REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Counts one refusal.
 pub fn refused(reason: &str, tenant: Uuid) {
-    REFUSALS.with_label_values(&[reason, &metrics::tenant_label(tenant)]).inc();
+    REFUSALS
+        .with_label_values(&[reason, &metrics::tenant_label(tenant)])
+        .inc();
 }
 
 /// What the rest of the request needs to know of its context.
@@ -55,23 +63,34 @@ pub struct RequestContext {
 
 /// The request's context (a fresh one if the middleware did not run).
 pub fn context(req: &HttpRequest) -> RequestContext {
-    req.extensions().get::<RequestContext>().cloned().unwrap_or_else(|| RequestContext {
-        request_id: Uuid::new_v4().to_string(),
-        trace: TraceParent::new_root(),
-    })
+    req.extensions()
+        .get::<RequestContext>()
+        .cloned()
+        .unwrap_or_else(|| RequestContext {
+            request_id: Uuid::new_v4().to_string(),
+            trace: TraceParent::new_root(),
+        })
 }
 
 fn incoming_request_id(req: &ServiceRequest) -> Option<String> {
     let v = req.headers().get("x-request-id")?.to_str().ok()?;
-    (!v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())).then(|| v.to_owned())
+    (!v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| v.to_owned())
 }
 
-pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let request_id = incoming_request_id(&req).unwrap_or_else(|| Uuid::new_v4().to_string());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
-    let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
     let span = tracing::info_span!(
         "request",
         otel.name = %format!("{method} {route}"),
@@ -87,17 +106,34 @@ pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Re
     if let Some(parent) = &incoming {
         maas_core::telemetry::set_parent(&span, parent);
     }
-    let trace = maas_core::telemetry::context_of(&span)
-        .unwrap_or_else(|| incoming.as_ref().map_or_else(TraceParent::new_root, TraceParent::child));
+    let trace = maas_core::telemetry::context_of(&span).unwrap_or_else(|| {
+        incoming
+            .as_ref()
+            .map_or_else(TraceParent::new_root, TraceParent::child)
+    });
     span.record("trace_id", trace.trace_id_hex());
-    req.extensions_mut().insert(RequestContext { request_id: request_id.clone(), trace });
+    req.extensions_mut().insert(RequestContext {
+        request_id: request_id.clone(),
+        trace,
+    });
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
-    HTTP_DURATION.with_label_values(&[&route, &method, &status.to_string()]).observe(elapsed.as_secs_f64());
+    HTTP_DURATION
+        .with_label_values(&[&route, &method, &status.to_string()])
+        .observe(elapsed.as_secs_f64());
     span.record("http.response.status_code", status);
-    span.in_scope(|| tracing::info!(status, duration_ms = elapsed.as_secs_f64() * 1000.0, "request"));
-    if let (Ok(n), Ok(v)) = (HeaderName::try_from("x-request-id"), HeaderValue::try_from(request_id)) {
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::try_from("x-request-id"),
+        HeaderValue::try_from(request_id),
+    ) {
         res.headers_mut().insert(n, v);
     }
     Ok(res)
@@ -105,5 +141,7 @@ pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Re
 
 /// `GET /metrics`: the Prometheus text format.
 pub async fn serve_metrics() -> HttpResponse {
-    HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(metrics::render())
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(metrics::render())
 }

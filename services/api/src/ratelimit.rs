@@ -11,6 +11,7 @@
 //! `rate_limit_exceeded`, and consumes nothing. The limits come from the
 //! tenant's quota record, re-read at most every 2 s.
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 use actix_web::body::MessageBody;
@@ -18,7 +19,6 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
-use crate::auth::Principal;
 use maas_store::cache::{key_bucket, tenant_bucket, RateDecision, RATE_WINDOW_MS};
 use maas_store::quotas::Quota;
 use serde_json::Value;
@@ -48,10 +48,17 @@ pub struct QuotaCache {
 
 impl QuotaCache {
     pub async fn get(&self, state: &AppState, tenant: Uuid) -> Result<Quota, ApiError> {
-        if let Some(q) = self.entries.lock().ok().and_then(|m| m.get(&tenant).filter(|(at, _)| at.elapsed() < Duration::from_secs(2)).map(|(_, q)| q.clone())) {
+        if let Some(q) = self.entries.lock().ok().and_then(|m| {
+            m.get(&tenant)
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(2))
+                .map(|(_, q)| q.clone())
+        }) {
             return Ok(q);
         }
-        let q = maas_store::quotas::get(&state.db, tenant).await?.map(|r| r.quota).unwrap_or_default();
+        let q = maas_store::quotas::get(&state.db, tenant)
+            .await?
+            .map(|r| r.quota)
+            .unwrap_or_default();
         if let Ok(mut m) = self.entries.lock() {
             m.insert(tenant, (Instant::now(), q.clone()));
         }
@@ -74,7 +81,11 @@ fn duration_text(ms: u64) -> String {
 
 fn refused(what: &str, owner: &str, d: &RateDecision) -> ApiError {
     ApiError::RateLimited {
-        message: format!("rate limit reached: {} {what} per minute for this {owner}; retry after {}", d.limit, duration_text(d.retry_after_ms)),
+        message: format!(
+            "rate limit reached: {} {what} per minute for this {owner}; retry after {}",
+            d.limit,
+            duration_text(d.retry_after_ms)
+        ),
         retry_after_secs: d.retry_after_ms.div_ceil(1000).max(1),
     }
 }
@@ -87,17 +98,31 @@ fn limits(principal: &Principal, q: &Quota, kind: &str) -> Vec<(String, u64, &'s
     };
     let mut out = Vec::new();
     if let Some(l) = tenant {
-        out.push((tenant_bucket(principal.tenant_id, kind), u64::try_from(l).unwrap_or(0), "tenant"));
+        out.push((
+            tenant_bucket(principal.tenant_id, kind),
+            u64::try_from(l).unwrap_or(0),
+            "tenant",
+        ));
     }
     if let Some(l) = key {
-        out.push((key_bucket(principal.key_id, kind), u64::try_from(l).unwrap_or(0), "key"));
+        out.push((
+            key_bucket(principal.key_id, kind),
+            u64::try_from(l).unwrap_or(0),
+            "key",
+        ));
     }
     out
 }
 
 /// Takes `cost` from every limit of `kind` or from none. `Ok(None)`: no
 /// limit applies, or Redis is down.
-async fn take(state: &AppState, principal: &Principal, q: &Quota, kind: &str, cost: i64) -> Result<Option<i64>, ApiError> {
+async fn take(
+    state: &AppState,
+    principal: &Principal,
+    q: &Quota,
+    kind: &str,
+    cost: i64,
+) -> Result<Option<i64>, ApiError> {
     let limits = limits(principal, q, kind);
     if limits.is_empty() {
         return Ok(None);
@@ -112,7 +137,11 @@ async fn take(state: &AppState, principal: &Principal, q: &Quota, kind: &str, co
         }
     }
     let buckets: Vec<(String, u64)> = limits.iter().map(|(b, l, _)| (b.clone(), *l)).collect();
-    let decisions = match state.cache.rate_take(&buckets, cost, RATE_WINDOW_MS, false).await {
+    let decisions = match state
+        .cache
+        .rate_take(&buckets, cost, RATE_WINDOW_MS, false)
+        .await
+    {
         Ok(d) => d,
         Err(e) => {
             // Redis down: admit (the budget ledger, not this limiter, is what
@@ -131,10 +160,17 @@ async fn take(state: &AppState, principal: &Principal, q: &Quota, kind: &str, co
         }
     }
     if decisions.iter().any(|d| !d.taken) {
-        crate::observe::refused(if kind == "requests" { "rpm" } else { "tpm" }, principal.tenant_id);
+        crate::observe::refused(
+            if kind == "requests" { "rpm" } else { "tpm" },
+            principal.tenant_id,
+        );
         // Nothing was taken; the limit to name is the one that lacked room
         // (the longest wait).
-        if let Some((d, (_, _, owner))) = decisions.iter().zip(&limits).max_by_key(|(d, _)| d.retry_after_ms) {
+        if let Some((d, (_, _, owner))) = decisions
+            .iter()
+            .zip(&limits)
+            .max_by_key(|(d, _)| d.retry_after_ms)
+        {
             return Err(refused(kind, owner, d));
         }
     }
@@ -150,12 +186,18 @@ pub async fn admit_request(state: &AppState, principal: &Principal) -> Result<()
 /// A job's estimated tokens (see [`estimate_tokens`]) against the TPM limits
 /// of the tenant and the key; returns the estimate charged (0 when no limit applies), to settle
 /// when the job ends.
-pub async fn admit_tokens(state: &AppState, principal: &Principal, input: &Value) -> Result<i64, ApiError> {
+pub async fn admit_tokens(
+    state: &AppState,
+    principal: &Principal,
+    input: &Value,
+) -> Result<i64, ApiError> {
     let q = state.quotas.get(state, principal.tenant_id).await?;
     if q.tpm.is_none() && principal.limits.tpm.is_none() {
         return Ok(0);
     }
-    Ok(take(state, principal, &q, "tokens", estimate_tokens(input)).await?.unwrap_or(0))
+    Ok(take(state, principal, &q, "tokens", estimate_tokens(input))
+        .await?
+        .unwrap_or(0))
 }
 
 /// Gives back a charge whose job never ran (refused later in admission, or
@@ -164,8 +206,15 @@ pub async fn refund_tokens(state: &AppState, principal: &Principal, charged: i64
     if charged == 0 {
         return;
     }
-    let buckets = [tenant_bucket(principal.tenant_id, "tokens"), key_bucket(principal.key_id, "tokens")];
-    if let Err(e) = state.cache.rate_settle(&buckets, -charged, RATE_WINDOW_MS).await {
+    let buckets = [
+        tenant_bucket(principal.tenant_id, "tokens"),
+        key_bucket(principal.key_id, "tokens"),
+    ];
+    if let Err(e) = state
+        .cache
+        .rate_settle(&buckets, -charged, RATE_WINDOW_MS)
+        .await
+    {
         tracing::warn!(error = %e, "could not give back a token charge");
     }
 }
@@ -178,12 +227,24 @@ pub fn estimate_tokens(input: &Value) -> i64 {
             Value::String(s) => s.len().div_ceil(4) as i64,
             Value::Number(_) => 1,
             Value::Array(a) => a.iter().map(text).sum(),
-            Value::Object(o) => o.iter().filter(|(k, _)| matches!(k.as_str(), "input" | "prompt" | "messages" | "content" | "text")).map(|(_, v)| text(v)).sum(),
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        k.as_str(),
+                        "input" | "prompt" | "messages" | "content" | "text"
+                    )
+                })
+                .map(|(_, v)| text(v))
+                .sum(),
             _ => 0,
         }
     }
     let generation = if input.get("messages").is_some() || input.get("prompt").is_some() {
-        input.get("max_tokens").and_then(Value::as_i64).unwrap_or(i64::from(maas_core::models::CHAT_DEFAULT_MAX_TOKENS))
+        input
+            .get("max_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::from(maas_core::models::CHAT_DEFAULT_MAX_TOKENS))
     } else {
         0
     };
@@ -191,14 +252,20 @@ pub fn estimate_tokens(input: &Value) -> i64 {
 }
 
 /// Writes the `x-ratelimit-*` headers of whatever limits the request met.
-pub async fn headers_middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn headers_middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let shared: SharedRateHeaders = Arc::default();
     req.extensions_mut().insert(shared.clone());
     let mut res = next.call(req).await?;
     let h = shared.lock().map(|h| h.clone()).unwrap_or_default();
     let headers = res.headers_mut();
     if let Some((queue_ms, inference_ms)) = h.timing {
-        for (name, ms) in [("x-queue-time-ms", queue_ms), ("x-inference-time-ms", inference_ms)] {
+        for (name, ms) in [
+            ("x-queue-time-ms", queue_ms),
+            ("x-inference-time-ms", inference_ms),
+        ] {
             if let Ok(v) = HeaderValue::try_from(ms.to_string()) {
                 headers.insert(HeaderName::from_static(name), v);
             }
@@ -208,8 +275,14 @@ pub async fn headers_middleware(req: ServiceRequest, next: Next<impl MessageBody
         let Some(d) = d else { continue };
         for (name, value) in [
             (format!("x-ratelimit-limit-{kind}"), d.limit.to_string()),
-            (format!("x-ratelimit-remaining-{kind}"), d.remaining.to_string()),
-            (format!("x-ratelimit-reset-{kind}"), duration_text(d.reset_ms)),
+            (
+                format!("x-ratelimit-remaining-{kind}"),
+                d.remaining.to_string(),
+            ),
+            (
+                format!("x-ratelimit-reset-{kind}"),
+                duration_text(d.reset_ms),
+            ),
         ] {
             if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
                 headers.insert(n, v);
@@ -228,8 +301,16 @@ mod tests {
     fn estimates_count_text_ids_and_generation() {
         assert_eq!(estimate_tokens(&json!({"input": "abcdefgh"})), 2);
         assert_eq!(estimate_tokens(&json!({"input": [[1, 2, 3], [4]]})), 4);
-        assert_eq!(estimate_tokens(&json!({"messages": [{"role": "user", "content": "abcd"}], "max_tokens": 10})), 11);
-        assert_eq!(estimate_tokens(&json!({"prompt": "abcd", "max_tokens": null})), 257);
+        assert_eq!(
+            estimate_tokens(
+                &json!({"messages": [{"role": "user", "content": "abcd"}], "max_tokens": 10})
+            ),
+            11
+        );
+        assert_eq!(
+            estimate_tokens(&json!({"prompt": "abcd", "max_tokens": null})),
+            257
+        );
         assert_eq!(estimate_tokens(&json!({"text": ""})), 1);
         assert_eq!(duration_text(250), "250ms");
         assert_eq!(duration_text(6_000), "6s");

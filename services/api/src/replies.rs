@@ -7,12 +7,12 @@
 
 use futures_util::StreamExt;
 use maas_core::messages::{Piece, Reply};
-use tokio::sync::mpsc;
 use maas_mq::lapin::options::BasicConsumeOptions;
 use maas_mq::lapin::types::FieldTable;
 use maas_mq::Broker;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -53,7 +53,11 @@ impl Replies {
         if let Ok(mut map) = self.waiting.lock() {
             map.insert(job_id, notify.clone());
         }
-        Waiter { replies: self.clone(), job_id, notify }
+        Waiter {
+            replies: self.clone(),
+            job_id,
+            notify,
+        }
     }
 
     /// Registers a streaming caller before its job is published.
@@ -62,11 +66,19 @@ impl Replies {
         if let Ok(mut map) = self.streams.lock() {
             map.insert(job_id, tx);
         }
-        StreamWaiter { replies: self.clone(), job_id, chunks }
+        StreamWaiter {
+            replies: self.clone(),
+            job_id,
+            chunks,
+        }
     }
 
     fn chunk(&self, job_id: Uuid, piece: Piece) {
-        let tx = self.streams.lock().ok().and_then(|m| m.get(&job_id).cloned());
+        let tx = self
+            .streams
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&job_id).cloned());
         if let Some(tx) = tx {
             let _ = tx.send(piece);
         }
@@ -77,23 +89,46 @@ impl Replies {
         if let Ok(mut map) = self.streams.lock() {
             map.remove(&job_id);
         }
-        let notify = self.waiting.lock().ok().and_then(|m| m.get(&job_id).cloned());
+        let notify = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&job_id).cloned());
         if let Some(n) = notify {
             n.notify_one();
         }
     }
 
     /// Consumes this instance's reply queue until the connection closes.
-    pub async fn run(self: Arc<Self>, broker: Arc<Broker>, queue: String) -> Result<(), maas_mq::MqError> {
+    pub async fn run(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        queue: String,
+    ) -> Result<(), maas_mq::MqError> {
         let ch = broker.consumer_channel(256).await?;
         broker.declare_private_queue(&ch, &queue).await?;
-        let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
-        let mut consumer = ch.basic_consume(queue.as_str().into(), "api-replies".into(), opts, FieldTable::default()).await?;
+        let opts = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let mut consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "api-replies".into(),
+                opts,
+                FieldTable::default(),
+            )
+            .await?;
         while let Some(delivery) = consumer.next().await {
             let Ok(delivery) = delivery else { break };
             match serde_json::from_slice::<Reply>(&delivery.data) {
                 Ok(Reply::Done { job_id }) => self.wake(job_id),
-                Ok(Reply::Chunk { job_id, text, logprobs, .. }) => self.chunk(job_id, Piece { text, logprobs }),
+                Ok(Reply::Chunk {
+                    job_id,
+                    text,
+                    logprobs,
+                    ..
+                }) => self.chunk(job_id, Piece { text, logprobs }),
                 Err(e) => tracing::warn!(error = %e, "malformed reply message ignored"),
             }
         }

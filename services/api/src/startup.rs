@@ -27,9 +27,13 @@ fn json_error(err: JsonPayloadError, limit: usize) -> ApiError {
             ApiError::PayloadTooLarge { limit }
         }
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-        JsonPayloadError::Deserialize(e) => ApiError::invalid(format!("invalid JSON body: {e}"), None),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::invalid(format!("invalid JSON body: {e}"), None)
+        }
         JsonPayloadError::Serialize(e) => ApiError::internal(e),
-        JsonPayloadError::Payload(e) => ApiError::invalid(format!("could not read the body: {e}"), None),
+        JsonPayloadError::Payload(e) => {
+            ApiError::invalid(format!("could not read the body: {e}"), None)
+        }
         other => ApiError::invalid(format!("invalid body: {other}"), None),
     }
 }
@@ -49,21 +53,35 @@ impl Application {
             tracing::warn!("MAAS_JWT_SECRET is not set: dev mode uses a public key, admin tokens are forgeable");
         }
         let common = &settings.common;
-        let db = maas_store::connect(&common.database_url, 16).await.context("connecting to Postgres")?;
-        maas_store::migrate(&db).await.context("applying migrations")?;
-        let cache = Cache::connect(&common.redis_url, &common.namespace).await.context("connecting to Redis")?;
+        let db = maas_store::connect(&common.database_url, 16)
+            .await
+            .context("connecting to Postgres")?;
+        maas_store::migrate(&db)
+            .await
+            .context("applying migrations")?;
+        let cache = Cache::connect(&common.redis_url, &common.namespace)
+            .await
+            .context("connecting to Redis")?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let broker = Arc::new(
-            Broker::connect(&common.amqp_url, &common.namespace, &format!("maas-api-{instance}"), common.amqp_queue_expires_ms)
-                .await
-                .context("connecting to RabbitMQ")?,
+            Broker::connect(
+                &common.amqp_url,
+                &common.namespace,
+                &format!("maas-api-{instance}"),
+                common.amqp_queue_expires_ms,
+            )
+            .await
+            .context("connecting to RabbitMQ")?,
         );
         let reply_queue = broker.names.reply(&instance);
         let replies = Arc::new(Replies::default());
         {
             // Declare the reply queue before taking requests, then consume it.
             let ch = broker.consumer_channel(1).await?;
-            broker.declare_private_queue(&ch, &reply_queue).await.context("declaring the reply queue")?;
+            broker
+                .declare_private_queue(&ch, &reply_queue)
+                .await
+                .context("declaring the reply queue")?;
             let _ = ch.close(200, "declared".into()).await;
         }
         let consumer = tokio::spawn({
@@ -90,16 +108,23 @@ impl Application {
             quotas: Default::default(),
             key_touches: Default::default(),
         };
-        let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let limit = settings.max_body_bytes;
         let data = web::Data::new(state);
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(actix_web::middleware::from_fn(crate::ratelimit::headers_middleware))
+                .wrap(actix_web::middleware::from_fn(
+                    crate::ratelimit::headers_middleware,
+                ))
                 .wrap(actix_web::middleware::from_fn(crate::observe::middleware))
                 .app_data(data.clone())
-                .app_data(web::JsonConfig::default().limit(limit).error_handler(move |e, _| json_error(e, limit).into()))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(limit)
+                        .error_handler(move |e, _| json_error(e, limit).into()),
+                )
                 .app_data(web::PayloadConfig::default().limit(limit))
                 .app_data(web::QueryConfig::default().error_handler(query_error))
                 .app_data(web::PathConfig::default().error_handler(path_error))
@@ -111,7 +136,11 @@ impl Application {
         if let Some(w) = settings.workers {
             server = server.workers(w);
         }
-        Ok(Self { port, server: server.run(), broker })
+        Ok(Self {
+            port,
+            server: server.run(),
+            broker,
+        })
     }
 
     pub fn port(&self) -> u16 {

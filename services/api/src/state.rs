@@ -7,9 +7,9 @@ use maas_mq::Broker;
 use maas_store::cache::Cache;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
-use uuid::Uuid;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,9 +39,14 @@ pub struct KeyTouches {
 impl KeyTouches {
     /// Whether `key` is due for a write now (and marks it written).
     pub fn due(&self, key: Uuid) -> bool {
-        let Ok(mut last) = self.last.lock() else { return false };
+        let Ok(mut last) = self.last.lock() else {
+            return false;
+        };
         let now = Instant::now();
-        if last.get(&key).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60)) {
+        if last
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        {
             return false;
         }
         if last.len() > 100_000 {
@@ -61,12 +66,17 @@ pub struct ServedModels {
 impl ServedModels {
     pub async fn contains(&self, db: &PgPool, model: &str) -> Result<bool, maas_store::StoreError> {
         let fresh = self.cached.lock().ok().and_then(|c| {
-            c.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(2)).map(|(_, set)| set.contains(model))
+            c.as_ref()
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(2))
+                .map(|(_, set)| set.contains(model))
         });
         if let Some(hit) = fresh {
             return Ok(hit);
         }
-        let set: HashSet<String> = maas_store::workers::served_models(db).await?.into_iter().collect();
+        let set: HashSet<String> = maas_store::workers::served_models(db)
+            .await?
+            .into_iter()
+            .collect();
         let hit = set.contains(model);
         if let Ok(mut c) = self.cached.lock() {
             *c = Some((Instant::now(), set));

@@ -39,12 +39,21 @@ pub enum Submitted {
     Waited(Job),
     /// A streaming job, published: its chunks arrive on `waiter`; dropping
     /// `guard` (the caller went away) cancels it unless disarmed.
-    Streaming { job: Job, waiter: crate::replies::StreamWaiter, done: crate::replies::Waiter, guard: CancelOnDrop },
+    Streaming {
+        job: Job,
+        waiter: crate::replies::StreamWaiter,
+        done: crate::replies::Waiter,
+        guard: CancelOnDrop,
+    },
 }
 
 /// Reads a job through the hot cache, falling back to Postgres; `None` when
 /// it does not exist or belongs to another tenant.
-pub(crate) async fn load_job(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Job>, ApiError> {
+pub(crate) async fn load_job(
+    state: &AppState,
+    id: Uuid,
+    tenant_id: Uuid,
+) -> Result<Option<Job>, ApiError> {
     match state.cache.get_job(id).await {
         Ok(Some(job)) => return Ok((job.tenant_id == tenant_id).then_some(job)),
         Ok(None) => {}
@@ -87,13 +96,25 @@ impl Drop for CancelOnDrop {
 
 /// Cancels a job of `tenant_id`: queued jobs at once, running ones by telling
 /// every worker (the one running it stops within one step).
-pub(crate) async fn cancel(state: &AppState, id: Uuid, tenant_id: Uuid) -> Result<Option<Result<Job, Job>>, ApiError> {
+pub(crate) async fn cancel(
+    state: &AppState,
+    id: Uuid,
+    tenant_id: Uuid,
+) -> Result<Option<Result<Job, Job>>, ApiError> {
     if let Some(job) = jobs::cancel(&state.db, id, tenant_id).await? {
         state.cache.put_job_logged(&job).await;
         if job.worker_id.is_some() {
             let exchange = state.broker.names.cancel_exchange();
-            let opts = PublishOpts { traceparent: job.traceparent.as_deref(), persistent: false, expiration_ms: Some(60_000) };
-            if let Err(e) = state.broker.publish(&exchange, "", &CancelJob { job_id: job.id }, opts).await {
+            let opts = PublishOpts {
+                traceparent: job.traceparent.as_deref(),
+                persistent: false,
+                expiration_ms: Some(60_000),
+            };
+            if let Err(e) = state
+                .broker
+                .publish(&exchange, "", &CancelJob { job_id: job.id }, opts)
+                .await
+            {
                 // The job is cancelled in Postgres already: the worker's result
                 // will be refused; only the compute is not stopped early.
                 tracing::warn!(job_id = %job.id, error = %e, "could not broadcast cancel");
@@ -102,9 +123,10 @@ pub(crate) async fn cancel(state: &AppState, id: Uuid, tenant_id: Uuid) -> Resul
         tracing::info!(job_id = %job.id, "job cancelled");
         return Ok(Some(Ok(job)));
     }
-    Ok(jobs::get_for_tenant(&state.db, id, tenant_id).await?.map(Err))
+    Ok(jobs::get_for_tenant(&state.db, id, tenant_id)
+        .await?
+        .map(Err))
 }
-
 
 /// Admits, records, announces and (for sync jobs) waits.
 ///
@@ -113,12 +135,20 @@ pub(crate) async fn cancel(state: &AppState, id: Uuid, tenant_id: Uuid) -> Resul
 /// queue caps, the concurrency cap and the token budget are checked and the
 /// budget reservation is made (in Postgres). The worker that finishes the job
 /// settles both with its recorded usage.
-pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>) -> Result<Submitted, ApiError> {
+pub async fn submit(
+    state: &AppState,
+    principal: &Principal,
+    sub: Submission<'_>,
+) -> Result<Submitted, ApiError> {
     if !state.served.contains(&state.db, sub.model.as_str()).await? {
-        return Err(ApiError::ModelUnavailable { model: sub.model.as_str().to_owned() });
+        return Err(ApiError::ModelUnavailable {
+            model: sub.model.as_str().to_owned(),
+        });
     }
     let charged = crate::ratelimit::admit_tokens(state, principal, sub.input).await?;
-    let caps = jobs::QueueCaps { global_max_queued: Some(state.settings.max_queued_jobs) };
+    let caps = jobs::QueueCaps {
+        global_max_queued: Some(state.settings.max_queued_jobs),
+    };
     let inserted = jobs::insert(
         &state.db,
         NewJob {
@@ -160,11 +190,18 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
         return Ok(Submitted::Replayed(job));
     }
     tracing::Span::current().record("job_id", job.id.to_string());
-    crate::observe::JOBS_SUBMITTED.with_label_values(&[&job.model, &job.mode, &maas_core::metrics::tenant_label(job.tenant_id)]).inc();
+    crate::observe::JOBS_SUBMITTED
+        .with_label_values(&[
+            &job.model,
+            &job.mode,
+            &maas_core::metrics::tenant_label(job.tenant_id),
+        ])
+        .inc();
     tracing::info!(job_id = %job.id, tenant_id = %job.tenant_id, model = %job.model, mode = %job.mode, "job accepted");
 
     let waiter = (sub.mode == JobMode::Sync).then(|| state.replies.register(job.id));
-    let stream = (sub.mode == JobMode::Sync && sub.stream).then(|| state.replies.register_stream(job.id));
+    let stream =
+        (sub.mode == JobMode::Sync && sub.stream).then(|| state.replies.register_stream(job.id));
     // From here a sync caller that goes away cancels its job.
     let mut guard = CancelOnDrop {
         state: waiter.as_ref().map(|_| state.clone()),
@@ -182,7 +219,10 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
     let jobs_queue = state.broker.names.jobs();
     // An async job's announcement survives a broker restart; a sync job's
     // caller is waiting (and the scheduler's sweep finds the row anyway).
-    let opts = PublishOpts { persistent: sub.mode == JobMode::Async, ..PublishOpts::traced(Some(&sub.traceparent)) };
+    let opts = PublishOpts {
+        persistent: sub.mode == JobMode::Async,
+        ..PublishOpts::traced(Some(&sub.traceparent))
+    };
     if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, opts).await {
         tracing::error!(job_id = %job.id, error = %e, "could not enqueue job");
         guard.state = None;
@@ -193,11 +233,16 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
                 // It never ran: its rate charge goes back (its budget
                 // reservation was released with the transition).
                 crate::ratelimit::refund_tokens(state, principal, charged).await;
-                Err(ApiError::Unavailable { message: "the job queue is unavailable; retry".into(), retry_after_secs: 1 })
+                Err(ApiError::Unavailable {
+                    message: "the job queue is unavailable; retry".into(),
+                    retry_after_secs: 1,
+                })
             }
             // The broker had stored it after all and the job is under way:
             // answer as for any accepted job rather than invite a duplicate.
-            None => Ok(Submitted::Waited(jobs::get(&state.db, job.id).await?.unwrap_or(job))),
+            None => Ok(Submitted::Waited(
+                jobs::get(&state.db, job.id).await?.unwrap_or(job),
+            )),
         };
     }
     let Some(waiter) = waiter else {
@@ -206,7 +251,12 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
         return Ok(Submitted::Accepted(job));
     };
     if let Some(stream) = stream {
-        return Ok(Submitted::Streaming { job, waiter: stream, done: waiter, guard });
+        return Ok(Submitted::Streaming {
+            job,
+            waiter: stream,
+            done: waiter,
+            guard,
+        });
     }
     let deadline = tokio::time::Instant::now() + sub.timeout;
     let mut current = job;
@@ -231,7 +281,10 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
     guard.state = None;
     if let (Some(start), Some(end)) = (current.started_at, current.finished_at) {
         if let Ok(mut h) = principal.rate.lock() {
-            h.timing = Some(((start - current.created_at).num_milliseconds(), (end - start).num_milliseconds()));
+            h.timing = Some((
+                (start - current.created_at).num_milliseconds(),
+                (end - start).num_milliseconds(),
+            ));
         }
     }
     Ok(Submitted::Waited(current))
@@ -241,25 +294,45 @@ pub async fn submit(state: &AppState, principal: &Principal, sub: Submission<'_>
 /// OpenAI-style endpoints): the succeeded job, or the error its end maps to.
 /// A job still going when the wait ran out is cancelled (nobody will poll it)
 /// and answers 504.
-pub(crate) async fn completed(state: &AppState, tenant_id: Uuid, job: Job, invalid_param: Option<&str>) -> Result<Job, ApiError> {
+pub(crate) async fn completed(
+    state: &AppState,
+    tenant_id: Uuid,
+    job: Job,
+    invalid_param: Option<&str>,
+) -> Result<Job, ApiError> {
     use maas_core::JobStatus;
     match job.status() {
         JobStatus::Succeeded => Ok(job),
         JobStatus::Failed => {
-            let code = job.error.as_ref().and_then(|e| e["code"].as_str()).unwrap_or_default();
-            let message = job.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("the job failed").to_owned();
+            let code = job
+                .error
+                .as_ref()
+                .and_then(|e| e["code"].as_str())
+                .unwrap_or_default();
+            let message = job
+                .error
+                .as_ref()
+                .and_then(|e| e["message"].as_str())
+                .unwrap_or("the job failed")
+                .to_owned();
             Err(if code == "invalid_input" {
                 ApiError::invalid(message, invalid_param)
             } else {
                 ApiError::internal(format!("job {} failed: {message}", job.id))
             })
         }
-        JobStatus::Cancelled | JobStatus::Expired => {
-            Err(ApiError::Conflict { message: format!("the job was {}", job.status()), code: "job_not_completed" })
-        }
+        JobStatus::Cancelled | JobStatus::Expired => Err(ApiError::Conflict {
+            message: format!("the job was {}", job.status()),
+            code: "job_not_completed",
+        }),
         JobStatus::Queued | JobStatus::Dispatched | JobStatus::Running => {
             let _ = cancel(state, job.id, tenant_id).await;
-            Err(ApiError::Timeout { message: format!("the result was not ready within {} ms", state.settings.sync_timeout_ms) })
+            Err(ApiError::Timeout {
+                message: format!(
+                    "the result was not ready within {} ms",
+                    state.settings.sync_timeout_ms
+                ),
+            })
         }
     }
 }

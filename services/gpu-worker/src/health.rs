@@ -12,12 +12,19 @@ pub struct HealthState {
 }
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
-        .route("/readyz", web::get().to(readyz))
-        .route(
-            "/metrics",
-            web::get().to(|| async { HttpResponse::Ok().content_type(maas_core::metrics::CONTENT_TYPE).body(maas_core::metrics::render()) }),
-        );
+    cfg.route(
+        "/healthz",
+        web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
+    )
+    .route("/readyz", web::get().to(readyz))
+    .route(
+        "/metrics",
+        web::get().to(|| async {
+            HttpResponse::Ok()
+                .content_type(maas_core::metrics::CONTENT_TYPE)
+                .body(maas_core::metrics::render())
+        }),
+    );
 }
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {

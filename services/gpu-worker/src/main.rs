@@ -4,7 +4,11 @@ use clap::Parser;
 use maas_worker::{Worker, WorkerSettings};
 
 #[derive(Parser)]
-#[command(name = "maas-worker", version, about = "Model worker of the model-serving platform (actix actors)")]
+#[command(
+    name = "maas-worker",
+    version,
+    about = "Model worker of the model-serving platform (actix actors)"
+)]
 struct Cli {
     #[command(flatten)]
     settings: WorkerSettings,
@@ -16,7 +20,11 @@ async fn main() -> anyhow::Result<()> {
     maas_core::telemetry::init("maas-worker", cli.settings.common.log_format);
     let worker = Worker::build(cli.settings).await?;
     println!("maas-worker listening on port {}", worker.port());
-    tracing::info!(port = worker.port(), worker_id = worker.worker_id(), "maas-worker health endpoints up");
+    tracing::info!(
+        port = worker.port(),
+        worker_id = worker.worker_id(),
+        "maas-worker health endpoints up"
+    );
     let result = worker.run_until_stopped().await;
     // Spans still buffered go out before the process ends.
     maas_core::telemetry::shutdown();

@@ -1,6 +1,9 @@
 //! The worker's metrics (served at `/metrics` on its health endpoint).
 
-use maas_core::metrics::{self, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec, IntGaugeVec};
+use maas_core::metrics::{
+    self, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
 use std::sync::LazyLock;
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
@@ -8,11 +11,22 @@ fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Histog
 }
 
 pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram("maas_batch_size", "Sequences per forward pass (an embedding batch, or a chat engine step), by model", &["model"], metrics::COUNT_BUCKETS)
+    histogram(
+        "maas_batch_size",
+        "Sequences per forward pass (an embedding batch, or a chat engine step), by model",
+        &["model"],
+        metrics::COUNT_BUCKETS,
+    )
 });
 
-pub static BATCH_TOKENS: LazyLock<HistogramVec> =
-    LazyLock::new(|| histogram("maas_batch_tokens", "Tokens per forward pass, by model", &["model"], metrics::COUNT_BUCKETS));
+pub static BATCH_TOKENS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "maas_batch_tokens",
+        "Tokens per forward pass, by model",
+        &["model"],
+        metrics::COUNT_BUCKETS,
+    )
+});
 
 pub static TIME_TO_FIRST_TOKEN: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram(
@@ -24,7 +38,12 @@ pub static TIME_TO_FIRST_TOKEN: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 
 pub static INTER_TOKEN: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram("maas_inter_token_latency_seconds", "Time between consecutive generated tokens of one chat job, by model", &["model"], metrics::LATENCY_BUCKETS)
+    histogram(
+        "maas_inter_token_latency_seconds",
+        "Time between consecutive generated tokens of one chat job, by model",
+        &["model"],
+        metrics::LATENCY_BUCKETS,
+    )
 });
 
 pub static END_TO_END: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -37,7 +56,12 @@ pub static END_TO_END: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 
 pub static INFERENCE: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram("maas_job_inference_seconds", "Time a job spent running on its worker, by model", &["model"], metrics::LATENCY_BUCKETS)
+    histogram(
+        "maas_job_inference_seconds",
+        "Time a job spent running on its worker, by model",
+        &["model"],
+        metrics::LATENCY_BUCKETS,
+    )
 });
 
 pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -50,14 +74,28 @@ pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("maas_tokens_total", "Tokens of succeeded jobs, by model, kind (prompt, completion) and tenant", &["model", "kind", "tenant"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "maas_tokens_total",
+        "Tokens of succeeded jobs, by model, kind (prompt, completion) and tenant",
+        &["model", "kind", "tenant"]
+    )
+    .expect("metric registers once")
 });
 
 pub static SLOTS_BUSY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("maas_worker_slots_busy", "Jobs this worker is running now, by model", &["model"]).expect("metric registers once")
+    register_int_gauge_vec!(
+        "maas_worker_slots_busy",
+        "Jobs this worker is running now, by model",
+        &["model"]
+    )
+    .expect("metric registers once")
 });
 
 pub static SLOTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("maas_worker_slots", "Slots this worker offers, by model", &["model"]).expect("metric registers once")
+    register_int_gauge_vec!(
+        "maas_worker_slots",
+        "Slots this worker offers, by model",
+        &["model"]
+    )
+    .expect("metric registers once")
 });

@@ -78,9 +78,13 @@ pub struct Slots {
 
 impl Slots {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut out = Self { default: None, per_model: HashMap::new() };
+        let mut out = Self {
+            default: None,
+            per_model: HashMap::new(),
+        };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let bad = || format!("invalid slots entry '{part}': expected N or model=N with N in 1..=256");
+            let bad =
+                || format!("invalid slots entry '{part}': expected N or model=N with N in 1..=256");
             match part.split_once('=') {
                 Some((m, n)) => {
                     let n: u32 = n.trim().parse().map_err(|_| bad())?;
@@ -107,7 +111,11 @@ impl Slots {
             maas_core::models::SMOLLM2 => chat_max_seqs.clamp(1, 256) as u32,
             _ => 4,
         };
-        self.per_model.get(model).copied().or(self.default).unwrap_or(builtin)
+        self.per_model
+            .get(model)
+            .copied()
+            .or(self.default)
+            .unwrap_or(builtin)
     }
 }
 
@@ -121,7 +129,14 @@ mod tests {
         assert_eq!(s.for_model("echo", 16), 8);
         assert_eq!(s.for_model("all-minilm-l6-v2", 16), 2);
         let d = Slots::parse("").unwrap();
-        assert_eq!((d.for_model("echo", 16), d.for_model("all-minilm-l6-v2", 16), d.for_model("smollm2-135m-instruct", 12)), (4, 32, 12));
+        assert_eq!(
+            (
+                d.for_model("echo", 16),
+                d.for_model("all-minilm-l6-v2", 16),
+                d.for_model("smollm2-135m-instruct", 12)
+            ),
+            (4, 32, 12)
+        );
         assert!(Slots::parse("echo=0").is_err());
         assert!(Slots::parse("x").is_err());
     }

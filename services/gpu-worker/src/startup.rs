@@ -3,8 +3,8 @@
 
 use crate::actors::batcher::{BatchConfig, EmbedderHandle};
 use crate::actors::model::{ModelRunner, RunJob};
-use crate::actors::Pool;
 use crate::actors::supervisor::{CancelRequested, Deps, Dispatched, Drain, InFlight, Supervisor};
+use crate::actors::Pool;
 use crate::health::{self, HealthState};
 use crate::models::{echo::Echo, CancelFlag};
 use crate::settings::{Slots, WorkerSettings};
@@ -34,72 +34,140 @@ pub struct Worker {
     port: u16,
 }
 
-
 impl Worker {
     pub async fn build(settings: WorkerSettings) -> anyhow::Result<Self> {
         let device: maas_models::Device = settings.device.parse().map_err(anyhow::Error::msg)?;
         let slot_cfg = Slots::parse(&settings.slots).map_err(anyhow::Error::msg)?;
-        let worker_id = settings.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let worker_id = settings
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let common = &settings.common;
-        let db = maas_store::connect_for_transitions(&common.database_url, 8).await.context("connecting to Postgres")?;
-        maas_store::migrate(&db).await.context("applying migrations")?;
-        let cache = Cache::connect(&common.redis_url, &common.namespace).await.context("connecting to Redis")?;
+        let db = maas_store::connect_for_transitions(&common.database_url, 8)
+            .await
+            .context("connecting to Postgres")?;
+        maas_store::migrate(&db)
+            .await
+            .context("applying migrations")?;
+        let cache = Cache::connect(&common.redis_url, &common.namespace)
+            .await
+            .context("connecting to Redis")?;
         let broker = Arc::new(
-            Broker::connect(&common.amqp_url, &common.namespace, &format!("maas-worker-{worker_id}"), common.amqp_queue_expires_ms)
-                .await
-                .context("connecting to RabbitMQ")?,
+            Broker::connect(
+                &common.amqp_url,
+                &common.namespace,
+                &format!("maas-worker-{worker_id}"),
+                common.amqp_queue_expires_ms,
+            )
+            .await
+            .context("connecting to RabbitMQ")?,
         );
-        let mut slots = vec![ModelSlots { model: maas_core::models::ECHO.into(), slots: slot_cfg.for_model(maas_core::models::ECHO, settings.chat_max_seqs) }];
+        let mut slots = vec![ModelSlots {
+            model: maas_core::models::ECHO.into(),
+            slots: slot_cfg.for_model(maas_core::models::ECHO, settings.chat_max_seqs),
+        }];
         let mut embedder = None;
         let dir = settings.models_dir.join(MINILM);
         if dir.join("model.safetensors").is_file() {
             let t0 = Instant::now();
-            match tokio::task::spawn_blocking(move || maas_models::Embedder::load_on(&dir, device)).await? {
+            match tokio::task::spawn_blocking(move || maas_models::Embedder::load_on(&dir, device))
+                .await?
+            {
                 Ok(e) => {
                     // Warm-up: one forward pass before we announce the model.
                     let warm = e.embed(&[maas_models::EmbedInput::Text("warm up".into())]);
                     match warm {
                         Ok(_) => {
                             tracing::info!(model = MINILM, device = %settings.device, load_ms = t0.elapsed().as_millis() as u64, "model loaded");
-                            slots.push(ModelSlots { model: MINILM.into(), slots: slot_cfg.for_model(MINILM, settings.chat_max_seqs) });
+                            slots.push(ModelSlots {
+                                model: MINILM.into(),
+                                slots: slot_cfg.for_model(MINILM, settings.chat_max_seqs),
+                            });
                             embedder = Some(e);
                         }
-                        Err(err) => anyhow::bail!("warm-up of {MINILM} on {} failed: {err}", settings.device),
+                        Err(err) => anyhow::bail!(
+                            "warm-up of {MINILM} on {} failed: {err}",
+                            settings.device
+                        ),
                     }
                 }
                 // A device that was asked for and does not work is a setup error, not a missing model.
-                Err(e) if device != maas_models::Device::Cpu => anyhow::bail!("cannot load {MINILM} on {}: {e}", settings.device),
-                Err(e) => tracing::error!(model = MINILM, error = %e, "model files present but unusable; not serving this model"),
+                Err(e) if device != maas_models::Device::Cpu => {
+                    anyhow::bail!("cannot load {MINILM} on {}: {e}", settings.device)
+                }
+                Err(e) => {
+                    tracing::error!(model = MINILM, error = %e, "model files present but unusable; not serving this model")
+                }
             }
         } else {
             tracing::warn!(model = MINILM, dir = %dir.display(), "model files missing; not serving this model (run scripts/fetch-models)");
         }
         let mut chat = None;
-        let gguf = settings.models_dir.join(SMOLLM2).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        let gguf = settings
+            .models_dir
+            .join(SMOLLM2)
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf");
         if gguf.is_file() {
             let t0 = Instant::now();
-            match tokio::task::spawn_blocking(move || maas_models::chat::ChatModel::load(&gguf)).await? {
+            match tokio::task::spawn_blocking(move || maas_models::chat::ChatModel::load(&gguf))
+                .await?
+            {
                 Ok(m) => {
                     let prompt = m.raw_prompt("Hello").unwrap_or_default();
-                    let warm = m.generate(&prompt, maas_models::sampling::SamplingParams { temperature: 0.0, max_tokens: 1, ..Default::default() }, &|| false);
+                    let warm = m.generate(
+                        &prompt,
+                        maas_models::sampling::SamplingParams {
+                            temperature: 0.0,
+                            max_tokens: 1,
+                            ..Default::default()
+                        },
+                        &|| false,
+                    );
                     match warm {
                         Ok(_) => {
-                            tracing::info!(model = SMOLLM2, load_ms = t0.elapsed().as_millis() as u64, weights_mb = m.model.weight_bytes() / 1_000_000, "model loaded (CPU)");
-                            slots.push(ModelSlots { model: SMOLLM2.into(), slots: slot_cfg.for_model(SMOLLM2, settings.chat_max_seqs) });
+                            tracing::info!(
+                                model = SMOLLM2,
+                                load_ms = t0.elapsed().as_millis() as u64,
+                                weights_mb = m.model.weight_bytes() / 1_000_000,
+                                "model loaded (CPU)"
+                            );
+                            slots.push(ModelSlots {
+                                model: SMOLLM2.into(),
+                                slots: slot_cfg.for_model(SMOLLM2, settings.chat_max_seqs),
+                            });
                             chat = Some(m);
                         }
-                        Err(e) => tracing::error!(model = SMOLLM2, error = %e, "warm-up failed; not serving this model"),
+                        Err(e) => {
+                            tracing::error!(model = SMOLLM2, error = %e, "warm-up failed; not serving this model")
+                        }
                     }
                 }
-                Err(e) => tracing::error!(model = SMOLLM2, error = %e, "model file present but unusable; not serving this model"),
+                Err(e) => {
+                    tracing::error!(model = SMOLLM2, error = %e, "model file present but unusable; not serving this model")
+                }
             }
         } else {
             tracing::warn!(model = SMOLLM2, file = %gguf.display(), "model file missing; not serving this model (run scripts/fetch-models)");
         }
-        let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
-        let deps = Deps { worker_id: worker_id.clone(), db, cache, broker };
-        Ok(Self { settings, worker_id, deps, slots, embedder, chat, listener, port })
+        let deps = Deps {
+            worker_id: worker_id.clone(),
+            db,
+            cache,
+            broker,
+        };
+        Ok(Self {
+            settings,
+            worker_id,
+            deps,
+            slots,
+            embedder,
+            chat,
+            listener,
+            port,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -127,8 +195,17 @@ impl Worker {
                         kv_budget_tokens: self.settings.chat_kv_budget_tokens,
                         step_tokens: self.settings.chat_step_tokens,
                     };
-                    tracing::info!(model = SMOLLM2, max_seqs = cfg.max_seqs, kv_budget_tokens = cfg.kv_budget_tokens, step_tokens = cfg.step_tokens, "chat engine");
-                    pools.insert(s.model.clone(), Pool::Chat(crate::actors::chat::ChatHandle::start(m, cfg)));
+                    tracing::info!(
+                        model = SMOLLM2,
+                        max_seqs = cfg.max_seqs,
+                        kv_budget_tokens = cfg.kv_budget_tokens,
+                        step_tokens = cfg.step_tokens,
+                        "chat engine"
+                    );
+                    pools.insert(
+                        s.model.clone(),
+                        Pool::Chat(crate::actors::chat::ChatHandle::start(m, cfg)),
+                    );
                 }
                 continue;
             }
@@ -138,27 +215,40 @@ impl Worker {
                         max_batch_tokens: self.settings.embed_max_batch_tokens.max(256),
                         max_wait: Duration::from_millis(self.settings.embed_max_wait_ms),
                     };
-                    pools.insert(s.model.clone(), Pool::Batched(EmbedderHandle::start(e, cfg)));
+                    pools.insert(
+                        s.model.clone(),
+                        Pool::Batched(EmbedderHandle::start(e, cfg)),
+                    );
                 }
                 continue;
             }
-            let pool: Addr<ModelRunner> = SyncArbiter::start(s.slots as usize, || ModelRunner::new(Box::new(Echo)));
-            pool.send(RunJob { input: serde_json::json!({"text": "warm-up"}), cancel: CancelFlag::default() })
-                .await
-                .context("model pool unreachable")?
-                .map_err(|e| anyhow::anyhow!("warm-up of {} failed: {e}", s.model))?;
+            let pool: Addr<ModelRunner> =
+                SyncArbiter::start(s.slots as usize, || ModelRunner::new(Box::new(Echo)));
+            pool.send(RunJob {
+                input: serde_json::json!({"text": "warm-up"}),
+                cancel: CancelFlag::default(),
+            })
+            .await
+            .context("model pool unreachable")?
+            .map_err(|e| anyhow::anyhow!("warm-up of {} failed: {e}", s.model))?;
             pools.insert(s.model.clone(), Pool::Threads(pool));
         }
 
         // Private queues exist before the first heartbeat, so no dispatch is lost.
         let total_slots: u32 = self.slots.iter().map(|s| s.slots).sum();
-        let work_ch = broker.consumer_channel(total_slots.min(u16::MAX as u32) as u16).await?;
+        let work_ch = broker
+            .consumer_channel(total_slots.min(u16::MAX as u32) as u16)
+            .await?;
         let work_queue = names.worker(&self.worker_id);
         broker.declare_private_queue(&work_ch, &work_queue).await?;
         let cancel_ch = broker.consumer_channel(64).await?;
         let cancel_queue = names.cancel_queue(&self.worker_id);
-        broker.declare_private_queue(&cancel_ch, &cancel_queue).await?;
-        broker.bind(&cancel_ch, &cancel_queue, &names.cancel_exchange()).await?;
+        broker
+            .declare_private_queue(&cancel_ch, &cancel_queue)
+            .await?;
+        broker
+            .bind(&cancel_ch, &cancel_queue, &names.cancel_exchange())
+            .await?;
 
         let supervisor = Supervisor::new(
             self.deps.clone(),
@@ -169,7 +259,12 @@ impl Worker {
         .start();
 
         let mut work = work_ch
-            .basic_consume(work_queue.as_str().into(), "worker-jobs".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                work_queue.as_str().into(),
+                "worker-jobs".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let sup = supervisor.clone();
         let work_task = actix_web::rt::spawn(async move {
@@ -177,9 +272,17 @@ impl Worker {
                 sup.do_send(Dispatched(d));
             }
         });
-        let cancel_opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let cancel_opts = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
         let mut cancels = cancel_ch
-            .basic_consume(cancel_queue.as_str().into(), "worker-cancels".into(), cancel_opts, FieldTable::default())
+            .basic_consume(
+                cancel_queue.as_str().into(),
+                "worker-cancels".into(),
+                cancel_opts,
+                FieldTable::default(),
+            )
             .await?;
         let sup = supervisor.clone();
         actix_web::rt::spawn(async move {
@@ -195,11 +298,15 @@ impl Worker {
             worker_id: self.worker_id.clone(),
             models: self.slots.iter().map(|s| s.model.clone()).collect(),
         });
-        let server = HttpServer::new(move || App::new().app_data(health.clone()).configure(health::config))
-            .workers(1)
-            .disable_signals()
-            .listen(self.listener)?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(health.clone())
+                .configure(health::config)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(self.listener)?
+        .run();
         let server_handle = server.handle();
         actix_web::rt::spawn(server);
 
@@ -215,7 +322,9 @@ impl Worker {
         }
         tracing::info!("draining: no new jobs; running ones may finish");
         supervisor.do_send(Drain);
-        let _ = work_ch.basic_cancel("worker-jobs".into(), BasicCancelOptions::default()).await;
+        let _ = work_ch
+            .basic_cancel("worker-jobs".into(), BasicCancelOptions::default())
+            .await;
         work_task.abort();
         let deadline = Instant::now() + Duration::from_millis(self.settings.shutdown_grace_ms);
         while Instant::now() < deadline {
@@ -224,8 +333,13 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let bye = WorkerEvent::Deregister { worker_id: self.worker_id.clone() };
-        if let Err(e) = broker.publish_to_queue(&names.events(), &bye, PublishOpts::default()).await {
+        let bye = WorkerEvent::Deregister {
+            worker_id: self.worker_id.clone(),
+        };
+        if let Err(e) = broker
+            .publish_to_queue(&names.events(), &bye, PublishOpts::default())
+            .await
+        {
             tracing::warn!(error = %e, "deregistration not sent; the scheduler will notice the silence");
         }
         server_handle.stop(true).await;

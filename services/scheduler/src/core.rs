@@ -9,6 +9,8 @@ use crate::fair::{FairQueue, QueuedJob};
 use crate::settings::SchedulerSettings;
 use chrono::{DateTime, Utc};
 use maas_core::messages::{Dispatch, JobSubmitted, ModelSlots, RunningAttempt, WorkerEvent};
+use maas_core::telemetry::KeyValue;
+use maas_core::trace::TraceParent;
 use maas_core::Lane;
 use maas_mq::{Broker, PublishOpts};
 use maas_store::cache::Cache;
@@ -18,8 +20,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use maas_core::trace::TraceParent;
-use maas_core::telemetry::KeyValue;
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
@@ -106,7 +106,10 @@ impl Core {
             return;
         }
         let aging = self.aging();
-        let q = self.queues.entry(model.to_owned()).or_insert_with(|| FairQueue::new(aging));
+        let q = self
+            .queues
+            .entry(model.to_owned())
+            .or_insert_with(|| FairQueue::new(aging));
         if front {
             q.push_front(job);
         } else {
@@ -142,7 +145,12 @@ impl Core {
         for a in jobs::active(&self.db).await? {
             match self.workers.get_mut(&a.worker_id) {
                 Some(w) => {
-                    let held = Assigned { tenant_id: a.tenant_id, model: a.model, attempt: a.attempts, at: a.dispatched_at.unwrap_or_else(Utc::now) };
+                    let held = Assigned {
+                        tenant_id: a.tenant_id,
+                        model: a.model,
+                        attempt: a.attempts,
+                        at: a.dispatched_at.unwrap_or_else(Utc::now),
+                    };
                     w.assigned.insert(a.id, held);
                 }
                 None => self.recover_job(a.id, &a.worker_id).await?,
@@ -153,15 +161,27 @@ impl Core {
         for j in &queued {
             self.enqueue_ref(j);
         }
-        tracing::info!(workers = self.workers.len(), queued = n, "state rebuilt from Postgres");
+        tracing::info!(
+            workers = self.workers.len(),
+            queued = n,
+            "state rebuilt from Postgres"
+        );
         Ok(())
     }
 
     pub async fn refresh_weights(&mut self) -> anyhow::Result<()> {
         let shares = tenants::shares(&self.db).await?;
-        self.weights = shares.iter().map(|s| (s.id, s.weight.max(1) as u32)).collect();
-        self.max_concurrent =
-            shares.iter().filter_map(|s| s.max_concurrent.map(|m| (s.id, usize::try_from(m).unwrap_or(0)))).collect();
+        self.weights = shares
+            .iter()
+            .map(|s| (s.id, s.weight.max(1) as u32))
+            .collect();
+        self.max_concurrent = shares
+            .iter()
+            .filter_map(|s| {
+                s.max_concurrent
+                    .map(|m| (s.id, usize::try_from(m).unwrap_or(0)))
+            })
+            .collect();
         self.weights_stale = false;
         self.weights_loaded_at = Instant::now();
         Ok(())
@@ -196,7 +216,13 @@ impl Core {
 
     pub async fn on_event(&mut self, event: WorkerEvent) -> anyhow::Result<()> {
         match event {
-            WorkerEvent::Heartbeat { worker_id, incarnation, models, draining, running } => {
+            WorkerEvent::Heartbeat {
+                worker_id,
+                incarnation,
+                models,
+                draining,
+                running,
+            } => {
                 let restarted = self
                     .workers
                     .get(&worker_id)
@@ -223,9 +249,16 @@ impl Core {
                 w.draining = draining;
                 self.reconcile(&worker_id, &running).await?;
             }
-            WorkerEvent::Finished { worker_id, job_id, attempt } => {
+            WorkerEvent::Finished {
+                worker_id,
+                job_id,
+                attempt,
+            } => {
                 if let Some(w) = self.workers.get_mut(&worker_id) {
-                    if w.assigned.get(&job_id).is_some_and(|a| a.attempt == attempt) {
+                    if w.assigned
+                        .get(&job_id)
+                        .is_some_and(|a| a.attempt == attempt)
+                    {
                         w.assigned.remove(&job_id);
                     }
                 }
@@ -257,20 +290,33 @@ impl Core {
     /// Corrects the slot count with what the worker says it holds: an
     /// attempt dispatched a while ago that the worker does not list was lost
     /// on the way (or its `Finished` was); Postgres decides which.
-    async fn reconcile(&mut self, worker_id: &str, running: &[RunningAttempt]) -> anyhow::Result<()> {
+    async fn reconcile(
+        &mut self,
+        worker_id: &str,
+        running: &[RunningAttempt],
+    ) -> anyhow::Result<()> {
         let cutoff = Utc::now() - chrono::Duration::seconds(DISPATCH_GRACE_SECS);
-        let Some(w) = self.workers.get_mut(worker_id) else { return Ok(()) };
+        let Some(w) = self.workers.get_mut(worker_id) else {
+            return Ok(());
+        };
         let missing: Vec<(Uuid, i32)> = w
             .assigned
             .iter()
-            .filter(|(id, a)| a.at < cutoff && !running.iter().any(|r| r.job_id == **id && r.attempt == a.attempt))
+            .filter(|(id, a)| {
+                a.at < cutoff
+                    && !running
+                        .iter()
+                        .any(|r| r.job_id == **id && r.attempt == a.attempt)
+            })
             .map(|(id, a)| (*id, a.attempt))
             .collect();
         for (job_id, attempt) in missing {
             if let Some(w) = self.workers.get_mut(worker_id) {
                 w.assigned.remove(&job_id);
             }
-            let Some(job) = jobs::get(&self.db, job_id).await? else { continue };
+            let Some(job) = jobs::get(&self.db, job_id).await? else {
+                continue;
+            };
             let ours = job.worker_id.as_deref() == Some(worker_id) && job.attempts == attempt;
             if ours && !job.status().is_terminal() {
                 tracing::warn!(%job_id, worker_id, "dispatch never reached its worker; queued again");
@@ -302,7 +348,9 @@ impl Core {
     /// A job whose worker is gone: queued again, or failed and dead-lettered
     /// once its attempts are spent.
     async fn recover_job(&mut self, job_id: Uuid, worker_id: &str) -> anyhow::Result<()> {
-        let Some(job) = jobs::get(&self.db, job_id).await? else { return Ok(()) };
+        let Some(job) = jobs::get(&self.db, job_id).await? else {
+            return Ok(());
+        };
         if job.status == "running" && job.attempts >= self.settings.max_attempts {
             let error = json!({
                 "code": "worker_lost",
@@ -310,7 +358,9 @@ impl Core {
             });
             if let Some(failed) = jobs::fail_lost(&self.db, job_id, worker_id, &error).await? {
                 tracing::warn!(%job_id, attempts = failed.attempts, "job failed after its last attempt; dead-lettered");
-                crate::metrics::RECOVERIES.with_label_values(&["failed"]).inc();
+                crate::metrics::RECOVERIES
+                    .with_label_values(&["failed"])
+                    .inc();
                 self.cache.put_job_logged(&failed).await;
                 self.dead_letter(&failed).await;
             }
@@ -320,7 +370,9 @@ impl Core {
         let refund = job.status == "dispatched";
         if let Some(requeued) = jobs::requeue(&self.db, job_id, worker_id, refund).await? {
             tracing::info!(%job_id, attempts = requeued.attempts, "job queued again");
-            crate::metrics::RECOVERIES.with_label_values(&["requeued"]).inc();
+            crate::metrics::RECOVERIES
+                .with_label_values(&["requeued"])
+                .inc();
             self.cache.put_job_logged(&requeued).await;
             self.enqueue_job_row(&requeued, true);
         }
@@ -341,7 +393,11 @@ impl Core {
     async fn dead_letter(&self, job: &Job) {
         let body = json!({"job_id": job.id, "tenant_id": job.tenant_id, "model": job.model, "attempts": job.attempts, "error": job.error});
         let opts = PublishOpts::traced(job.traceparent.as_deref());
-        if let Err(e) = self.broker.publish(&self.broker.names.dlx(), "", &body, opts).await {
+        if let Err(e) = self
+            .broker
+            .publish(&self.broker.names.dlx(), "", &body, opts)
+            .await
+        {
             tracing::error!(job_id = %job.id, error = %e, "could not dead-letter job");
         }
     }
@@ -371,14 +427,26 @@ impl Core {
         for a in self.workers.values().flat_map(|w| w.assigned.values()) {
             *held.entry(a.tenant_id).or_default() += 1;
         }
-        let models: Vec<String> = self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(m, _)| m.clone()).collect();
+        let models: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(m, _)| m.clone())
+            .collect();
         for model in models {
             while let Some(worker_id) = self.pick_worker(&model) {
                 let (weights, caps) = (&self.weights, &self.max_concurrent);
-                let eligible = |t: Uuid| caps.get(&t).is_none_or(|max| held.get(&t).copied().unwrap_or(0) < *max);
-                let Some(next) =
-                    self.queues.get_mut(&model).and_then(|q| q.pop(Instant::now(), |t| weights.get(&t).copied().unwrap_or(1), eligible))
-                else {
+                let eligible = |t: Uuid| {
+                    caps.get(&t)
+                        .is_none_or(|max| held.get(&t).copied().unwrap_or(0) < *max)
+                };
+                let Some(next) = self.queues.get_mut(&model).and_then(|q| {
+                    q.pop(
+                        Instant::now(),
+                        |t| weights.get(&t).copied().unwrap_or(1),
+                        eligible,
+                    )
+                }) else {
                     break;
                 };
                 *held.entry(next.tenant_id).or_default() += 1;
@@ -401,18 +469,42 @@ impl Core {
                 // worker's spans follow from the dispatch.
                 let now = SystemTime::now();
                 let waited = (Utc::now() - job.created_at).to_std().unwrap_or_default();
-                crate::metrics::QUEUE_WAIT.with_label_values(&[&job.model, &job.lane]).observe(waited.as_secs_f64());
-                crate::metrics::DISPATCHES.with_label_values(&[&job.model, &maas_core::metrics::tenant_label(job.tenant_id)]).inc();
+                crate::metrics::QUEUE_WAIT
+                    .with_label_values(&[&job.model, &job.lane])
+                    .observe(waited.as_secs_f64());
+                crate::metrics::DISPATCHES
+                    .with_label_values(&[
+                        &job.model,
+                        &maas_core::metrics::tenant_label(job.tenant_id),
+                    ])
+                    .inc();
                 let traceparent = match job.traceparent.as_deref().and_then(TraceParent::parse) {
                     Some(parent) => {
-                        let attrs = || vec![KeyValue::new("job.id", job.id.to_string()), KeyValue::new("model", job.model.clone())];
+                        let attrs = || {
+                            vec![
+                                KeyValue::new("job.id", job.id.to_string()),
+                                KeyValue::new("model", job.model.clone()),
+                            ]
+                        };
                         let created = now.checked_sub(waited).unwrap_or(now);
-                        maas_core::telemetry::record_span("queue wait", &parent, created, now, attrs());
+                        maas_core::telemetry::record_span(
+                            "queue wait",
+                            &parent,
+                            created,
+                            now,
+                            attrs(),
+                        );
                         let mut with_worker = attrs();
                         with_worker.push(KeyValue::new("worker.id", worker_id.clone()));
-                        maas_core::telemetry::record_span("dispatch", &parent, now, SystemTime::now(), with_worker)
-                            .map(|tp| tp.to_string())
-                            .or_else(|| job.traceparent.clone())
+                        maas_core::telemetry::record_span(
+                            "dispatch",
+                            &parent,
+                            now,
+                            SystemTime::now(),
+                            with_worker,
+                        )
+                        .map(|tp| tp.to_string())
+                        .or_else(|| job.traceparent.clone())
                     }
                     None => job.traceparent.clone(),
                 };
@@ -427,7 +519,10 @@ impl Core {
                 };
                 let queue = self.broker.names.worker(&worker_id);
                 // Worker queues are not durable: a persistent message would only cost a disk write.
-                let opts = PublishOpts { persistent: false, ..PublishOpts::traced(traceparent.as_deref()) };
+                let opts = PublishOpts {
+                    persistent: false,
+                    ..PublishOpts::traced(traceparent.as_deref())
+                };
                 if let Err(e) = self.broker.publish_to_queue(&queue, &msg, opts).await {
                     tracing::error!(job_id = %job.id, error = %e, "could not send dispatch; job queued again");
                     match jobs::requeue(&self.db, job.id, &worker_id, true).await {
@@ -435,15 +530,33 @@ impl Core {
                         Ok(None) => {}
                         // Left `dispatched` to a worker that never got it: the
                         // next heartbeat's reconciliation queues it again.
-                        Err(db) => tracing::error!(job_id = %job.id, error = %db, "could not queue the job again yet"),
+                        Err(db) => {
+                            tracing::error!(job_id = %job.id, error = %db, "could not queue the job again yet")
+                        }
                     }
                     if let Some(w) = self.workers.get_mut(&worker_id) {
-                        w.assigned.insert(job.id, Assigned { tenant_id: job.tenant_id, model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
+                        w.assigned.insert(
+                            job.id,
+                            Assigned {
+                                tenant_id: job.tenant_id,
+                                model: job.model.clone(),
+                                attempt: job.attempts,
+                                at: Utc::now(),
+                            },
+                        );
                     }
                     return Err(e.into());
                 }
                 if let Some(w) = self.workers.get_mut(&worker_id) {
-                    w.assigned.insert(job.id, Assigned { tenant_id: job.tenant_id, model: job.model.clone(), attempt: job.attempts, at: Utc::now() });
+                    w.assigned.insert(
+                        job.id,
+                        Assigned {
+                            tenant_id: job.tenant_id,
+                            model: job.model.clone(),
+                            attempt: job.attempts,
+                            at: Utc::now(),
+                        },
+                    );
                 }
                 self.cache.put_job_logged(&job).await;
                 tracing::debug!(job_id = %job.id, worker_id = %worker_id, attempt = job.attempts, "dispatched");
@@ -458,7 +571,9 @@ impl Core {
     fn publish_gauges(&self) {
         for (model, q) in &self.queues {
             for lane in [Lane::Interactive, Lane::Batch] {
-                crate::metrics::QUEUE_DEPTH.with_label_values(&[model, lane.as_str()]).set(q.lane_len(lane) as i64);
+                crate::metrics::QUEUE_DEPTH
+                    .with_label_values(&[model, lane.as_str()])
+                    .set(q.lane_len(lane) as i64);
             }
         }
         let mut slots: HashMap<&str, (i64, i64)> = HashMap::new();
@@ -471,8 +586,12 @@ impl Core {
             }
         }
         for (model, (total, used)) in slots {
-            crate::metrics::SLOTS.with_label_values(&[model, "total"]).set(total);
-            crate::metrics::SLOTS.with_label_values(&[model, "used"]).set(used);
+            crate::metrics::SLOTS
+                .with_label_values(&[model, "total"])
+                .set(total);
+            crate::metrics::SLOTS
+                .with_label_values(&[model, "used"])
+                .set(used);
         }
     }
 
@@ -488,11 +607,16 @@ impl Core {
             }
         }
         if found > 0 {
-            tracing::warn!(found, "queued jobs without a message picked up from Postgres");
+            tracing::warn!(
+                found,
+                "queued jobs without a message picked up from Postgres"
+            );
         }
         for job in jobs::expire_stale(&self.db, self.settings.job_expiry_secs).await? {
             tracing::info!(job_id = %job.id, "job expired before it started");
-            crate::metrics::EXPIRED.with_label_values(&[&job.model]).inc();
+            crate::metrics::EXPIRED
+                .with_label_values(&[&job.model])
+                .inc();
             self.cache.put_job_logged(&job).await;
         }
         let purged = jobs::purge_finished(&self.db, self.settings.job_retention_secs).await?;

@@ -47,7 +47,13 @@ pub struct FairQueue {
 
 impl FairQueue {
     pub fn new(aging: Duration) -> Self {
-        Self { tenants: HashMap::new(), vtime: 0.0, aging, len: 0, lane_lens: [0; 2] }
+        Self {
+            tenants: HashMap::new(),
+            vtime: 0.0,
+            aging,
+            len: 0,
+            lane_lens: [0; 2],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -89,8 +95,16 @@ impl FairQueue {
     }
 
     fn pick_lane(&self, now: Instant, eligible: &impl Fn(Uuid) -> bool) -> Option<Lane> {
-        let tenants = || self.tenants.iter().filter(|(id, _)| eligible(**id)).map(|(_, t)| t);
-        let oldest_batch = tenants().filter_map(|t| t.lanes[Lane::Batch.index()].front()).map(|j| j.enqueued_at).min();
+        let tenants = || {
+            self.tenants
+                .iter()
+                .filter(|(id, _)| eligible(**id))
+                .map(|(_, t)| t)
+        };
+        let oldest_batch = tenants()
+            .filter_map(|t| t.lanes[Lane::Batch.index()].front())
+            .map(|j| j.enqueued_at)
+            .min();
         if oldest_batch.is_some_and(|t| now.saturating_duration_since(t) >= self.aging) {
             return Some(Lane::Batch);
         }
@@ -103,13 +117,20 @@ impl FairQueue {
     /// The next job to dispatch. `weight` gives each tenant's weight (≥ 1);
     /// tenants for which `eligible` is false (at their concurrency cap) are
     /// passed over, their jobs keeping their places.
-    pub fn pop(&mut self, now: Instant, weight: impl Fn(Uuid) -> u32, eligible: impl Fn(Uuid) -> bool) -> Option<QueuedJob> {
+    pub fn pop(
+        &mut self,
+        now: Instant,
+        weight: impl Fn(Uuid) -> u32,
+        eligible: impl Fn(Uuid) -> bool,
+    ) -> Option<QueuedJob> {
         let lane = self.pick_lane(now, &eligible)?.index();
         let (&tenant_id, _) = self
             .tenants
             .iter()
             .filter(|(id, t)| !t.lanes[lane].is_empty() && eligible(**id))
-            .min_by(|(a_id, a), (b_id, b)| a.pass.total_cmp(&b.pass).then_with(|| a_id.cmp(b_id)))?;
+            .min_by(|(a_id, a), (b_id, b)| {
+                a.pass.total_cmp(&b.pass).then_with(|| a_id.cmp(b_id))
+            })?;
         let t = self.tenants.get_mut(&tenant_id)?;
         let job = t.lanes[lane].pop_front()?;
         self.vtime = self.vtime.max(t.pass);
@@ -128,11 +149,20 @@ mod tests {
     use super::*;
 
     fn job(tenant: Uuid, lane: Lane, at: Instant) -> QueuedJob {
-        QueuedJob { id: Uuid::new_v4(), tenant_id: tenant, lane, enqueued_at: at, reply_to: None }
+        QueuedJob {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            lane,
+            enqueued_at: at,
+            reply_to: None,
+        }
     }
 
     fn drain(q: &mut FairQueue, n: usize, now: Instant, w: &HashMap<Uuid, u32>) -> Vec<Uuid> {
-        (0..n).filter_map(|_| q.pop(now, |t| w.get(&t).copied().unwrap_or(1), |_| true)).map(|j| j.tenant_id).collect()
+        (0..n)
+            .filter_map(|_| q.pop(now, |t| w.get(&t).copied().unwrap_or(1), |_| true))
+            .map(|j| j.tenant_id)
+            .collect()
     }
 
     #[test]
@@ -149,7 +179,11 @@ mod tests {
             q.push(job(b, Lane::Batch, now));
         }
         let next = drain(&mut q, 100, now, &w);
-        assert_eq!(next.iter().filter(|t| **t == b).count(), 50, "B is served every other dispatch");
+        assert_eq!(
+            next.iter().filter(|t| **t == b).count(),
+            50,
+            "B is served every other dispatch"
+        );
         assert_eq!(q.len(), 1000 - 100 - 50);
     }
 
@@ -177,9 +211,16 @@ mod tests {
         q.push(job(b, Lane::Interactive, start));
         q.push(job(b, Lane::Interactive, start));
         let w = HashMap::new();
-        assert_eq!(q.pop(start, |_| 1, |_| true).map(|j| j.lane), Some(Lane::Interactive));
+        assert_eq!(
+            q.pop(start, |_| 1, |_| true).map(|j| j.lane),
+            Some(Lane::Interactive)
+        );
         let later = start + Duration::from_secs(11);
-        assert_eq!(q.pop(later, |_| 1, |_| true).map(|j| j.lane), Some(Lane::Batch), "aged batch work is served");
+        assert_eq!(
+            q.pop(later, |_| 1, |_| true).map(|j| j.lane),
+            Some(Lane::Batch),
+            "aged batch work is served"
+        );
         assert_eq!(drain(&mut q, 5, later, &w), vec![b]);
         assert!(q.is_empty());
     }
@@ -216,10 +257,24 @@ mod tests {
         // A is capped: B's batch job goes although A's interactive work is older.
         let next = q.pop(now, |_| 1, |t| t != a).unwrap();
         assert_eq!(next.tenant_id, b);
-        assert!(q.pop(now, |_| 1, |t| t != a).is_none(), "nothing else is eligible");
-        assert_eq!((q.len(), q.lane_len(Lane::Interactive), q.lane_len(Lane::Batch)), (2, 2, 0));
+        assert!(
+            q.pop(now, |_| 1, |t| t != a).is_none(),
+            "nothing else is eligible"
+        );
+        assert_eq!(
+            (
+                q.len(),
+                q.lane_len(Lane::Interactive),
+                q.lane_len(Lane::Batch)
+            ),
+            (2, 2, 0)
+        );
         let w = HashMap::new();
-        assert_eq!(drain(&mut q, 5, now, &w), vec![a, a], "A's jobs are still there once it may run again");
+        assert_eq!(
+            drain(&mut q, 5, now, &w),
+            vec![a, a],
+            "A's jobs are still there once it may run again"
+        );
         assert_eq!(q.lane_len(Lane::Interactive), 0);
     }
 }

@@ -27,17 +27,25 @@ impl Role {
 }
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
-        .route("/readyz", web::get().to(readyz))
-        .route(
-            "/metrics",
-            web::get().to(|| async { HttpResponse::Ok().content_type(maas_core::metrics::CONTENT_TYPE).body(maas_core::metrics::render()) }),
-        );
+    cfg.route(
+        "/healthz",
+        web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
+    )
+    .route("/readyz", web::get().to(readyz))
+    .route(
+        "/metrics",
+        web::get().to(|| async {
+            HttpResponse::Ok()
+                .content_type(maas_core::metrics::CONTENT_TYPE)
+                .body(maas_core::metrics::render())
+        }),
+    );
 }
 
 async fn readyz(role: web::Data<Role>) -> HttpResponse {
     let name = role.name();
-    let body = json!({"status": if name == "starting" { "not_ready" } else { "ready" }, "role": name});
+    let body =
+        json!({"status": if name == "starting" { "not_ready" } else { "ready" }, "role": name});
     if name == "starting" {
         HttpResponse::ServiceUnavailable().json(body)
     } else {

@@ -1,10 +1,18 @@
 //! The scheduler's metrics (served at `/metrics` on its health endpoint).
 
-use maas_core::metrics::{self, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec, IntGaugeVec};
+use maas_core::metrics::{
+    self, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
 use std::sync::LazyLock;
 
 pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("maas_queue_depth", "Jobs waiting in the scheduler's queues, by model and lane", &["model", "lane"]).expect("metric registers once")
+    register_int_gauge_vec!(
+        "maas_queue_depth",
+        "Jobs waiting in the scheduler's queues, by model and lane",
+        &["model", "lane"]
+    )
+    .expect("metric registers once")
 });
 
 pub static QUEUE_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -18,8 +26,12 @@ pub static QUEUE_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 
 pub static DISPATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("maas_dispatches_total", "Jobs dispatched to workers, by model and tenant", &["model", "tenant"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "maas_dispatches_total",
+        "Jobs dispatched to workers, by model and tenant",
+        &["model", "tenant"]
+    )
+    .expect("metric registers once")
 });
 
 pub static SLOTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -41,5 +53,10 @@ pub static RECOVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static EXPIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("maas_jobs_expired_total", "Jobs that expired in the queue, by model", &["model"]).expect("metric registers once")
+    register_int_counter_vec!(
+        "maas_jobs_expired_total",
+        "Jobs that expired in the queue, by model",
+        &["model"]
+    )
+    .expect("metric registers once")
 });

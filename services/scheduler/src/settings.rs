@@ -14,7 +14,11 @@ pub struct SchedulerSettings {
 
     /// A worker not heard from for this long is declared dead and its jobs
     /// are dispatched again.
-    #[arg(long, env = "MAAS_SCHEDULER_HEARTBEAT_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "MAAS_SCHEDULER_HEARTBEAT_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
     pub heartbeat_timeout_ms: u64,
 
     /// Attempts of a job before it is failed and dead-lettered.

@@ -11,7 +11,9 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use maas_core::messages::{JobSubmitted, WorkerEvent};
 use maas_mq::lapin::message::Delivery;
-use maas_mq::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
+use maas_mq::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions,
+};
 use maas_mq::lapin::types::FieldTable;
 use maas_mq::Broker;
 use maas_store::cache::Cache;
@@ -31,7 +33,6 @@ pub struct Scheduler {
     server: Server,
 }
 
-
 async fn ack(d: &Delivery) {
     if let Err(e) = d.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
@@ -45,25 +46,46 @@ async fn reject(d: &Delivery) {
 impl Scheduler {
     pub async fn build(settings: SchedulerSettings) -> anyhow::Result<Self> {
         let common = &settings.common;
-        let db = maas_store::connect_for_transitions(&common.database_url, 8).await.context("connecting to Postgres")?;
-        maas_store::migrate(&db).await.context("applying migrations")?;
-        let cache = Cache::connect(&common.redis_url, &common.namespace).await.context("connecting to Redis")?;
+        let db = maas_store::connect_for_transitions(&common.database_url, 8)
+            .await
+            .context("connecting to Postgres")?;
+        maas_store::migrate(&db)
+            .await
+            .context("applying migrations")?;
+        let cache = Cache::connect(&common.redis_url, &common.namespace)
+            .await
+            .context("connecting to Redis")?;
         let name = format!("maas-scheduler-{}", std::process::id());
         let broker = Arc::new(
-            Broker::connect(&common.amqp_url, &common.namespace, &name, common.amqp_queue_expires_ms)
-                .await
-                .context("connecting to RabbitMQ")?,
+            Broker::connect(
+                &common.amqp_url,
+                &common.namespace,
+                &name,
+                common.amqp_queue_expires_ms,
+            )
+            .await
+            .context("connecting to RabbitMQ")?,
         );
         let role = Role::default();
-        let listener = TcpListener::bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let data = web::Data::new(role.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(health::config))
-            .workers(1)
-            .disable_signals()
-            .listen(listener)?
-            .run();
-        Ok(Self { settings, db, cache, broker, role, port, server })
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).configure(health::config))
+                .workers(1)
+                .disable_signals()
+                .listen(listener)?
+                .run();
+        Ok(Self {
+            settings,
+            db,
+            cache,
+            broker,
+            role,
+            port,
+            server,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -81,12 +103,19 @@ impl Scheduler {
         tokio::spawn(self.server);
         self.role.set(health::STANDBY);
         let result = async {
-            let Some(leadership) = Leadership::acquire(&self.settings.common.database_url, &mut stop_rx).await? else {
+            let Some(leadership) =
+                Leadership::acquire(&self.settings.common.database_url, &mut stop_rx).await?
+            else {
                 return Ok(());
             };
             tracing::info!("this scheduler is now active");
             self.role.set(health::ACTIVE);
-            let core = Core::new(self.settings.clone(), self.db.clone(), self.cache.clone(), self.broker.clone());
+            let core = Core::new(
+                self.settings.clone(),
+                self.db.clone(),
+                self.cache.clone(),
+                self.broker.clone(),
+            );
             run_active(core, &self.broker, leadership, stop_rx).await
         }
         .await;
@@ -110,13 +139,27 @@ async fn run_active(
     let jobs_ch = broker.consumer_channel(500).await?;
     let events_ch = broker.consumer_channel(200).await?;
     let mut jobs = jobs_ch
-        .basic_consume(broker.names.jobs().as_str().into(), "scheduler-jobs".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            broker.names.jobs().as_str().into(),
+            "scheduler-jobs".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut events = events_ch
-        .basic_consume(broker.names.events().as_str().into(), "scheduler-events".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            broker.names.events().as_str().into(),
+            "scheduler-events".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let (mut last_weights, mut last_sweep, mut last_lock_check) = (Instant::now(), Instant::now() - Duration::from_secs(3600), Instant::now());
+    let (mut last_weights, mut last_sweep, mut last_lock_check) = (
+        Instant::now(),
+        Instant::now() - Duration::from_secs(3600),
+        Instant::now(),
+    );
     core.dispatch().await?;
     loop {
         tokio::select! {
@@ -179,8 +222,10 @@ async fn run_active(
             tracing::error!(error = %e, "dispatch failed; will retry");
         }
     }
-    tracing::info!(queued = core.queued_len(), "scheduler stopping; queued jobs stay in Postgres");
+    tracing::info!(
+        queued = core.queued_len(),
+        "scheduler stopping; queued jobs stay in Postgres"
+    );
     leadership.release().await;
     Ok(())
 }
-

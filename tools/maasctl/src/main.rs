@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser)]
-#[command(name = "maasctl", version, about = "Manage tenants, keys, quotas and usage through the admin API")]
+#[command(
+    name = "maasctl",
+    version,
+    about = "Manage tenants, keys, quotas and usage through the admin API"
+)]
 struct Cli {
     /// Base URL of the API.
     #[arg(long, env = "MAAS_API_URL", default_value = "http://127.0.0.1:8080")]
@@ -124,21 +128,43 @@ enum QuotaCmd {
 
 /// Drops unset fields, so the API sees only what was asked for.
 fn fields(pairs: &[(&str, Value)]) -> Value {
-    Value::Object(pairs.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<Map<_, _>>())
+    Value::Object(
+        pairs
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<Map<_, _>>(),
+    )
 }
 
-async fn call(http: &reqwest::Client, api: &str, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+async fn call(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let url = format!("{}/admin/v1{path}", api.trim_end_matches('/'));
     let mut req = http.request(method, &url).bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let v: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     if !status.is_success() {
-        let msg = v["error"]["message"].as_str().map_or_else(|| v.to_string(), str::to_owned);
+        let msg = v["error"]["message"]
+            .as_str()
+            .map_or_else(|| v.to_string(), str::to_owned);
         let code = v["error"]["code"].as_str().unwrap_or("");
         bail!("{status} {code}: {msg}");
     }
@@ -146,7 +172,8 @@ async fn call(http: &reqwest::Client, api: &str, token: &str, method: reqwest::M
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Value> {
-    let token = std::env::var("MAAS_ADMIN_TOKEN").context("set MAAS_ADMIN_TOKEN to an admin token (maas-api admin-token --sub you)")?;
+    let token = std::env::var("MAAS_ADMIN_TOKEN")
+        .context("set MAAS_ADMIN_TOKEN to an admin token (maas-api admin-token --sub you)")?;
     let http = reqwest::Client::new();
     let api = cli.api.as_str();
     use reqwest::Method as M;
@@ -157,15 +184,43 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
     match cli.command {
         Command::Tenants(t) => match t {
             Tenants::List => c(M::GET, "/tenants".into(), None).await,
-            Tenants::Create { name, weight } => c(M::POST, "/tenants".into(), Some(fields(&[("name", json!(name)), ("weight", json!(weight))]))).await,
+            Tenants::Create { name, weight } => {
+                c(
+                    M::POST,
+                    "/tenants".into(),
+                    Some(fields(&[("name", json!(name)), ("weight", json!(weight))])),
+                )
+                .await
+            }
             Tenants::Show { id } => c(M::GET, format!("/tenants/{id}"), None).await,
-            Tenants::Update { id, name, weight, disabled } => {
-                c(M::PATCH, format!("/tenants/{id}"), Some(fields(&[("name", json!(name)), ("weight", json!(weight)), ("disabled", json!(disabled))]))).await
+            Tenants::Update {
+                id,
+                name,
+                weight,
+                disabled,
+            } => {
+                c(
+                    M::PATCH,
+                    format!("/tenants/{id}"),
+                    Some(fields(&[
+                        ("name", json!(name)),
+                        ("weight", json!(weight)),
+                        ("disabled", json!(disabled)),
+                    ])),
+                )
+                .await
             }
             Tenants::Delete { id } => c(M::DELETE, format!("/tenants/{id}"), None).await,
         },
         Command::Keys(k) => match k {
-            Keys::Create { tenant, name, scopes, expires_at, rpm, tpm } => {
+            Keys::Create {
+                tenant,
+                name,
+                scopes,
+                expires_at,
+                rpm,
+                tpm,
+            } => {
                 let scopes = (!scopes.is_empty()).then_some(scopes);
                 let body = fields(&[
                     ("name", json!(name)),
@@ -176,13 +231,28 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
                 ]);
                 c(M::POST, format!("/tenants/{tenant}/keys"), Some(body)).await
             }
-            Keys::Limits { key_id, rpm, tpm } => c(M::PATCH, format!("/keys/{key_id}"), Some(json!({"rpm": rpm, "tpm": tpm}))).await,
+            Keys::Limits { key_id, rpm, tpm } => {
+                c(
+                    M::PATCH,
+                    format!("/keys/{key_id}"),
+                    Some(json!({"rpm": rpm, "tpm": tpm})),
+                )
+                .await
+            }
             Keys::List { tenant } => c(M::GET, format!("/tenants/{tenant}/keys"), None).await,
             Keys::Revoke { key_id } => c(M::DELETE, format!("/keys/{key_id}"), None).await,
         },
         Command::Quota(q) => match q {
             QuotaCmd::Show { tenant } => c(M::GET, format!("/tenants/{tenant}/quota"), None).await,
-            QuotaCmd::Set { tenant, rpm, tpm, max_concurrent, max_queued, token_budget, budget_period } => {
+            QuotaCmd::Set {
+                tenant,
+                rpm,
+                tpm,
+                max_concurrent,
+                max_queued,
+                token_budget,
+                budget_period,
+            } => {
                 let body = fields(&[
                     ("rpm", json!(rpm)),
                     ("tpm", json!(tpm)),
@@ -194,7 +264,9 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
                 c(M::PUT, format!("/tenants/{tenant}/quota"), Some(body)).await
             }
         },
-        Command::Usage { tenant, days } => c(M::GET, format!("/tenants/{tenant}/usage?days={days}"), None).await,
+        Command::Usage { tenant, days } => {
+            c(M::GET, format!("/tenants/{tenant}/usage?days={days}"), None).await
+        }
     }
 }
 
@@ -203,7 +275,10 @@ async fn main() {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(Value::Null) => {}
-        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())),
+        Ok(v) => println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+        ),
         Err(e) => {
             eprintln!("maasctl: {e:#}");
             std::process::exit(1);

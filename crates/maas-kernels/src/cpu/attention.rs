@@ -15,8 +15,10 @@ pub fn attention(qkv: &[f32], seqs: &Seqs, heads: usize, d: usize, out: &mut [f3
     assert!(out.len() >= rows * h, "attention: out too short");
     let scale = 1.0 / (d as f32).sqrt();
     let out_addr = out.as_mut_ptr() as usize;
-    let tasks: Vec<(usize, usize, usize)> =
-        seqs.iter().flat_map(|&(start, len)| (0..heads).map(move |head| (start, len, head))).collect();
+    let tasks: Vec<(usize, usize, usize)> = seqs
+        .iter()
+        .flat_map(|&(start, len)| (0..heads).map(move |head| (start, len, head)))
+        .collect();
     #[cfg(target_arch = "x86_64")]
     if d == 32 && is_x86_feature_detected!("avx512f") {
         super::Team::global().run(tasks.len(), &|i| {
@@ -26,64 +28,99 @@ pub fn attention(qkv: &[f32], seqs: &Seqs, heads: usize, d: usize, out: &mut [f3
             // rows start..start+len of qkv (inside it by the assertion above)
             // and writes only this task's rows and head columns of `out`
             // (sequences and heads are disjoint), which lie inside `out`.
-            unsafe { head32_avx512(qkv, start, len, head, h, scale, out_addr as *mut f32, &mut scratch) }
+            unsafe {
+                head32_avx512(
+                    qkv,
+                    start,
+                    len,
+                    head,
+                    h,
+                    scale,
+                    out_addr as *mut f32,
+                    &mut scratch,
+                )
+            }
         });
         return;
     }
-    tasks.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(start, len, head)| {
-        if len == 0 {
-            return;
-        }
-        scores.clear();
-        scores.resize(len * len, 0.0);
-        let row = 3 * h;
-        let q = &qkv[start * row + head * d..];
-        let k = &qkv[start * row + h + head * d..];
-        let v = &qkv[start * row + 2 * h + head * d..];
-        // SAFETY: q, k and v are read at rows 0..len (stride 3H) and columns
-        // 0..d of their head, inside qkv by the length assertion; `scores` is
-        // len×len and exclusively ours.
-        unsafe {
-            gemm(
-                len, len, d,
-                scores.as_mut_ptr(), 1, len as isize,
-                false,
-                q.as_ptr(), 1, row as isize,
-                k.as_ptr(), row as isize, 1,
-                0.0, scale,
-                false, false, false,
-                Parallelism::None,
-            );
-        }
-        for r in scores.chunks_exact_mut(len) {
-            let max = r.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-            let mut sum = 0.0;
-            for x in r.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
+    tasks
+        .par_iter()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(start, len, head)| {
+            if len == 0 {
+                return;
             }
-            let inv = 1.0 / sum;
-            for x in r.iter_mut() {
-                *x *= inv;
+            scores.clear();
+            scores.resize(len * len, 0.0);
+            let row = 3 * h;
+            let q = &qkv[start * row + head * d..];
+            let k = &qkv[start * row + h + head * d..];
+            let v = &qkv[start * row + 2 * h + head * d..];
+            // SAFETY: q, k and v are read at rows 0..len (stride 3H) and columns
+            // 0..d of their head, inside qkv by the length assertion; `scores` is
+            // len×len and exclusively ours.
+            unsafe {
+                gemm(
+                    len,
+                    len,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    len as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    row as isize,
+                    k.as_ptr(),
+                    row as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
             }
-        }
-        let dst = (out_addr as *mut f32).wrapping_add(start * h + head * d);
-        // SAFETY: this task alone writes rows start..start+len, columns
-        // head·d..(head+1)·d of `out` (sequences do not overlap and each head
-        // has its own columns), all inside `out` by the length assertion.
-        unsafe {
-            gemm(
-                len, d, len,
-                dst, 1, h as isize,
-                false,
-                scores.as_ptr(), 1, len as isize,
-                v.as_ptr(), 1, row as isize,
-                0.0, 1.0,
-                false, false, false,
-                Parallelism::None,
-            );
-        }
-    });
+            for r in scores.chunks_exact_mut(len) {
+                let max = r.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+                let mut sum = 0.0;
+                for x in r.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in r.iter_mut() {
+                    *x *= inv;
+                }
+            }
+            let dst = (out_addr as *mut f32).wrapping_add(start * h + head * d);
+            // SAFETY: this task alone writes rows start..start+len, columns
+            // head·d..(head+1)·d of `out` (sequences do not overlap and each head
+            // has its own columns), all inside `out` by the length assertion.
+            unsafe {
+                gemm(
+                    len,
+                    d,
+                    len,
+                    dst,
+                    1,
+                    h as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    len as isize,
+                    v.as_ptr(),
+                    1,
+                    row as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
 }
 
 /// eˣ for 16 lanes: 2^(x·log₂e) split into an integer power (applied
@@ -111,7 +148,16 @@ unsafe fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn head32_avx512(qkv: &[f32], start: usize, len: usize, head: usize, h: usize, scale: f32, out: *mut f32, scratch: &mut Vec<f32>) {
+unsafe fn head32_avx512(
+    qkv: &[f32],
+    start: usize,
+    len: usize,
+    head: usize,
+    h: usize,
+    scale: f32,
+    out: *mut f32,
+    scratch: &mut Vec<f32>,
+) {
     const D: usize = 32;
     if len == 0 {
         return;
@@ -129,7 +175,16 @@ unsafe fn head32_avx512(qkv: &[f32], start: usize, len: usize, head: usize, h: u
     }
     let mut i = 0;
     while i < len {
-        let at = Queries { qkv, start, len, lp, head, h, scale, out };
+        let at = Queries {
+            qkv,
+            start,
+            len,
+            lp,
+            head,
+            h,
+            scale,
+            out,
+        };
         match len - i {
             1 => queries32::<1>(&at, i, kt, scores),
             2 => queries32::<2>(&at, i, kt, scores),
@@ -159,7 +214,8 @@ unsafe fn queries32<const QR: usize>(at: &Queries<'_>, i: usize, kt: &[f32], sco
     use std::arch::x86_64::*;
     const D: usize = 32;
     let (len, lp, h, row) = (at.len, at.lp, at.h, 3 * at.h);
-    let q: [*const f32; QR] = std::array::from_fn(|r| at.qkv.as_ptr().add((at.start + i + r) * row + at.head * D));
+    let q: [*const f32; QR] =
+        std::array::from_fn(|r| at.qkv.as_ptr().add((at.start + i + r) * row + at.head * D));
     let mut jb = 0;
     while jb < lp {
         let mut acc = [_mm512_setzero_ps(); QR];
@@ -184,7 +240,11 @@ unsafe fn queries32<const QR: usize>(at: &Queries<'_>, i: usize, kt: &[f32], sco
         while jb < lp {
             let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sr.as_ptr().add(jb)), vmax));
             // Lanes past the sequence's end weigh nothing.
-            let valid = if jb + 16 <= len { 0xffffu16 } else { ((1u32 << (len - jb)) - 1) as u16 };
+            let valid = if jb + 16 <= len {
+                0xffffu16
+            } else {
+                ((1u32 << (len - jb)) - 1) as u16
+            };
             let e = _mm512_maskz_mov_ps(valid, e);
             vsum = _mm512_add_ps(vsum, e);
             _mm512_storeu_ps(sr.as_mut_ptr().add(jb), e);
@@ -194,7 +254,10 @@ unsafe fn queries32<const QR: usize>(at: &Queries<'_>, i: usize, kt: &[f32], sco
     }
     let mut o = [[_mm512_setzero_ps(); 2]; QR];
     for j in 0..len {
-        let v = at.qkv.as_ptr().add((at.start + j) * row + 2 * h + at.head * D);
+        let v = at
+            .qkv
+            .as_ptr()
+            .add((at.start + j) * row + 2 * h + at.head * D);
         let (v0, v1) = (_mm512_loadu_ps(v), _mm512_loadu_ps(v.add(16)));
         for r in 0..QR {
             let pj = _mm512_set1_ps(*scores.get_unchecked(r * lp + j));
@@ -224,12 +287,25 @@ mod tests {
             for hd in 0..heads {
                 for i in 0..l {
                     let mut w: Vec<f64> = (0..l)
-                        .map(|j| (0..d).map(|p| at(s + i, hd * d + p) * at(s + j, h + hd * d + p)).sum::<f64>() / (d as f64).sqrt())
+                        .map(|j| {
+                            (0..d)
+                                .map(|p| at(s + i, hd * d + p) * at(s + j, h + hd * d + p))
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
                         .collect();
                     let max = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let sum: f64 = w.iter_mut().map(|x| { *x = (*x - max).exp(); *x }).sum();
+                    let sum: f64 = w
+                        .iter_mut()
+                        .map(|x| {
+                            *x = (*x - max).exp();
+                            *x
+                        })
+                        .sum();
                     for p in 0..d {
-                        out[(s + i) * h + hd * d + p] = (0..l).map(|j| w[j] / sum * at(s + j, 2 * h + hd * d + p)).sum();
+                        out[(s + i) * h + hd * d + p] = (0..l)
+                            .map(|j| w[j] / sum * at(s + j, 2 * h + hd * d + p))
+                            .sum();
                     }
                 }
             }
@@ -240,9 +316,21 @@ mod tests {
     #[test]
     fn attention_matches_a_float64_reference_on_packed_sequences() {
         let (heads, d) = (12, 32);
-        let seqs = [(0usize, 5usize), (5, 1), (6, 17), (23, 40), (63, 16), (79, 256), (335, 6), (341, 7)];
+        let seqs = [
+            (0usize, 5usize),
+            (5, 1),
+            (6, 17),
+            (23, 40),
+            (63, 16),
+            (79, 256),
+            (335, 6),
+            (341, 7),
+        ];
         let rows = 348;
-        let qkv: Vec<f32> = random(rows * 3 * heads * d, 21).into_iter().map(|v| v * 3.0).collect();
+        let qkv: Vec<f32> = random(rows * 3 * heads * d, 21)
+            .into_iter()
+            .map(|v| v * 3.0)
+            .collect();
         let mut out = vec![0.0; rows * heads * d];
         attention(&qkv, &seqs, heads, d, &mut out);
         assert_close(&out, &reference(&qkv, &seqs, heads, d), 1e-5, "attention");
@@ -255,6 +343,11 @@ mod tests {
         let qkv = random(27 * 3 * heads * d, 22);
         let mut out = vec![0.0; 27 * heads * d];
         attention(&qkv, &seqs, heads, d, &mut out);
-        assert_close(&out, &reference(&qkv, &seqs, heads, d), 1e-5, "attention d=24");
+        assert_close(
+            &out,
+            &reference(&qkv, &seqs, heads, d),
+            1e-5,
+            "attention d=24",
+        );
     }
 }

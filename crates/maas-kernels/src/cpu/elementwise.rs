@@ -110,10 +110,13 @@ mod tests {
     #[test]
     fn gelu_matches_a_float64_reference() {
         let mut x: Vec<f32> = random(4096, 7).into_iter().map(|v| v * 4.0).collect();
-        let want: Vec<f64> = x.iter().map(|&v| {
-            let v = f64::from(v);
-            0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2))
-        }).collect();
+        let want: Vec<f64> = x
+            .iter()
+            .map(|&v| {
+                let v = f64::from(v);
+                0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2))
+            })
+            .collect();
         gelu_inplace(&mut x);
         assert_close(&x, &want, 1e-6, "gelu");
     }
@@ -122,7 +125,11 @@ mod tests {
     fn add_adds() {
         let mut a = random(100, 1);
         let b = random(100, 2);
-        let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| f64::from(*x) + f64::from(*y)).collect();
+        let want: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| f64::from(*x) + f64::from(*y))
+            .collect();
         add_inplace(&mut a, &b);
         assert_close(&a, &want, 1e-7, "add");
     }

@@ -43,7 +43,8 @@ unsafe fn push_f16_f16c(dst: &mut Vec<u16>, src: &[f32]) {
     let out = &mut dst[start..];
     let chunks = src.len() / 8;
     for c in 0..chunks {
-        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(8 * c)));
+        let h =
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(8 * c)));
         _mm_storeu_si128(out.as_mut_ptr().add(8 * c) as *mut __m128i, h);
     }
     for i in 8 * chunks..src.len() {
@@ -73,16 +74,32 @@ fn sum(a: &[f32]) -> f32 {
 
 /// `out[row, head] = softmax(q·Kᵀ/√d) · V` over the visible positions, for
 /// every query row of every segment. `q` and `out` are `[rows × heads·d]`.
-pub fn causal_attention(q: &[f32], segs: &[KvSegment], heads: usize, kv_heads: usize, d: usize, out: &mut [f32]) {
+pub fn causal_attention(
+    q: &[f32],
+    segs: &[KvSegment],
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    out: &mut [f32],
+) {
     let (qd, kvd) = (heads * d, kv_heads * d);
-    assert!(heads % kv_heads == 0, "causal_attention: heads are not a multiple of kv heads");
+    assert!(
+        heads % kv_heads == 0,
+        "causal_attention: heads are not a multiple of kv heads"
+    );
     assert_eq!(q.len(), out.len(), "causal_attention: q and out differ");
     let mut items = Vec::new();
     let mut work = 0usize;
     for (s, seg) in segs.iter().enumerate() {
         let total = seg.pos0 + seg.rows;
-        assert!((seg.row0 + seg.rows) * qd <= q.len(), "causal_attention: segment rows");
-        assert!(seg.k.len() >= total * kvd && seg.v.len() >= total * kvd, "causal_attention: cache too short");
+        assert!(
+            (seg.row0 + seg.rows) * qd <= q.len(),
+            "causal_attention: segment rows"
+        );
+        assert!(
+            seg.k.len() >= total * kvd && seg.v.len() >= total * kvd,
+            "causal_attention: cache too short"
+        );
         for t in 0..seg.rows {
             for head in 0..heads {
                 items.push((s, t, head));
@@ -99,7 +116,14 @@ pub fn causal_attention(q: &[f32], segs: &[KvSegment], heads: usize, kv_heads: u
         // and lies inside out (rows of q were checked above).
         let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(row * qd + head * d), d) };
         let kvh = head / (heads / kv_heads);
-        attend(&q[row * qd + head * d..row * qd + (head + 1) * d], seg, seg.pos0 + t + 1, kvh * d, kv_heads * d, dst);
+        attend(
+            &q[row * qd + head * d..row * qd + (head + 1) * d],
+            seg,
+            seg.pos0 + t + 1,
+            kvh * d,
+            kv_heads * d,
+            dst,
+        );
     };
     if work * d >= 1 << 16 && items.len() > 1 {
         super::Team::global().run(items.len(), &|i| run(&items[i]));
@@ -127,11 +151,25 @@ fn attend(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, ou
     attend_portable(q, seg, visible, col, kvd, out)
 }
 
-fn attend_portable(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, out: &mut [f32]) {
+fn attend_portable(
+    q: &[f32],
+    seg: &KvSegment,
+    visible: usize,
+    col: usize,
+    kvd: usize,
+    out: &mut [f32],
+) {
     let d = q.len();
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores: Vec<f32> = (0..visible)
-        .map(|j| seg.k[j * kvd + col..][..d].iter().zip(q).map(|(&k, &x)| super::mathf::f16_value(k) * x).sum::<f32>() * scale)
+        .map(|j| {
+            seg.k[j * kvd + col..][..d]
+                .iter()
+                .zip(q)
+                .map(|(&k, &x)| super::mathf::f16_value(k) * x)
+                .sum::<f32>()
+                * scale
+        })
         .collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for sc in scores.iter_mut() {
@@ -165,10 +203,23 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512vl,fma,f16c")]
-    pub unsafe fn attend_avx512(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, out: &mut [f32]) {
+    pub unsafe fn attend_avx512(
+        q: &[f32],
+        seg: &KvSegment,
+        visible: usize,
+        col: usize,
+        kvd: usize,
+        out: &mut [f32],
+    ) {
         let d = q.len();
         let lanes = d / 16;
-        assert!(d % 16 == 0 && lanes <= 16 && seg.k.len() >= visible * kvd && seg.v.len() >= visible * kvd && col + d <= kvd);
+        assert!(
+            d % 16 == 0
+                && lanes <= 16
+                && seg.k.len() >= visible * kvd
+                && seg.v.len() >= visible * kvd
+                && col + d <= kvd
+        );
         let scale = 1.0 / (d as f32).sqrt();
         let mut qv = [_mm512_setzero_ps(); 16];
         for c in 0..lanes {
@@ -210,10 +261,23 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend_avx2(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, out: &mut [f32]) {
+    pub unsafe fn attend_avx2(
+        q: &[f32],
+        seg: &KvSegment,
+        visible: usize,
+        col: usize,
+        kvd: usize,
+        out: &mut [f32],
+    ) {
         let d = q.len();
         let lanes = d / 8;
-        assert!(d % 8 == 0 && lanes <= 32 && seg.k.len() >= visible * kvd && seg.v.len() >= visible * kvd && col + d <= kvd);
+        assert!(
+            d % 8 == 0
+                && lanes <= 32
+                && seg.k.len() >= visible * kvd
+                && seg.v.len() >= visible * kvd
+                && col + d <= kvd
+        );
         let scale = 1.0 / (d as f32).sqrt();
         let mut scores = vec![0f32; visible];
         let kp = seg.k.as_ptr().add(col);
@@ -262,11 +326,26 @@ mod tests {
             push_f16(&mut v, &random(n, seed));
             v
         };
-        let caches: Vec<(Vec<u16>, Vec<u16>)> = shapes.iter().enumerate().map(|(i, (p, r))| (half((p + r) * kvd, 60 + i as u64), half((p + r) * kvd, 70 + i as u64))).collect();
+        let caches: Vec<(Vec<u16>, Vec<u16>)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, (p, r))| {
+                (
+                    half((p + r) * kvd, 60 + i as u64),
+                    half((p + r) * kvd, 70 + i as u64),
+                )
+            })
+            .collect();
         let mut segs = Vec::new();
         let mut row0 = 0;
         for ((p, r), (k, v)) in shapes.iter().zip(&caches) {
-            segs.push(KvSegment { row0, rows: *r, pos0: *p, k, v });
+            segs.push(KvSegment {
+                row0,
+                rows: *r,
+                pos0: *p,
+                k,
+                v,
+            });
             row0 += r;
         }
         let f = |h: u16| f64::from(crate::cpu::mathf::f16_value(h));
@@ -278,13 +357,23 @@ mod tests {
                     let kvh = h / (heads / kv_heads);
                     let vis = seg.pos0 + t + 1;
                     let s: Vec<f64> = (0..vis)
-                        .map(|j| (0..d).map(|c| f64::from(q[row * qd + h * d + c]) * f(seg.k[j * kvd + kvh * d + c])).sum::<f64>() / (d as f64).sqrt())
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| {
+                                    f64::from(q[row * qd + h * d + c])
+                                        * f(seg.k[j * kvd + kvh * d + c])
+                                })
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
                         .collect();
                     let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for c in 0..d {
-                        want[row * qd + h * d + c] = (0..vis).map(|j| e[j] / z * f(seg.v[j * kvd + kvh * d + c])).sum();
+                        want[row * qd + h * d + c] = (0..vis)
+                            .map(|j| e[j] / z * f(seg.v[j * kvd + kvh * d + c]))
+                            .sum();
                     }
                 }
             }
@@ -299,7 +388,14 @@ mod tests {
                 let row = seg.row0 + t;
                 for h in 0..heads {
                     let kvh = h / (heads / kv_heads);
-                    attend_portable(&q[row * qd + h * d..][..d], seg, seg.pos0 + t + 1, kvh * d, kvd, &mut out[row * qd + h * d..][..d]);
+                    attend_portable(
+                        &q[row * qd + h * d..][..d],
+                        seg,
+                        seg.pos0 + t + 1,
+                        kvh * d,
+                        kvd,
+                        &mut out[row * qd + h * d..][..d],
+                    );
                 }
             }
         }

@@ -21,7 +21,16 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 pub const SMALL_M: usize = 64;
 
 /// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`.
-pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    threads: Threads,
+) {
     assert_eq!(x.len(), m * k, "linear: x is not m×k");
     assert_eq!(w.len(), n * k, "linear: w is not n×k");
     assert_eq!(out.len(), m * n, "linear: out is not m×n");
@@ -76,7 +85,16 @@ const BLOCK_N: usize = 64;
 /// Few rows: each task takes a block of weight rows and computes their dot
 /// products with every input row, so each weight is read from memory once.
 #[allow(clippy::too_many_arguments)]
-fn small_m(x: &[f32], w: &[f32], accumulate: bool, m: usize, k: usize, n: usize, out: &mut [f32], threads: Threads) {
+fn small_m(
+    x: &[f32],
+    w: &[f32],
+    accumulate: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    threads: Threads,
+) {
     #[derive(Clone, Copy)]
     struct OutPtr(*mut f32);
     // SAFETY: each task writes only its own columns of out.
@@ -164,8 +182,18 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
                 b3 = _mm512_fmadd_ps(vb, v3, b3);
                 p += 16;
             }
-            let mut sa = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
-            let mut sb = [_mm512_reduce_add_ps(b0), _mm512_reduce_add_ps(b1), _mm512_reduce_add_ps(b2), _mm512_reduce_add_ps(b3)];
+            let mut sa = [
+                _mm512_reduce_add_ps(a0),
+                _mm512_reduce_add_ps(a1),
+                _mm512_reduce_add_ps(a2),
+                _mm512_reduce_add_ps(a3),
+            ];
+            let mut sb = [
+                _mm512_reduce_add_ps(b0),
+                _mm512_reduce_add_ps(b1),
+                _mm512_reduce_add_ps(b2),
+                _mm512_reduce_add_ps(b3),
+            ];
             for q in kk..k {
                 let (pa, pb) = (*xa.add(q), *xb.add(q));
                 for (r, wr) in [w0, w1, w2, w3].iter().enumerate() {
@@ -179,7 +207,12 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
         }
         for i in i..m {
             let xi = x.as_ptr().add(i * k);
-            let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
             let mut p = 0;
             while p < kk {
                 let xv = _mm512_loadu_ps(xi.add(p));
@@ -189,7 +222,12 @@ unsafe fn dots_avx512(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part:
                 a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3.add(p)), a3);
                 p += 16;
             }
-            let mut s = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
+            let mut s = [
+                _mm512_reduce_add_ps(a0),
+                _mm512_reduce_add_ps(a1),
+                _mm512_reduce_add_ps(a2),
+                _mm512_reduce_add_ps(a3),
+            ];
             for q in kk..k {
                 let xq = *xi.add(q);
                 s[0] += xq * (*w0.add(q));
@@ -223,7 +261,12 @@ unsafe fn dots_avx2(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &
         let (w1, w2, w3) = (w0.add(k), w0.add(2 * k), w0.add(3 * k));
         for i in 0..m {
             let xi = x.as_ptr().add(i * k);
-            let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
             let mut p = 0;
             while p < kk {
                 let xv = _mm256_loadu_ps(xi.add(p));
@@ -253,7 +296,16 @@ unsafe fn dots_avx2(x: &[f32], w: &[f32], m: usize, k: usize, nb: usize, part: &
 /// Portable version (and the tail of the SIMD ones): weight rows `w` (`rows`
 /// of them) land in columns `col0..` of `part`, whose rows are `stride` wide.
 #[allow(clippy::too_many_arguments)]
-fn dots_generic(x: &[f32], w: &[f32], m: usize, k: usize, rows: usize, col0: usize, stride: usize, part: &mut [f32]) {
+fn dots_generic(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    rows: usize,
+    col0: usize,
+    stride: usize,
+    part: &mut [f32],
+) {
     for r in 0..rows {
         let wr = &w[r * k..(r + 1) * k];
         for i in 0..m {
@@ -268,7 +320,14 @@ mod tests {
     use super::*;
     use crate::cpu::testutil::{assert_close, random};
 
-    fn reference(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f64> {
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f64> {
         let mut out = vec![0.0f64; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -284,7 +343,15 @@ mod tests {
 
     #[test]
     fn linear_matches_a_float64_reference_on_random_shapes() {
-        let shapes = [(1, 384, 384), (16, 384, 1152), (32, 1536, 384), (37, 1536, 384), (130, 64, 70), (3, 5, 7), (5, 33, 67)];
+        let shapes = [
+            (1, 384, 384),
+            (16, 384, 1152),
+            (32, 1536, 384),
+            (37, 1536, 384),
+            (130, 64, 70),
+            (3, 5, 7),
+            (5, 33, 67),
+        ];
         for (seed, &(m, k, n)) in shapes.iter().enumerate() {
             let x = random(m * k, seed as u64);
             let w = random(n * k, 100 + seed as u64);
@@ -292,11 +359,21 @@ mod tests {
             for threads in [Threads::One, Threads::All] {
                 let mut out = vec![0.0; m * n];
                 linear(&x, &w, Some(&b), m, k, n, &mut out, threads);
-                assert_close(&out, &reference(&x, &w, Some(&b), m, k, n), 1e-5, "linear with bias");
+                assert_close(
+                    &out,
+                    &reference(&x, &w, Some(&b), m, k, n),
+                    1e-5,
+                    "linear with bias",
+                );
             }
             let mut out = vec![7.0; m * n];
             linear(&x, &w, None, m, k, n, &mut out, Threads::One);
-            assert_close(&out, &reference(&x, &w, None, m, k, n), 1e-5, "linear without bias");
+            assert_close(
+                &out,
+                &reference(&x, &w, None, m, k, n),
+                1e-5,
+                "linear without bias",
+            );
         }
     }
 }

@@ -120,7 +120,10 @@ mod tests {
         assert!(super::exp(-1000.0) >= 0.0 && super::exp(-1000.0) < 1e-37);
         for v in [0.0f32, 1.0, -2.5, 65504.0, 1e-3, 3.14159, -1e-5] {
             let h = super::f16_bits(v);
-            assert!((super::f16_value(h) - v).abs() <= v.abs() / 2048.0 + 6e-5, "{v}");
+            assert!(
+                (super::f16_value(h) - v).abs() <= v.abs() / 2048.0 + 6e-5,
+                "{v}"
+            );
         }
         assert_eq!(super::f16_bits(1.0), 0x3c00);
         assert_eq!(super::f16_bits(1e6), 0x7c00);

@@ -18,13 +18,15 @@ pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
 pub use kv_attention::{causal_attention, push_f16, KvSegment};
 pub use linear::{linear, Threads, SMALL_M};
 pub use mathf::{exp_scaled_inplace, f16_bits, f16_value};
-pub use peak::peak_fma_gflops;
 pub use norm::{add_layer_norm_inplace, layer_norm_inplace};
 pub use packed::{linear_packed, PackedF16};
+pub use peak::peak_fma_gflops;
 pub use pool::{l2_normalize_inplace, mean_pool};
-pub use quant::{q_kernel, q_linear_path, q_linear_with, QKernel, QMatrix, QPath, QType, QuantError};
-pub use team::Team;
+pub use quant::{
+    q_kernel, q_linear_path, q_linear_with, QKernel, QMatrix, QPath, QType, QuantError,
+};
 pub use rms::{rms_norm, swiglu_inplace};
+pub use team::Team;
 
 #[cfg(test)]
 pub(crate) mod testutil {
@@ -41,7 +43,10 @@ pub(crate) mod testutil {
         let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             let err = (f64::from(*g) - w).abs() / scale;
-            assert!(err <= tol, "{what}: element {i}: got {g}, want {w} (relative error {err:e})");
+            assert!(
+                err <= tol,
+                "{what}: element {i}: got {g}, want {w} (relative error {err:e})"
+            );
         }
     }
 }

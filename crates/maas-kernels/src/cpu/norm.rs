@@ -12,7 +12,8 @@ pub fn layer_norm_inplace(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32
     assert_eq!(beta.len(), cols, "layer_norm: beta");
     assert_eq!(x.len() % cols, 0, "layer_norm: ragged rows");
     if x.len() / cols >= PARALLEL_ROWS {
-        x.par_chunks_exact_mut(cols).for_each(|row| normalise_row(row, gamma, beta, eps));
+        x.par_chunks_exact_mut(cols)
+            .for_each(|row| normalise_row(row, gamma, beta, eps));
     } else {
         for row in x.chunks_exact_mut(cols) {
             normalise_row(row, gamma, beta, eps);
@@ -21,7 +22,14 @@ pub fn layer_norm_inplace(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32
 }
 
 /// `x = LayerNorm(x + y)`, row by row, in one pass over memory.
-pub fn add_layer_norm_inplace(x: &mut [f32], y: &[f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+pub fn add_layer_norm_inplace(
+    x: &mut [f32],
+    y: &[f32],
+    cols: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     assert_eq!(x.len(), y.len(), "add_layer_norm: lengths differ");
     assert_eq!(x.len() % cols, 0, "add_layer_norm: ragged rows");
     let step = |(row, add): (&mut [f32], &[f32])| {
@@ -31,9 +39,13 @@ pub fn add_layer_norm_inplace(x: &mut [f32], y: &[f32], cols: usize, gamma: &[f3
         normalise_row(row, gamma, beta, eps);
     };
     if x.len() / cols >= PARALLEL_ROWS {
-        x.par_chunks_exact_mut(cols).zip(y.par_chunks_exact(cols)).for_each(step);
+        x.par_chunks_exact_mut(cols)
+            .zip(y.par_chunks_exact(cols))
+            .for_each(step);
     } else {
-        x.chunks_exact_mut(cols).zip(y.chunks_exact(cols)).for_each(step);
+        x.chunks_exact_mut(cols)
+            .zip(y.chunks_exact(cols))
+            .for_each(step);
     }
 }
 

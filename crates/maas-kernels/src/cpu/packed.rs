@@ -59,7 +59,14 @@ impl PackedF16 {
 }
 
 /// `out[m×n] = x[m×k] · wᵀ + bias[n]`.
-pub fn linear_packed(x: &[f32], w: &PackedF16, bias: Option<&[f32]>, m: usize, out: &mut [f32], threads: Threads) {
+pub fn linear_packed(
+    x: &[f32],
+    w: &PackedF16,
+    bias: Option<&[f32]>,
+    m: usize,
+    out: &mut [f32],
+    threads: Threads,
+) {
     let (n, k) = (w.n, w.k);
     assert_eq!(x.len(), m * k, "linear_packed: x is not m×k");
     assert_eq!(out.len(), m * n, "linear_packed: out is not m×n");
@@ -114,7 +121,16 @@ const NP_MAX: usize = 4;
 /// # Safety
 /// `out` must point to an m×n matrix that holds those rows and columns.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(x: &[f32], w: &PackedF16, bias: Option<&[f32]>, r: usize, rows: usize, p: usize, np: usize, out: *mut f32) {
+unsafe fn block(
+    x: &[f32],
+    w: &PackedF16,
+    bias: Option<&[f32]>,
+    r: usize,
+    rows: usize,
+    p: usize,
+    np: usize,
+    out: *mut f32,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
@@ -131,7 +147,10 @@ unsafe fn block(x: &[f32], w: &PackedF16, bias: Option<&[f32]>, r: usize, rows: 
             }
             go!(1 2 3 4 5 6);
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             // 16 registers: up to 4 rows × one panel (two 8-lane halves).
             for q in p..p + np {
                 let mut i = r;
@@ -154,7 +173,14 @@ unsafe fn block(x: &[f32], w: &PackedF16, bias: Option<&[f32]>, r: usize, rows: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_avx2<const MR: usize>(x: &[f32], w: &PackedF16, bias: Option<&[f32]>, r: usize, p: usize, out: *mut f32) {
+unsafe fn block_avx2<const MR: usize>(
+    x: &[f32],
+    w: &PackedF16,
+    bias: Option<&[f32]>,
+    r: usize,
+    p: usize,
+    out: *mut f32,
+) {
     use std::arch::x86_64::*;
     let (n, k) = (w.n, w.k);
     let xs = x.as_ptr().add(r * k);
@@ -183,14 +209,25 @@ unsafe fn block_avx2<const MR: usize>(x: &[f32], w: &PackedF16, bias: Option<&[f
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512<const MR: usize, const NP: usize>(x: &[f32], w: &PackedF16, bias: Option<&[f32]>, r: usize, p: usize, out: *mut f32) {
+unsafe fn block_avx512<const MR: usize, const NP: usize>(
+    x: &[f32],
+    w: &PackedF16,
+    bias: Option<&[f32]>,
+    r: usize,
+    p: usize,
+    out: *mut f32,
+) {
     use std::arch::x86_64::*;
     let (n, k) = (w.n, w.k);
     let xs = x.as_ptr().add(r * k);
     let panels: [*const u16; NP] = std::array::from_fn(|q| w.panel(p + q).as_ptr());
     let mut acc = [[_mm512_setzero_ps(); NP]; MR];
     for s in 0..k {
-        let wv: [__m512; NP] = std::array::from_fn(|q| _mm512_cvtph_ps(_mm256_loadu_si256(panels[q].add(s * PANEL) as *const __m256i)));
+        let wv: [__m512; NP] = std::array::from_fn(|q| {
+            _mm512_cvtph_ps(_mm256_loadu_si256(
+                panels[q].add(s * PANEL) as *const __m256i
+            ))
+        });
         for (i, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_set1_ps(*xs.add(i * k + s));
             for q in 0..NP {
@@ -212,7 +249,16 @@ unsafe fn block_avx512<const MR: usize, const NP: usize>(x: &[f32], w: &PackedF1
 
 /// Portable version of the block.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_generic(x: &[f32], w: &PackedF16, bias: Option<&[f32]>, r: usize, rows: usize, p: usize, np: usize, out: *mut f32) {
+unsafe fn block_generic(
+    x: &[f32],
+    w: &PackedF16,
+    bias: Option<&[f32]>,
+    r: usize,
+    rows: usize,
+    p: usize,
+    np: usize,
+    out: *mut f32,
+) {
     let (n, k) = (w.n, w.k);
     for q in 0..np {
         let panel = w.panel(p + q);
@@ -237,7 +283,15 @@ mod tests {
 
     #[test]
     fn packed_linear_matches_float64_on_the_rounded_weights() {
-        for &(m, k, n) in &[(1, 384, 384), (3, 17, 48), (8, 64, 32), (9, 384, 1152), (16, 1536, 384), (70, 100, 80), (130, 33, 16)] {
+        for &(m, k, n) in &[
+            (1, 384, 384),
+            (3, 17, 48),
+            (8, 64, 32),
+            (9, 384, 1152),
+            (16, 1536, 384),
+            (70, 100, 80),
+            (130, 33, 16),
+        ] {
             let x = random(m * k, 1);
             let w = random(n * k, 2);
             let b = random(n, 3);
@@ -250,13 +304,18 @@ mod tests {
                     for j in 0..n {
                         let mut s = f64::from(b[j]);
                         for t in 0..k {
-                            let wr = f64::from(crate::cpu::f16_value(crate::cpu::f16_bits(w[j * k + t])));
+                            let wr = f64::from(crate::cpu::f16_value(crate::cpu::f16_bits(
+                                w[j * k + t],
+                            )));
                             s += f64::from(x[i * k + t]) * wr;
                         }
                         worst = worst.max((s - f64::from(out[i * n + j])).abs() / (1.0 + s.abs()));
                     }
                 }
-                assert!(worst < 1e-4, "m={m} k={k} n={n} {threads:?}: worst relative error {worst}");
+                assert!(
+                    worst < 1e-4,
+                    "m={m} k={k} n={n} {threads:?}: worst relative error {worst}"
+                );
             }
         }
     }
@@ -270,11 +329,29 @@ mod tests {
         linear_packed(&x, &packed, Some(&b), m, &mut want, Threads::One);
         let mut generic = vec![f32::NAN; m * n];
         // SAFETY: every block lies inside the m×n output.
-        unsafe { block_generic(&x, &packed, Some(&b), 0, m, 0, n / PANEL, generic.as_mut_ptr()) };
-        let close = |got: &[f32]| got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs()));
+        unsafe {
+            block_generic(
+                &x,
+                &packed,
+                Some(&b),
+                0,
+                m,
+                0,
+                n / PANEL,
+                generic.as_mut_ptr(),
+            )
+        };
+        let close = |got: &[f32]| {
+            got.iter()
+                .zip(&want)
+                .all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs()))
+        };
         assert!(close(&generic), "portable block");
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             let mut avx2 = vec![f32::NAN; m * n];
             for q in 0..n / PANEL {
                 // SAFETY: the CPU has AVX2, FMA and F16C; rows 0..4 and 4..7 of panel q lie inside out.

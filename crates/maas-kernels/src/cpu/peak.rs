@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 /// Measured GFLOP/s (2 flops per FMA) over all threads of the global pool.
 pub fn peak_fma_gflops(duration: Duration) -> f64 {
     let threads = rayon::current_num_threads();
-    let per_thread: Vec<f64> = (0..threads).into_par_iter().map(|_| one_thread(duration)).collect();
+    let per_thread: Vec<f64> = (0..threads)
+        .into_par_iter()
+        .map(|_| one_thread(duration))
+        .collect();
     per_thread.iter().sum()
 }
 
@@ -80,5 +83,12 @@ unsafe fn avx2(duration: Duration) -> f64 {
 }
 
 fn scalar(duration: Duration) -> f64 {
-    fma_loop!(duration, 1, 0f32, |v| v, |x: f32, a, b| x.mul_add(a, b), |v| v)
+    fma_loop!(
+        duration,
+        1,
+        0f32,
+        |v| v,
+        |x: f32, a, b| x.mul_add(a, b),
+        |v| v
+    )
 }

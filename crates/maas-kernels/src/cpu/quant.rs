@@ -53,7 +53,6 @@ pub struct QMatrix {
 #[error("quantised matrix: {0}")]
 pub struct QuantError(String);
 
-
 impl QMatrix {
     /// Takes a GGUF tensor's bytes (`rows` rows of `cols` weights).
     pub fn from_blocks(
@@ -101,7 +100,10 @@ impl QMatrix {
                 QType::Q4_1 => {
                     let min = b.iter().copied().fold(f32::INFINITY, f32::min);
                     let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let (dh, mh) = (super::mathf::f16_bits((max - min) / 15.0), super::mathf::f16_bits(min));
+                    let (dh, mh) = (
+                        super::mathf::f16_bits((max - min) / 15.0),
+                        super::mathf::f16_bits(min),
+                    );
                     let (d, min) = (super::mathf::f16_value(dh), super::mathf::f16_value(mh));
                     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                     let q = |v: f32| ((v - min) * id).round().clamp(0.0, 15.0) as u8;
@@ -293,14 +295,27 @@ pub enum QPath {
 /// `out[m×n] = x[m×k] · Wᵀ` for a quantised `W` (`n × k`) on the given
 /// path. Either way, each row's result depends
 /// only on that row, not on the others.
-pub fn q_linear_path(path: QPath, x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], threads: Threads) {
+pub fn q_linear_path(
+    path: QPath,
+    x: &[f32],
+    w: &QMatrix,
+    m: usize,
+    out: &mut [f32],
+    threads: Threads,
+) {
     match path {
         QPath::Int8 => q_linear_with(q_kernel(), x, w, m, out, threads),
         QPath::Tiles => {
             assert_eq!(x.len(), m * w.cols, "q_linear: x is not m×k");
             assert_eq!(out.len(), m * w.rows, "q_linear: out is not m×n");
             if m > 0 && w.rows > 0 {
-                tile_path(x, w, m, out, threads == Threads::All && m * w.rows * w.cols >= 1 << 18);
+                tile_path(
+                    x,
+                    w,
+                    m,
+                    out,
+                    threads == Threads::All && m * w.rows * w.cols >= 1 << 18,
+                );
             }
         }
     }
@@ -359,13 +374,22 @@ fn tile_path(x: &[f32], w: &QMatrix, m: usize, out: &mut [f32], parallel: bool) 
                 for r in 0..mi {
                     // SAFETY: row i0 + r < m, columns n0..n1 < n: inside out,
                     // and only this task writes these columns.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add((i0 + r) * n + n0), nb) };
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(ptr.0.add((i0 + r) * n + n0), nb) };
                     dst.copy_from_slice(&op[r * nb..(r + 1) * nb]);
                 }
             } else {
                 // SAFETY (inside gemm_rows): rows i0.. and columns n0..n1 of
                 // out lie within it (row stride n) and belong to this task.
-                gemm_rows(&x[i0 * k..(i0 + mi) * k], mi, k, &tile, nb, unsafe { ptr.0.add(i0 * n + n0) }, n);
+                gemm_rows(
+                    &x[i0 * k..(i0 + mi) * k],
+                    mi,
+                    k,
+                    &tile,
+                    nb,
+                    unsafe { ptr.0.add(i0 * n + n0) },
+                    n,
+                );
             }
         }
     };
@@ -379,12 +403,35 @@ const MIN_GEMM_ROWS: usize = 8;
 
 /// `dst[m × nb] = x[m × k] · tileᵀ`, `dst` with row stride `ld`.
 fn gemm_rows(x: &[f32], m: usize, k: usize, tile: &[f32], nb: usize, dst: *mut f32, ld: usize) {
-    assert!(x.len() == m * k && tile.len() == nb * k, "gemm_rows: shapes");
+    assert!(
+        x.len() == m * k && tile.len() == nb * k,
+        "gemm_rows: shapes"
+    );
     // SAFETY: x is m×k (row stride k); the tile is nb×k read as its
     // transpose (row stride 1, column stride k); the caller hands a dst with
     // room for m rows of nb values at stride ld that nothing else touches.
     unsafe {
-        gemm::gemm(m, nb, k, dst, 1, ld as isize, false, x.as_ptr(), 1, k as isize, tile.as_ptr(), k as isize, 1, 1.0, 1.0, false, false, false, gemm::Parallelism::None);
+        gemm::gemm(
+            m,
+            nb,
+            k,
+            dst,
+            1,
+            ld as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            tile.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -655,10 +702,20 @@ mod tests {
                         q_linear_with(kern, &x, &w, m, &mut out, threads);
                         // The integer path quantises activations to 8 bits: about
                         // 1/254 of each block's largest value per element.
-                        assert_close(&out, &want, 1e-2, &format!("{kind:?} {kern:?} m={m} {threads:?}"));
+                        assert_close(
+                            &out,
+                            &want,
+                            1e-2,
+                            &format!("{kind:?} {kern:?} m={m} {threads:?}"),
+                        );
                         let mut out = vec![f32::NAN; m * n];
                         q_linear_path(QPath::Tiles, &x, &w, m, &mut out, threads);
-                        assert_close(&out, &want, 1e-5, &format!("{kind:?} tiles m={m} {threads:?}"));
+                        assert_close(
+                            &out,
+                            &want,
+                            1e-5,
+                            &format!("{kind:?} tiles m={m} {threads:?}"),
+                        );
                     }
                 }
             }

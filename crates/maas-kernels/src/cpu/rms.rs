@@ -62,17 +62,31 @@ mod tests {
         let mut want = Vec::new();
         for row in x.chunks(cols) {
             let ms = row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / cols as f64;
-            want.extend(row.iter().zip(&w).map(|(v, g)| f64::from(*v) / (ms + 1e-5).sqrt() * f64::from(*g)));
+            want.extend(
+                row.iter()
+                    .zip(&w)
+                    .map(|(v, g)| f64::from(*v) / (ms + 1e-5).sqrt() * f64::from(*g)),
+            );
         }
         let mut out = vec![0.0; x.len()];
         rms_norm(&x, &w, cols, 1e-5, &mut out);
         assert_close(&out, &want, 1e-5, "rms_norm");
 
-        let (mut g, u) = (random(1000, 33).iter().map(|v| v * 6.0).collect::<Vec<f32>>(), random(1000, 34));
-        let want: Vec<f64> = g.iter().zip(&u).map(|(a, b)| {
-            let a = f64::from(*a);
-            a / (1.0 + (-a).exp()) * f64::from(*b)
-        }).collect();
+        let (mut g, u) = (
+            random(1000, 33)
+                .iter()
+                .map(|v| v * 6.0)
+                .collect::<Vec<f32>>(),
+            random(1000, 34),
+        );
+        let want: Vec<f64> = g
+            .iter()
+            .zip(&u)
+            .map(|(a, b)| {
+                let a = f64::from(*a);
+                a / (1.0 + (-a).exp()) * f64::from(*b)
+            })
+            .collect();
         swiglu_inplace(&mut g, &u);
         assert_close(&g, &want, 1e-6, "swiglu");
     }

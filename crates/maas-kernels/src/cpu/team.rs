@@ -24,7 +24,6 @@ const SPIN: Duration = Duration::from_millis(2);
 /// Spins between yields to the OS.
 const YIELD_EVERY: u32 = 256;
 
-
 struct Shared {
     /// Epoch (24 bits), task count (20 bits), next task index (20 bits): a
     /// task is claimed by advancing the index with a compare-and-swap, which
@@ -51,7 +50,11 @@ const FIELD: u64 = (1 << 20) - 1;
 
 /// (epoch, tasks, next index).
 fn split(state: u64) -> (u64, usize, usize) {
-    (state >> 40, ((state >> 20) & FIELD) as usize, (state & FIELD) as usize)
+    (
+        state >> 40,
+        ((state >> 20) & FIELD) as usize,
+        (state & FIELD) as usize,
+    )
 }
 
 fn pack(epoch: u64, tasks: usize) -> u64 {
@@ -70,15 +73,28 @@ impl Team {
         });
         for i in 0..helpers {
             let s = shared.clone();
-            std::thread::Builder::new().name(format!("maas-team-{i}")).spawn(move || helper(&s)).expect("spawning a team thread");
+            std::thread::Builder::new()
+                .name(format!("maas-team-{i}"))
+                .spawn(move || helper(&s))
+                .expect("spawning a team thread");
         }
-        Self { shared, helpers, busy: Mutex::new(()) }
+        Self {
+            shared,
+            helpers,
+            busy: Mutex::new(()),
+        }
     }
 
     /// The process-wide team: one helper per core beyond the caller's.
     pub fn global() -> &'static Team {
         static TEAM: OnceLock<Team> = OnceLock::new();
-        TEAM.get_or_init(|| Team::new(std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1)))
+        TEAM.get_or_init(|| {
+            Team::new(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .saturating_sub(1),
+            )
+        })
     }
 
     /// Runs `task(i)` for every `i < n`, spread over the team; returns when
@@ -99,7 +115,8 @@ impl Team {
         // `dyn Fn` is (data, vtable); it is only called after a successful
         // claim of this epoch's task, and this function returns only once
         // every claimed task is done, so the task outlives every call.
-        let (data, vtable) = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), (*mut (), *mut ())>(task) };
+        let (data, vtable) =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), (*mut (), *mut ())>(task) };
         let epoch = (split(s.state.load(Ordering::Relaxed)).0 + 1) & 0xff_ffff;
         s.task_data.store(data, Ordering::Relaxed);
         s.task_vtable.store(vtable, Ordering::Relaxed);
@@ -139,7 +156,10 @@ fn claim(s: &Shared, epoch: u64) -> Option<usize> {
         if e != epoch || i >= n {
             return None;
         }
-        match s.state.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+        match s
+            .state
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => return Some(i),
             Err(now) => cur = now,
         }
@@ -161,7 +181,11 @@ fn helper(s: &Shared) {
             while let Some(i) = claim(s, epoch) {
                 // SAFETY: see above; the caller keeps the task alive until
                 // `done` reaches n, which needs this task's increment.
-                let task: &(dyn Fn(usize) + Sync) = unsafe { std::mem::transmute::<(*mut (), *mut ()), &(dyn Fn(usize) + Sync)>((data, vtable)) };
+                let task: &(dyn Fn(usize) + Sync) = unsafe {
+                    std::mem::transmute::<(*mut (), *mut ()), &(dyn Fn(usize) + Sync)>((
+                        data, vtable,
+                    ))
+                };
                 task(i);
                 s.done.fetch_add(1, Ordering::Release);
             }
@@ -204,7 +228,10 @@ mod tests {
             team.run(n, &|i| {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "round {round}"
+            );
             if round == 1000 {
                 std::thread::sleep(SPIN * 3); // the helpers go to sleep
             }

@@ -1,7 +1,9 @@
 //! The device side: context, compiled modules and typed launchers.
 
 use super::{compile, driver_available, nvrtc_available, SOURCES};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,21 +26,33 @@ pub struct Gpu {
 }
 
 fn grid(n: usize, block: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((n as u32).div_ceil(block).max(1), 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(block).max(1), 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn rows(rows: usize, block: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 impl Gpu {
     /// Opens device `ordinal`, compiles every kernel for its architecture and loads them.
     pub fn new(ordinal: usize) -> Result<Self, GpuError> {
         if !driver_available() {
-            return Err(GpuError::Unavailable("libcuda.so.1 (the NVIDIA driver) not found".into()));
+            return Err(GpuError::Unavailable(
+                "libcuda.so.1 (the NVIDIA driver) not found".into(),
+            ));
         }
         if !nvrtc_available() {
-            return Err(GpuError::Unavailable("libnvrtc.so.12 not found (put its folder on LD_LIBRARY_PATH)".into()));
+            return Err(GpuError::Unavailable(
+                "libnvrtc.so.12 not found (put its folder on LD_LIBRARY_PATH)".into(),
+            ));
         }
         let ctx = CudaContext::new(ordinal)?;
         let (major, minor) = ctx.compute_capability()?;
@@ -52,7 +66,12 @@ impl Gpu {
                 funcs.insert(*k, module.load_function(k)?);
             }
         }
-        Ok(Self { ctx, stream, funcs, arch: arch.to_owned() })
+        Ok(Self {
+            ctx,
+            stream,
+            funcs,
+            arch: arch.to_owned(),
+        })
     }
 
     fn f(&self, name: &str) -> &CudaFunction {
@@ -60,7 +79,10 @@ impl Gpu {
         &self.funcs[name]
     }
 
-    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, GpuError> {
+    pub fn upload<T: cudarc::driver::DeviceRepr>(
+        &self,
+        host: &[T],
+    ) -> Result<CudaSlice<T>, GpuError> {
         Ok(self.stream.clone_htod(host)?)
     }
 
@@ -83,9 +105,22 @@ impl Gpu {
 
     /// `out[m×n] = x[m×k] · w[n×k]ᵀ + b[n]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn linear(&self, x: &CudaSlice<f32>, w: &CudaSlice<f32>, b: &CudaSlice<f32>, m: usize, k: usize, n: usize, out: &mut CudaSlice<f32>) -> Result<(), GpuError> {
+    pub fn linear(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
         let cfg = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(64).max(1), (m as u32).div_ceil(64).max(1), 1),
+            grid_dim: (
+                (n as u32).div_ceil(64).max(1),
+                (m as u32).div_ceil(64).max(1),
+                1,
+            ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -101,7 +136,16 @@ impl Gpu {
 
     /// `x = LayerNorm(x + y)` over `rows` rows of `cols`.
     #[allow(clippy::too_many_arguments)]
-    pub fn add_layer_norm(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, g: &CudaSlice<f32>, b: &CudaSlice<f32>, rows_n: usize, cols: usize, eps: f32) -> Result<(), GpuError> {
+    pub fn add_layer_norm(
+        &self,
+        x: &mut CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        rows_n: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
         let c = cols as i32;
         let mut l = self.stream.launch_builder(self.f("add_layer_norm_f32"));
         l.arg(x).arg(y).arg(g).arg(b).arg(&c).arg(&eps);
@@ -111,7 +155,15 @@ impl Gpu {
     }
 
     /// `x = LayerNorm(x)`.
-    pub fn layer_norm(&self, x: &mut CudaSlice<f32>, g: &CudaSlice<f32>, b: &CudaSlice<f32>, rows_n: usize, cols: usize, eps: f32) -> Result<(), GpuError> {
+    pub fn layer_norm(
+        &self,
+        x: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        rows_n: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
         let c = cols as i32;
         let mut l = self.stream.launch_builder(self.f("layer_norm_f32"));
         l.arg(x).arg(g).arg(b).arg(&c).arg(&eps);
@@ -131,10 +183,26 @@ impl Gpu {
 
     /// `out[t] = word[ids[t]] + pos[positions[t]] + type0`.
     #[allow(clippy::too_many_arguments)]
-    pub fn embed(&self, ids: &CudaSlice<u32>, positions: &CudaSlice<i32>, word: &CudaSlice<f32>, pos: &CudaSlice<f32>, type0: &CudaSlice<f32>, out: &mut CudaSlice<f32>, t: usize, h: usize) -> Result<(), GpuError> {
+    pub fn embed(
+        &self,
+        ids: &CudaSlice<u32>,
+        positions: &CudaSlice<i32>,
+        word: &CudaSlice<f32>,
+        pos: &CudaSlice<f32>,
+        type0: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        t: usize,
+        h: usize,
+    ) -> Result<(), GpuError> {
         let hh = h as i32;
         let mut l = self.stream.launch_builder(self.f("embed_f32"));
-        l.arg(ids).arg(positions).arg(word).arg(pos).arg(type0).arg(out).arg(&hh);
+        l.arg(ids)
+            .arg(positions)
+            .arg(word)
+            .arg(pos)
+            .arg(type0)
+            .arg(out)
+            .arg(&hh);
         // SAFETY: block t reads row ids[t] of word and positions[t] of pos
         // (ids are checked against the vocabulary, positions < 512 by
         // truncation) and writes row t of out.
@@ -144,10 +212,24 @@ impl Gpu {
 
     /// Attention over packed sequences; head size must be 32.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(&self, qkv: &CudaSlice<f32>, starts: &CudaSlice<i32>, lens: &CudaSlice<i32>, out: &mut CudaSlice<f32>, seqs: usize, heads: usize, scale: f32) -> Result<(), GpuError> {
+    pub fn attention(
+        &self,
+        qkv: &CudaSlice<f32>,
+        starts: &CudaSlice<i32>,
+        lens: &CudaSlice<i32>,
+        out: &mut CudaSlice<f32>,
+        seqs: usize,
+        heads: usize,
+        scale: f32,
+    ) -> Result<(), GpuError> {
         let hh = heads as i32;
         let mut l = self.stream.launch_builder(self.f("attention_f32"));
-        l.arg(qkv).arg(starts).arg(lens).arg(out).arg(&hh).arg(&scale);
+        l.arg(qkv)
+            .arg(starts)
+            .arg(lens)
+            .arg(out)
+            .arg(&hh)
+            .arg(&scale);
         // SAFETY: block (seq, head) reads its sequence's rows of qkv and
         // writes its head's columns of those rows of out; lengths ≤ 512.
         unsafe { l.launch(rows(seqs * heads, 128)) }?;
@@ -155,7 +237,15 @@ impl Gpu {
     }
 
     /// Mean over each sequence's rows, then L2 normalisation.
-    pub fn mean_pool_l2(&self, x: &CudaSlice<f32>, starts: &CudaSlice<i32>, lens: &CudaSlice<i32>, out: &mut CudaSlice<f32>, seqs: usize, h: usize) -> Result<(), GpuError> {
+    pub fn mean_pool_l2(
+        &self,
+        x: &CudaSlice<f32>,
+        starts: &CudaSlice<i32>,
+        lens: &CudaSlice<i32>,
+        out: &mut CudaSlice<f32>,
+        seqs: usize,
+        h: usize,
+    ) -> Result<(), GpuError> {
         let hh = h as i32;
         let mut l = self.stream.launch_builder(self.f("mean_pool_l2_f32"));
         l.arg(x).arg(starts).arg(lens).arg(out).arg(&hh);
@@ -166,7 +256,15 @@ impl Gpu {
 
     /// RMS normalisation of `rows_n` rows of `cols` into `out`.
     #[allow(clippy::too_many_arguments)]
-    pub fn rms_norm(&self, x: &CudaSlice<f32>, w: &CudaSlice<f32>, out: &mut CudaSlice<f32>, rows_n: usize, cols: usize, eps: f32) -> Result<(), GpuError> {
+    pub fn rms_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        rows_n: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
         let c = cols as i32;
         let mut l = self.stream.launch_builder(self.f("rms_norm_f32"));
         l.arg(x).arg(w).arg(out).arg(&c).arg(&eps);
@@ -178,10 +276,35 @@ impl Gpu {
     /// Rotary positions on `heads` heads from column `col0` of each row
     /// (rows `stride` apart), row r at position `pos[r]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn rope(&self, x: &mut CudaSlice<f32>, pos: &CudaSlice<i32>, cos: &CudaSlice<f32>, sin: &CudaSlice<f32>, rows_n: usize, stride: usize, col0: usize, heads: usize, head_dim: usize) -> Result<(), GpuError> {
-        let a = [rows_n as i32, stride as i32, col0 as i32, heads as i32, head_dim as i32];
+    pub fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        pos: &CudaSlice<i32>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        rows_n: usize,
+        stride: usize,
+        col0: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<(), GpuError> {
+        let a = [
+            rows_n as i32,
+            stride as i32,
+            col0 as i32,
+            heads as i32,
+            head_dim as i32,
+        ];
         let mut l = self.stream.launch_builder(self.f("rope_f32"));
-        l.arg(x).arg(pos).arg(cos).arg(sin).arg(&a[0]).arg(&a[1]).arg(&a[2]).arg(&a[3]).arg(&a[4]);
+        l.arg(x)
+            .arg(pos)
+            .arg(cos)
+            .arg(sin)
+            .arg(&a[0])
+            .arg(&a[1])
+            .arg(&a[2])
+            .arg(&a[3])
+            .arg(&a[4]);
         // SAFETY: thread i < rows·heads·head_dim/2 rotates one pair of one
         // head of one row; positions index the tables within their length.
         unsafe { l.launch(grid(rows_n * heads * head_dim / 2, 256)) }?;
@@ -189,7 +312,13 @@ impl Gpu {
     }
 
     /// `out[r, j] = silu(gu[r, j]) · gu[r, ffn + j]`.
-    pub fn swiglu(&self, gu: &CudaSlice<f32>, out: &mut CudaSlice<f32>, rows_n: usize, ffn: usize) -> Result<(), GpuError> {
+    pub fn swiglu(
+        &self,
+        gu: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        rows_n: usize,
+        ffn: usize,
+    ) -> Result<(), GpuError> {
         let (r, f) = (rows_n as i32, ffn as i32);
         let mut l = self.stream.launch_builder(self.f("swiglu_f32"));
         l.arg(gu).arg(out).arg(&r).arg(&f);
@@ -200,7 +329,16 @@ impl Gpu {
 
     /// `out[m×n] = x[m×k] · Wᵀ` for GGUF blocks `w` (Q4_1 or Q8_0, `n` rows).
     #[allow(clippy::too_many_arguments)]
-    pub fn q_matmul(&self, kind: crate::cpu::QType, w: &CudaSlice<u8>, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>, m: usize, k: usize, n: usize) -> Result<(), GpuError> {
+    pub fn q_matmul(
+        &self,
+        kind: crate::cpu::QType,
+        w: &CudaSlice<u8>,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<(), GpuError> {
         let name = match kind {
             crate::cpu::QType::Q4_1 => "q4_1_matmul_f32",
             crate::cpu::QType::Q8_0 => "q8_0_matmul_f32",
@@ -215,7 +353,14 @@ impl Gpu {
     }
 
     /// Rows `ids` of a Q8_0 matrix (`h` wide), dequantised into `out`.
-    pub fn q8_0_embed(&self, ids: &CudaSlice<u32>, w: &CudaSlice<u8>, out: &mut CudaSlice<f32>, t: usize, h: usize) -> Result<(), GpuError> {
+    pub fn q8_0_embed(
+        &self,
+        ids: &CudaSlice<u32>,
+        w: &CudaSlice<u8>,
+        out: &mut CudaSlice<f32>,
+        t: usize,
+        h: usize,
+    ) -> Result<(), GpuError> {
         let hh = h as i32;
         let mut l = self.stream.launch_builder(self.f("q8_0_embed_f32"));
         l.arg(ids).arg(w).arg(out).arg(&hh);
@@ -229,10 +374,30 @@ impl Gpu {
     /// and values (head size 64): row r sees `visible[r]` positions starting
     /// at element `kv_off[r]` of the pools.
     #[allow(clippy::too_many_arguments)]
-    pub fn kv_attention(&self, q: &CudaSlice<f32>, kpool: &CudaSlice<f32>, vpool: &CudaSlice<f32>, kv_off: &CudaSlice<i64>, visible: &CudaSlice<i32>, out: &mut CudaSlice<f32>, rows_n: usize, heads: usize, kv_heads: usize, scale: f32) -> Result<(), GpuError> {
+    pub fn kv_attention(
+        &self,
+        q: &CudaSlice<f32>,
+        kpool: &CudaSlice<f32>,
+        vpool: &CudaSlice<f32>,
+        kv_off: &CudaSlice<i64>,
+        visible: &CudaSlice<i32>,
+        out: &mut CudaSlice<f32>,
+        rows_n: usize,
+        heads: usize,
+        kv_heads: usize,
+        scale: f32,
+    ) -> Result<(), GpuError> {
         let (h, kvh) = (heads as i32, kv_heads as i32);
         let mut l = self.stream.launch_builder(self.f("kv_attention_f32"));
-        l.arg(q).arg(kpool).arg(vpool).arg(kv_off).arg(visible).arg(out).arg(&h).arg(&kvh).arg(&scale);
+        l.arg(q)
+            .arg(kpool)
+            .arg(vpool)
+            .arg(kv_off)
+            .arg(visible)
+            .arg(out)
+            .arg(&h)
+            .arg(&kvh)
+            .arg(&scale);
         // SAFETY: block (row, head) reads that row's q, its sequence's first
         // visible positions in the pools, and writes its head of out's row.
         unsafe { l.launch(rows(rows_n * heads, 128)) }?;

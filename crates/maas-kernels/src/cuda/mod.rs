@@ -16,15 +16,43 @@ const COMMON: &str = include_str!("../../cuda/common.cuh");
 
 /// Every kernel source: (file, source, kernels it defines).
 pub const SOURCES: &[(&str, &str, &[&str])] = &[
-    ("linear.cu", include_str!("../../cuda/linear.cu"), &["linear_f32"]),
-    ("norm.cu", include_str!("../../cuda/norm.cu"), &["add_layer_norm_f32", "layer_norm_f32"]),
-    ("elementwise.cu", include_str!("../../cuda/elementwise.cu"), &["gelu_f32", "embed_f32"]),
-    ("attention.cu", include_str!("../../cuda/attention.cu"), &["attention_f32"]),
-    ("pool.cu", include_str!("../../cuda/pool.cu"), &["mean_pool_l2_f32"]),
+    (
+        "linear.cu",
+        include_str!("../../cuda/linear.cu"),
+        &["linear_f32"],
+    ),
+    (
+        "norm.cu",
+        include_str!("../../cuda/norm.cu"),
+        &["add_layer_norm_f32", "layer_norm_f32"],
+    ),
+    (
+        "elementwise.cu",
+        include_str!("../../cuda/elementwise.cu"),
+        &["gelu_f32", "embed_f32"],
+    ),
+    (
+        "attention.cu",
+        include_str!("../../cuda/attention.cu"),
+        &["attention_f32"],
+    ),
+    (
+        "pool.cu",
+        include_str!("../../cuda/pool.cu"),
+        &["mean_pool_l2_f32"],
+    ),
     (
         "llama.cu",
         include_str!("../../cuda/llama.cu"),
-        &["rms_norm_f32", "rope_f32", "swiglu_f32", "q4_1_matmul_f32", "q8_0_matmul_f32", "q8_0_embed_f32", "kv_attention_f32"],
+        &[
+            "rms_norm_f32",
+            "rope_f32",
+            "swiglu_f32",
+            "q4_1_matmul_f32",
+            "q8_0_matmul_f32",
+            "q8_0_embed_f32",
+            "kv_attention_f32",
+        ],
     ),
 ];
 
@@ -61,7 +89,11 @@ pub fn compile(name: &str, src: &str, arch: &str) -> Result<Compiled, String> {
     let code = CString::new(source(src)).map_err(|e| e.to_string())?;
     let cname = CString::new(name).map_err(|e| e.to_string())?;
     let prog = result::create_program(&code, Some(&cname)).map_err(|e| format!("{name}: {e:?}"))?;
-    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "--fmad=true".into()];
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        "--fmad=true".into(),
+    ];
     // SAFETY: `prog` was created above and is destroyed once below; the
     // buffers returned by NVRTC are NUL-terminated C strings.
     unsafe {
@@ -71,7 +103,10 @@ pub fn compile(name: &str, src: &str, arch: &str) -> Result<Compiled, String> {
             .unwrap_or_default();
         let out = match compiled {
             Ok(()) => result::get_ptx(prog)
-                .map(|raw| Compiled { ptx: CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned(), log: log.clone() })
+                .map(|raw| Compiled {
+                    ptx: CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned(),
+                    log: log.clone(),
+                })
                 .map_err(|e| format!("{name}: no PTX: {e:?}")),
             Err(e) => Err(format!("{name}: {e:?}\n{log}")),
         };

@@ -8,9 +8,9 @@ use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use maas_core::apikey::NewKey;
+use maas_store::budget::{self, Period};
 use maas_store::keys::{self, ApiKey, KeyLimits, NewKeyRow};
 use maas_store::quotas::{self, Quota};
-use maas_store::budget::{self, Period};
 use maas_store::{audit, tenants, usage, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -19,22 +19,52 @@ use uuid::Uuid;
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin/v1")
-            .service(resource("/tenants").route(web::post().to(create_tenant)).route(web::get().to(list_tenants)))
+            .service(
+                resource("/tenants")
+                    .route(web::post().to(create_tenant))
+                    .route(web::get().to(list_tenants)),
+            )
             .service(
                 resource("/tenants/{id}")
                     .route(web::get().to(get_tenant))
                     .route(web::patch().to(update_tenant))
                     .route(web::delete().to(delete_tenant)),
             )
-            .service(resource("/tenants/{id}/keys").route(web::post().to(create_key)).route(web::get().to(list_keys)))
-            .service(resource("/tenants/{id}/quota").route(web::put().to(put_quota)).route(web::get().to(get_quota)))
+            .service(
+                resource("/tenants/{id}/keys")
+                    .route(web::post().to(create_key))
+                    .route(web::get().to(list_keys)),
+            )
+            .service(
+                resource("/tenants/{id}/quota")
+                    .route(web::put().to(put_quota))
+                    .route(web::get().to(get_quota)),
+            )
             .service(resource("/tenants/{id}/usage").route(web::get().to(get_usage)))
-            .service(resource("/keys/{key_id}").route(web::delete().to(revoke_key)).route(web::patch().to(set_key_limits))),
+            .service(
+                resource("/keys/{key_id}")
+                    .route(web::delete().to(revoke_key))
+                    .route(web::patch().to(set_key_limits)),
+            ),
     );
 }
 
-async fn audit(state: &AppState, admin: &Admin, action: &str, target: Uuid, details: serde_json::Value) {
-    if let Err(e) = audit::record(&state.db, &admin.sub, action, Some(&target.to_string()), details).await {
+async fn audit(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    target: Uuid,
+    details: serde_json::Value,
+) {
+    if let Err(e) = audit::record(
+        &state.db,
+        &admin.sub,
+        action,
+        Some(&target.to_string()),
+        details,
+    )
+    .await
+    {
         tracing::error!(error = %e, action, "could not write audit log");
     }
 }
@@ -53,19 +83,27 @@ async fn refresh_key_cache(state: &AppState, tenant_id: Uuid) -> Result<(), ApiE
 
 async fn tenant_or_404(state: &AppState, raw: &str) -> Result<tenants::Tenant, ApiError> {
     let id = parse_id(raw, "tenant")?;
-    tenants::get(&state.db, id).await?.ok_or_else(|| ApiError::not_found("tenant"))
+    tenants::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.len() > 200 {
-        return Err(ApiError::invalid("name must be 1 to 200 characters", Some("name")));
+        return Err(ApiError::invalid(
+            "name must be 1 to 200 characters",
+            Some("name"),
+        ));
     }
     Ok(())
 }
 
 fn check_weight(weight: i32) -> Result<(), ApiError> {
     if !(1..=1000).contains(&weight) {
-        return Err(ApiError::invalid("weight must be between 1 and 1000", Some("weight")));
+        return Err(ApiError::invalid(
+            "weight must be between 1 and 1000",
+            Some("weight"),
+        ));
     }
     Ok(())
 }
@@ -80,24 +118,42 @@ pub struct CreateTenant {
 
 #[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_jwt" = [])), request_body = CreateTenant,
     responses((status = 201, description = "Created"), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-pub async fn create_tenant(state: web::Data<AppState>, admin: Admin, body: web::Json<CreateTenant>) -> Result<HttpResponse, ApiError> {
+pub async fn create_tenant(
+    state: web::Data<AppState>,
+    admin: Admin,
+    body: web::Json<CreateTenant>,
+) -> Result<HttpResponse, ApiError> {
     check_name(&body.name)?;
     let weight = body.weight.unwrap_or(1);
     check_weight(weight)?;
     let t = tenants::create(&state.db, body.name.trim(), weight).await?;
-    audit(&state, &admin, "tenant.create", t.id, json!({"name": t.name, "weight": t.weight})).await;
+    audit(
+        &state,
+        &admin,
+        "tenant.create",
+        t.id,
+        json!({"name": t.name, "weight": t.weight}),
+    )
+    .await;
     Ok(HttpResponse::Created().json(t))
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", security(("admin_jwt" = [])), responses((status = 200, description = "Every tenant")))]
-pub async fn list_tenants(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
+pub async fn list_tenants(
+    state: web::Data<AppState>,
+    _admin: Admin,
+) -> Result<HttpResponse, ApiError> {
     let list = tenants::list(&state.db).await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": list})))
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}", tag = "admin", security(("admin_jwt" = [])),
     responses((status = 200, description = "The tenant"), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_tenant(state: web::Data<AppState>, _admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_tenant(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(tenant_or_404(&state, &path).await?))
 }
 
@@ -124,24 +180,50 @@ pub async fn update_tenant(
     if let Some(w) = body.weight {
         check_weight(w)?;
     }
-    let t = tenants::update(&state.db, id, body.name.as_deref().map(str::trim), body.weight, body.disabled)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let t = tenants::update(
+        &state.db,
+        id,
+        body.name.as_deref().map(str::trim),
+        body.weight,
+        body.disabled,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("tenant"))?;
     if body.disabled.is_some() {
         // Keys cache the tenant's disabled flag.
         refresh_key_cache(&state, id).await?;
     }
-    audit(&state, &admin, "tenant.update", id, json!({"name": body.name, "weight": body.weight, "disabled": body.disabled})).await;
+    audit(
+        &state,
+        &admin,
+        "tenant.update",
+        id,
+        json!({"name": body.name, "weight": body.weight, "disabled": body.disabled}),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(t))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "admin", security(("admin_jwt" = [])),
     responses((status = 204, description = "Deleted; its keys are revoked"), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn delete_tenant(state: web::Data<AppState>, admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_tenant(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "tenant")?;
-    let prefixes = tenants::delete(&state.db, id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let prefixes = tenants::delete(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
     refresh_key_cache(&state, id).await?;
-    audit(&state, &admin, "tenant.delete", id, json!({"revoked_keys": prefixes.len()})).await;
+    audit(
+        &state,
+        &admin,
+        "tenant.delete",
+        id,
+        json!({"revoked_keys": prefixes.len()}),
+    )
+    .await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -161,7 +243,10 @@ pub struct CreateKey {
 fn check_key_limits(l: &KeyLimits) -> Result<(), ApiError> {
     for (name, v) in [("rpm", l.rpm), ("tpm", l.tpm)] {
         if v.is_some_and(|v| v < 0) {
-            return Err(ApiError::invalid(format!("{name} must not be negative"), Some(name)));
+            return Err(ApiError::invalid(
+                format!("{name} must not be negative"),
+                Some(name),
+            ));
         }
     }
     Ok(())
@@ -190,12 +275,21 @@ pub async fn create_key(
         validate_scopes(s)?;
     }
     if body.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::invalid("expires_at must be in the future", Some("expires_at")));
+        return Err(ApiError::invalid(
+            "expires_at must be in the future",
+            Some("expires_at"),
+        ));
     }
-    let limits = KeyLimits { rpm: body.rpm, tpm: body.tpm };
+    let limits = KeyLimits {
+        rpm: body.rpm,
+        tpm: body.tpm,
+    };
     check_key_limits(&limits)?;
     if body.name.as_ref().is_some_and(|n| n.len() > 200) {
-        return Err(ApiError::invalid("name must be at most 200 characters", Some("name")));
+        return Err(ApiError::invalid(
+            "name must be at most 200 characters",
+            Some("name"),
+        ));
     }
     // A prefix collision is astronomically unlikely; retry once anyway.
     let mut attempt = 0;
@@ -224,12 +318,19 @@ pub async fn create_key(
         json!({"tenant_id": tenant.id, "prefix": created.prefix, "scopes": created.scopes, "rpm": created.rpm, "tpm": created.tpm}),
     )
     .await;
-    Ok(HttpResponse::Created().json(CreatedKey { key: created, secret }))
+    Ok(HttpResponse::Created().json(CreatedKey {
+        key: created,
+        secret,
+    }))
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/keys", tag = "admin", security(("admin_jwt" = [])),
     responses((status = 200, description = "The tenant's keys, without secrets")))]
-pub async fn list_keys(state: web::Data<AppState>, _admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn list_keys(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let tenant = tenant_or_404(&state, &path).await?;
     let list = keys::list_for_tenant(&state.db, tenant.id).await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": list})))
@@ -237,11 +338,24 @@ pub async fn list_keys(state: web::Data<AppState>, _admin: Admin, path: web::Pat
 
 #[utoipa::path(delete, path = "/admin/v1/keys/{key_id}", tag = "admin", security(("admin_jwt" = [])),
     responses((status = 200, description = "Revoked; refused on its next request on every replica"), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn revoke_key(state: web::Data<AppState>, admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn revoke_key(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "key")?;
-    let key = keys::revoke(&state.db, id).await?.ok_or_else(|| ApiError::not_found("key"))?;
+    let key = keys::revoke(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
     refresh_key_cache(&state, key.tenant_id).await?;
-    audit(&state, &admin, "key.revoke", id, json!({"tenant_id": key.tenant_id, "prefix": key.prefix})).await;
+    audit(
+        &state,
+        &admin,
+        "key.revoke",
+        id,
+        json!({"tenant_id": key.tenant_id, "prefix": key.prefix}),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(key))
 }
 
@@ -255,9 +369,18 @@ pub async fn set_key_limits(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "key")?;
     check_key_limits(&body)?;
-    let key = keys::set_limits(&state.db, id, *body).await?.ok_or_else(|| ApiError::not_found("key"))?;
+    let key = keys::set_limits(&state.db, id, *body)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
     refresh_key_cache(&state, key.tenant_id).await?;
-    audit(&state, &admin, "key.limits", id, json!({"tenant_id": key.tenant_id, "rpm": key.rpm, "tpm": key.tpm})).await;
+    audit(
+        &state,
+        &admin,
+        "key.limits",
+        id,
+        json!({"tenant_id": key.tenant_id, "rpm": key.rpm, "tpm": key.tpm}),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(key))
 }
 
@@ -271,12 +394,18 @@ fn check_quota(q: &Quota) -> Result<(), ApiError> {
     ];
     for (name, v) in fields {
         if v.is_some_and(|v| v < 0) {
-            return Err(ApiError::invalid(format!("{name} must not be negative"), Some(name)));
+            return Err(ApiError::invalid(
+                format!("{name} must not be negative"),
+                Some(name),
+            ));
         }
     }
     if let Some(p) = &q.budget_period {
         if !["day", "week", "month"].contains(&p.as_str()) {
-            return Err(ApiError::invalid("budget_period must be day, week or month", Some("budget_period")));
+            return Err(ApiError::invalid(
+                "budget_period must be day, week or month",
+                Some("budget_period"),
+            ));
         }
     }
     Ok(())
@@ -293,13 +422,24 @@ pub async fn put_quota(
     let tenant = tenant_or_404(&state, &path).await?;
     check_quota(&body)?;
     let q = quotas::put(&state.db, tenant.id, &body).await?;
-    audit(&state, &admin, "quota.put", tenant.id, serde_json::to_value(&q.quota).unwrap_or_default()).await;
+    audit(
+        &state,
+        &admin,
+        "quota.put",
+        tenant.id,
+        serde_json::to_value(&q.quota).unwrap_or_default(),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(q))
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/quota", tag = "admin", security(("admin_jwt" = [])),
     responses((status = 200, description = "The quota (all null: unlimited)")))]
-pub async fn get_quota(state: web::Data<AppState>, _admin: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_quota(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let tenant = tenant_or_404(&state, &path).await?;
     let q = quotas::get(&state.db, tenant.id).await?;
     Ok(HttpResponse::Ok().json(match q {
@@ -328,15 +468,25 @@ pub async fn get_usage(
 }
 
 /// Usage per day, key and model over the last `days` days (1–366, default 30).
-pub async fn usage_report(state: &AppState, tenant_id: uuid::Uuid, days: Option<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn usage_report(
+    state: &AppState,
+    tenant_id: uuid::Uuid,
+    days: Option<i64>,
+) -> Result<HttpResponse, ApiError> {
     let days = days.unwrap_or(30);
     if !(1..=366).contains(&days) {
-        return Err(ApiError::invalid("days must be between 1 and 366", Some("days")));
+        return Err(ApiError::invalid(
+            "days must be between 1 and 366",
+            Some("days"),
+        ));
     }
     let since = (Utc::now() - Duration::days(days - 1)).date_naive();
     let rows = usage::by_day(&state.db, tenant_id, since).await?;
     // The token budget's current period, when the tenant has one.
-    let quota = quotas::get(&state.db, tenant_id).await?.map(|r| r.quota).unwrap_or_default();
+    let quota = quotas::get(&state.db, tenant_id)
+        .await?
+        .map(|r| r.quota)
+        .unwrap_or_default();
     let budget = match quota.token_budget {
         Some(limit) => {
             let period = Period::parse(quota.budget_period.as_deref()).unwrap_or(Period::Month);
@@ -348,5 +498,6 @@ pub async fn usage_report(state: &AppState, tenant_id: uuid::Uuid, days: Option<
         }
         None => serde_json::Value::Null,
     };
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "tenant_id": tenant_id, "data": rows, "budget": budget})))
+    Ok(HttpResponse::Ok()
+        .json(json!({"object": "list", "tenant_id": tenant_id, "data": rows, "budget": budget})))
 }

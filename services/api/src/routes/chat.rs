@@ -59,7 +59,11 @@ pub struct GenerationRequest {
 }
 
 fn unsupported(what: &str, param: &str) -> ApiError {
-    ApiError::InvalidRequest { message: format!("{what} is not supported yet"), param: Some(param.into()), code: "unsupported_parameter" }
+    ApiError::InvalidRequest {
+        message: format!("{what} is not supported yet"),
+        param: Some(param.into()),
+        code: "unsupported_parameter",
+    }
 }
 
 /// What a generation request turned into.
@@ -68,9 +72,21 @@ enum Generated {
     Streaming(Submitted, String, bool),
 }
 
-async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, body: GenerationRequest, family: &str, chat: bool) -> Result<Generated, ApiError> {
+async fn generate(
+    state: &AppState,
+    principal: &Principal,
+    req: &HttpRequest,
+    body: GenerationRequest,
+    family: &str,
+    chat: bool,
+) -> Result<Generated, ApiError> {
     let stream = body.stream == Some(true);
-    let include_usage = body.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let model = super::parse_model(&body.model)?;
     principal.require(family, Some(&model))?;
     if model.as_str() != SMOLLM2 {
@@ -85,7 +101,13 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
     }
     let logprobs = requested_logprobs(&body, chat)?;
     let (messages, prompt) = if chat {
-        (Some(body.messages.ok_or_else(|| ApiError::invalid("messages is required", Some("messages")))?), None)
+        (
+            Some(
+                body.messages
+                    .ok_or_else(|| ApiError::invalid("messages is required", Some("messages")))?,
+            ),
+            None,
+        )
     } else {
         (None, Some(parse_prompt(body.prompt)?))
     };
@@ -107,7 +129,13 @@ async fn generate(state: &AppState, principal: &Principal, req: &HttpRequest, bo
         stream,
     };
     let job = match submit(state, principal, sub).await? {
-        s @ Submitted::Streaming { .. } => return Ok(Generated::Streaming(s, model.as_str().to_owned(), include_usage)),
+        s @ Submitted::Streaming { .. } => {
+            return Ok(Generated::Streaming(
+                s,
+                model.as_str().to_owned(),
+                include_usage,
+            ))
+        }
         Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
     };
     let job = completed(state, principal.tenant_id, job, None).await?;
@@ -130,7 +158,10 @@ fn requested_logprobs(body: &GenerationRequest, chat: bool) -> Result<Option<u32
         }
     } else {
         if body.top_logprobs.is_some() {
-            return Err(bad("top_logprobs is a chat parameter; give logprobs: <0–5> for completions", "top_logprobs"));
+            return Err(bad(
+                "top_logprobs is a chat parameter; give logprobs: <0–5> for completions",
+                "top_logprobs",
+            ));
         }
         match &body.logprobs {
             None | Some(Value::Null) => Ok(None),
@@ -155,7 +186,9 @@ fn parse_prompt(prompt: Option<Value>) -> Result<Prompt, ApiError> {
                 .collect::<Option<Vec<u32>>>()
                 .map(Prompt::Ids)
                 .ok_or_else(|| bad("token ids must be non-negative integers")),
-            _ => Err(bad("prompt must be a string, an array of token ids, or a one-element array of either")),
+            _ => Err(bad(
+                "prompt must be a string, an array of token ids, or a one-element array of either",
+            )),
         }
     };
     match prompt {
@@ -177,7 +210,8 @@ fn parse_prompt(prompt: Option<Value>) -> Result<Prompt, ApiError> {
 /// Chat logprob entries in the completions form, text offsets from `offset`
 /// (characters into the completion); returns the form and the next offset.
 fn completion_logprobs(entries: &Value, mut offset: usize) -> (Value, usize) {
-    let (mut tokens, mut lps, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tokens, mut lps, mut tops, mut offsets) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for e in entries.as_array().map(Vec::as_slice).unwrap_or_default() {
         let token = e["token"].as_str().unwrap_or_default();
         tokens.push(json!(token));
@@ -187,27 +221,53 @@ fn completion_logprobs(entries: &Value, mut offset: usize) -> (Value, usize) {
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
-            .map(|t| (t["token"].as_str().unwrap_or_default().to_owned(), t["logprob"].clone()))
+            .map(|t| {
+                (
+                    t["token"].as_str().unwrap_or_default().to_owned(),
+                    t["logprob"].clone(),
+                )
+            })
             .collect();
         tops.push(Value::Object(alt));
         offsets.push(json!(offset));
         offset += token.chars().count();
     }
-    (json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}), offset)
+    (
+        json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}),
+        offset,
+    )
 }
 
 fn usage(out: &Value) -> Value {
-    let (p, c) = (out["prompt_tokens"].as_u64().unwrap_or(0), out["completion_tokens"].as_u64().unwrap_or(0));
+    let (p, c) = (
+        out["prompt_tokens"].as_u64().unwrap_or(0),
+        out["completion_tokens"].as_u64().unwrap_or(0),
+    );
     json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
 }
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", security(("api_key" = [])), request_body = GenerationRequest,
     responses((status = 200, description = "chat.completion"), (status = 400, body = crate::error::ErrorBody), (status = 504, body = crate::error::ErrorBody)))]
-pub async fn chat_completions(state: web::Data<AppState>, principal: Principal, req: HttpRequest, body: web::Json<GenerationRequest>) -> Result<HttpResponse, ApiError> {
-    let (job, model) = match generate(&state, &principal, &req, body.into_inner(), "chat", true).await? {
-        Generated::Done(job, model) => (job, model),
-        Generated::Streaming(s, model, usage) => return Ok(sse(state.get_ref().clone(), principal.tenant_id, s, model, usage, true)),
-    };
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    body: web::Json<GenerationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (job, model) =
+        match generate(&state, &principal, &req, body.into_inner(), "chat", true).await? {
+            Generated::Done(job, model) => (job, model),
+            Generated::Streaming(s, model, usage) => {
+                return Ok(sse(
+                    state.get_ref().clone(),
+                    principal.tenant_id,
+                    s,
+                    model,
+                    usage,
+                    true,
+                ))
+            }
+        };
     let out = job.output.clone().unwrap_or_default();
     Ok(HttpResponse::Ok().json(json!({
         "id": format!("chatcmpl-{}", job.id.simple()),
@@ -226,10 +286,33 @@ pub async fn chat_completions(state: web::Data<AppState>, principal: Principal, 
 
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", security(("api_key" = [])), request_body = GenerationRequest,
     responses((status = 200, description = "text_completion"), (status = 400, body = crate::error::ErrorBody), (status = 504, body = crate::error::ErrorBody)))]
-pub async fn completions(state: web::Data<AppState>, principal: Principal, req: HttpRequest, body: web::Json<GenerationRequest>) -> Result<HttpResponse, ApiError> {
-    let (job, model) = match generate(&state, &principal, &req, body.into_inner(), "completions", false).await? {
+pub async fn completions(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    body: web::Json<GenerationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (job, model) = match generate(
+        &state,
+        &principal,
+        &req,
+        body.into_inner(),
+        "completions",
+        false,
+    )
+    .await?
+    {
         Generated::Done(job, model) => (job, model),
-        Generated::Streaming(s, model, usage) => return Ok(sse(state.get_ref().clone(), principal.tenant_id, s, model, usage, false)),
+        Generated::Streaming(s, model, usage) => {
+            return Ok(sse(
+                state.get_ref().clone(),
+                principal.tenant_id,
+                s,
+                model,
+                usage,
+                false,
+            ))
+        }
     };
     let out = job.output.clone().unwrap_or_default();
     Ok(HttpResponse::Ok().json(json!({
@@ -255,12 +338,28 @@ fn event(v: &Value) -> web::Bytes {
 /// The streaming answer: a first chunk (chat: the assistant role), a chunk
 /// per piece of text, a last chunk with the finish reason, the usage if asked
 /// (`stream_options.include_usage`), then `data: [DONE]`.
-fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, include_usage: bool, chat: bool) -> HttpResponse {
-    let Submitted::Streaming { job, waiter, done, guard } = s else {
+fn sse(
+    state: AppState,
+    tenant_id: uuid::Uuid,
+    s: Submitted,
+    model: String,
+    include_usage: bool,
+    chat: bool,
+) -> HttpResponse {
+    let Submitted::Streaming {
+        job,
+        waiter,
+        done,
+        guard,
+    } = s
+    else {
         return HttpResponse::InternalServerError().finish();
     };
     let (object, id) = if chat {
-        ("chat.completion.chunk", format!("chatcmpl-{}", job.id.simple()))
+        (
+            "chat.completion.chunk",
+            format!("chatcmpl-{}", job.id.simple()),
+        )
     } else {
         ("text_completion", format!("cmpl-{}", job.id.simple()))
     };
@@ -278,7 +377,8 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
         };
         json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(state.settings.max_sync_timeout_ms);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(state.settings.max_sync_timeout_ms);
     struct Flow {
         state: AppState,
         tenant_id: uuid::Uuid,
@@ -295,7 +395,17 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
     if chat {
         first.push_back(event(&chunk(None, None, Value::Null)));
     }
-    let flow = Flow { state, tenant_id, job_id: job.id, waiter, _done: done, guard, pending: first, finished: false, offset: 0 };
+    let flow = Flow {
+        state,
+        tenant_id,
+        job_id: job.id,
+        waiter,
+        _done: done,
+        guard,
+        pending: first,
+        finished: false,
+        offset: 0,
+    };
     let body = futures_util::stream::unfold(flow, move |mut f| {
         let chunk = chunk.clone();
         async move {
@@ -317,16 +427,30 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
                                 lp
                             }
                         };
-                        f.pending.push_back(event(&chunk(Some(&piece.text), None, logprobs)));
+                        f.pending
+                            .push_back(event(&chunk(Some(&piece.text), None, logprobs)));
                     }
                     Ok(None) => {
                         // Done: the final state says how it ended.
                         f.finished = true;
                         f.guard.disarm();
-                        let job = crate::submit::load_job(&f.state, f.job_id, f.tenant_id).await.ok().flatten();
-                        match job.as_ref().map(|j| (j.status(), j.output.clone().unwrap_or_default(), j.error.clone())) {
+                        let job = crate::submit::load_job(&f.state, f.job_id, f.tenant_id)
+                            .await
+                            .ok()
+                            .flatten();
+                        match job.as_ref().map(|j| {
+                            (
+                                j.status(),
+                                j.output.clone().unwrap_or_default(),
+                                j.error.clone(),
+                            )
+                        }) {
                             Some((JobStatus::Succeeded, out, _)) => {
-                                f.pending.push_back(event(&chunk(None, Some(out["finish_reason"].as_str().unwrap_or("stop")), Value::Null)));
+                                f.pending.push_back(event(&chunk(
+                                    None,
+                                    Some(out["finish_reason"].as_str().unwrap_or("stop")),
+                                    Value::Null,
+                                )));
                                 if include_usage {
                                     let mut u = chunk(None, None, Value::Null);
                                     u["choices"] = json!([]);
@@ -342,14 +466,16 @@ fn sse(state: AppState, tenant_id: uuid::Uuid, s: Submitted, model: String, incl
                                 f.pending.push_back(event(&json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation_failed"}})));
                             }
                         }
-                        f.pending.push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
+                        f.pending
+                            .push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
                     }
                     Err(_) => {
                         f.finished = true;
                         let _ = cancel(&f.state, f.job_id, f.tenant_id).await;
                         f.guard.disarm();
                         f.pending.push_back(event(&json!({"error": {"message": "the generation took too long and was cancelled", "type": "timeout_error", "param": null, "code": "timeout"}})));
-                        f.pending.push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
+                        f.pending
+                            .push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
                     }
                 }
             }

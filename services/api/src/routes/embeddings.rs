@@ -76,11 +76,17 @@ pub async fn create_embeddings(
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
-            return Err(ApiError::invalid(format!("encoding_format must be float or base64, not '{other}'"), Some("encoding_format")));
+            return Err(ApiError::invalid(
+                format!("encoding_format must be float or base64, not '{other}'"),
+                Some("encoding_format"),
+            ));
         }
     };
     if body.dimensions.is_some_and(|d| d != 384) {
-        return Err(ApiError::invalid("this model only produces 384 dimensions", Some("dimensions")));
+        return Err(ApiError::invalid(
+            "this model only produces 384 dimensions",
+            Some("dimensions"),
+        ));
     }
     let input = json!({"input": body.input});
     validate_input(&model, &input).map_err(|e| ApiError::invalid(e.message, Some("input")))?;
@@ -95,7 +101,10 @@ pub async fn create_embeddings(
         stream: false,
     };
     let job = match submit(&state, &principal, sub).await? {
-        Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) | Submitted::Streaming { job, .. } => job,
+        Submitted::Waited(job)
+        | Submitted::Accepted(job)
+        | Submitted::Replayed(job)
+        | Submitted::Streaming { job, .. } => job,
     };
     let job = completed(&state, principal.tenant_id, job, Some("input")).await?;
     let out = job.output.unwrap_or_default();
@@ -108,7 +117,11 @@ pub async fn create_embeddings(
             let embedding = if base64 {
                 let bytes: Vec<u8> = v
                     .as_array()
-                    .map(|a| a.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect())
+                    .map(|a| {
+                        a.iter()
+                            .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {

@@ -22,8 +22,14 @@ pub async fn healthz() -> HttpResponse {
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let limit = Duration::from_secs(2);
-    let postgres = matches!(tokio::time::timeout(limit, maas_store::schema_current(&state.db)).await, Ok(Ok(true)));
-    let redis = matches!(tokio::time::timeout(limit, state.cache.ping()).await, Ok(Ok(())));
+    let postgres = matches!(
+        tokio::time::timeout(limit, maas_store::schema_current(&state.db)).await,
+        Ok(Ok(true))
+    );
+    let redis = matches!(
+        tokio::time::timeout(limit, state.cache.ping()).await,
+        Ok(Ok(()))
+    );
     let rabbitmq = state.broker.is_connected();
     let body = json!({
         "status": if postgres && redis && rabbitmq { "ready" } else { "not_ready" },

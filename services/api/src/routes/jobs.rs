@@ -18,10 +18,14 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/jobs").route(web::post().to(create_job)).route(web::get().to(list_jobs)))
-        .service(resource("/v1/jobs/{id}").route(web::get().to(get_job)))
-        .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(cancel_job)))
-        .service(resource("/v1/queue").route(web::get().to(queue_stats)));
+    cfg.service(
+        resource("/v1/jobs")
+            .route(web::post().to(create_job))
+            .route(web::get().to(list_jobs)),
+    )
+    .service(resource("/v1/jobs/{id}").route(web::get().to(get_job)))
+    .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(cancel_job)))
+    .service(resource("/v1/queue").route(web::get().to(queue_stats)));
 }
 
 /// Body of `POST /v1/jobs`.
@@ -96,7 +100,9 @@ fn location(job: &Job) -> String {
 }
 
 pub(crate) fn accepted(job: &Job) -> HttpResponse {
-    HttpResponse::Accepted().insert_header((header::LOCATION, location(job))).json(JobView::from(job))
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, location(job)))
+        .json(JobView::from(job))
 }
 
 pub(crate) fn finished_or_accepted(job: &Job) -> HttpResponse {
@@ -108,10 +114,20 @@ pub(crate) fn finished_or_accepted(job: &Job) -> HttpResponse {
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
-    let s = v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII", Some("Idempotency-Key")))?;
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| {
+        ApiError::invalid(
+            "Idempotency-Key must be visible ASCII",
+            Some("Idempotency-Key"),
+        )
+    })?;
     if s.is_empty() || s.len() > 255 {
-        return Err(ApiError::invalid("Idempotency-Key must be 1 to 255 characters", Some("Idempotency-Key")));
+        return Err(ApiError::invalid(
+            "Idempotency-Key must be 1 to 255 characters",
+            Some("Idempotency-Key"),
+        ));
     }
     Ok(Some(s.to_owned()))
 }
@@ -143,14 +159,21 @@ pub async fn create_job(
     let body = body.into_inner();
     let model = super::parse_model(&body.model)?;
     principal.require("jobs", Some(&model))?;
-    validate_input(&model, &body.input).map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
+    validate_input(&model, &body.input)
+        .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
     let timeout_ms = match (body.mode, body.timeout_ms) {
         (JobMode::Async, Some(_)) => {
-            return Err(ApiError::invalid("timeout_ms applies to sync jobs only", Some("timeout_ms")));
+            return Err(ApiError::invalid(
+                "timeout_ms applies to sync jobs only",
+                Some("timeout_ms"),
+            ));
         }
         (JobMode::Sync, Some(t)) if t == 0 || t > state.settings.max_sync_timeout_ms => {
             return Err(ApiError::invalid(
-                format!("timeout_ms must be between 1 and {}", state.settings.max_sync_timeout_ms),
+                format!(
+                    "timeout_ms must be between 1 and {}",
+                    state.settings.max_sync_timeout_ms
+                ),
                 Some("timeout_ms"),
             ));
         }
@@ -187,10 +210,22 @@ pub async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     principal.require("jobs", None)?;
     let id = parse_id(&path, "job")?;
-    let job = load_job(&state, id, principal.tenant_id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    let job = load_job(&state, id, principal.tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))?;
     let mut view = JobView::from(&job);
     if job.status() == JobStatus::Queued {
-        view.queue = Some(maas_store::queue::standing(&state.db, job.id, job.tenant_id, &job.model, &job.lane, job.created_at).await?);
+        view.queue = Some(
+            maas_store::queue::standing(
+                &state.db,
+                job.id,
+                job.tenant_id,
+                &job.model,
+                &job.lane,
+                job.created_at,
+            )
+            .await?,
+        );
     }
     Ok(HttpResponse::Ok().json(view))
 }
@@ -225,17 +260,27 @@ pub async fn list_jobs(
     principal.require("jobs", None)?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid("limit must be between 1 and 100", Some("limit")));
+        return Err(ApiError::invalid(
+            "limit must be between 1 and 100",
+            Some("limit"),
+        ));
     }
     let after = match &query.after {
-        Some(a) => Some(Uuid::parse_str(a).map_err(|_| ApiError::invalid("after must be a job id", Some("after")))?),
+        Some(a) => Some(
+            Uuid::parse_str(a)
+                .map_err(|_| ApiError::invalid("after must be a job id", Some("after")))?,
+        ),
         None => None,
     };
-    let status = match &query.status {
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown status '{s}'"), Some("status")))?),
-        None => None,
-    };
-    let mut rows = jobs::list_for_tenant(&state.db, principal.tenant_id, after, status, limit + 1).await?;
+    let status =
+        match &query.status {
+            Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!("unknown status '{s}'"), Some("status"))
+            })?),
+            None => None,
+        };
+    let mut rows =
+        jobs::list_for_tenant(&state.db, principal.tenant_id, after, status, limit + 1).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let data: Vec<JobView> = rows.iter().map(JobView::from).collect();
@@ -264,9 +309,14 @@ pub async fn cancel_job(
     let id = parse_id(&path, "job")?;
     match cancel(&state, id, principal.tenant_id).await? {
         Some(Ok(job)) => Ok(HttpResponse::Ok().json(JobView::from(&job))),
-        Some(Err(job)) if job.status() == JobStatus::Cancelled => Ok(HttpResponse::Ok().json(JobView::from(&job))),
+        Some(Err(job)) if job.status() == JobStatus::Cancelled => {
+            Ok(HttpResponse::Ok().json(JobView::from(&job)))
+        }
         Some(Err(job)) => Err(ApiError::Conflict {
-            message: format!("the job has already finished ({}) and cannot be cancelled", job.status()),
+            message: format!(
+                "the job has already finished ({}) and cannot be cancelled",
+                job.status()
+            ),
             code: "job_not_cancellable",
         }),
         None => Err(ApiError::not_found("job")),
@@ -275,7 +325,10 @@ pub async fn cancel_job(
 
 #[utoipa::path(get, path = "/v1/queue", tag = "jobs", security(("api_key" = [])),
     responses((status = 200, description = "The tenant's jobs queued now, and the queue time (creation to dispatch) of its jobs dispatched in the last hour: p50 and p95, overall and per model")))]
-pub async fn queue_stats(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+pub async fn queue_stats(
+    state: web::Data<AppState>,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
     let times = maas_store::queue::queue_times(&state.db, principal.tenant_id).await?;
     let queued = maas_store::queue::queued_now(&state.db, principal.tenant_id).await?;
     let overall = times.iter().find(|t| t.model.is_none()).cloned();

@@ -26,7 +26,10 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 /// Unknown routes answer with the same error object as everything else.
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound { message: format!("no route for {} {}", req.method(), req.path()), code: "unknown_route" })
+    Err(ApiError::NotFound {
+        message: format!("no route for {} {}", req.method(), req.path()),
+        code: "unknown_route",
+    })
 }
 
 /// A resource whose other methods answer 405 with the error object.

@@ -14,6 +14,10 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 #[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("api_key" = [])), params(UsageQuery),
     responses((status = 200, description = "Requests, tokens and compute time per day, key and model"), (status = 400, body = crate::error::ErrorBody)))]
-pub async fn tenant_usage(state: web::Data<AppState>, principal: Principal, query: web::Query<UsageQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn tenant_usage(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
     usage_report(&state, principal.tenant_id, query.days).await
 }

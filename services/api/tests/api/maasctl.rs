@@ -6,22 +6,33 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn maasctl() -> PathBuf {
-    let dir = std::env::var("MAAS_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
-    });
+    let dir = std::env::var("MAAS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+        });
     dir.join("maasctl")
 }
 
 async fn run(p: &Platform, token: Option<&str>, args: &[&str]) -> (bool, Value, String) {
     let mut cmd = tokio::process::Command::new(maasctl());
-    cmd.args(args).env("MAAS_API_URL", p.url("")).env_remove("MAAS_ADMIN_TOKEN");
+    cmd.args(args)
+        .env("MAAS_API_URL", p.url(""))
+        .env_remove("MAAS_ADMIN_TOKEN");
     if let Some(t) = token {
         cmd.env("MAAS_ADMIN_TOKEN", t);
     }
-    let out = cmd.output().await.expect("maasctl runs (cargo build --release --bins)");
+    let out = cmd
+        .output()
+        .await
+        .expect("maasctl runs (cargo build --release --bins)");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success(), serde_json::from_str(&stdout).unwrap_or(Value::Null), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -35,28 +46,83 @@ async fn maasctl_manages_tenants_keys_quotas_and_usage() {
     assert_eq!(tenant["weight"], 3);
     let (ok, list, _) = run(&p, t, &["tenants", "list"]).await;
     assert!(ok && list.to_string().contains(&id));
-    let (ok, key, err) = run(&p, t, &["keys", "create", &id, "--name", "ci", "--scope", "jobs"]).await;
+    let (ok, key, err) = run(
+        &p,
+        t,
+        &["keys", "create", &id, "--name", "ci", "--scope", "jobs"],
+    )
+    .await;
     assert!(ok, "{err}");
     let secret = key["key"].as_str().unwrap().to_owned();
     // The key works for jobs.
-    let r = p.submit(&secret, serde_json::json!({"model": "echo", "mode": "sync", "input": {"text": "hi"}})).await;
+    let r = p
+        .submit(
+            &secret,
+            serde_json::json!({"model": "echo", "mode": "sync", "input": {"text": "hi"}}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    let (ok, q, err) = run(&p, t, &["quota", "set", &id, "--rpm", "100", "--max-queued", "5"]).await;
+    let (ok, q, err) = run(
+        &p,
+        t,
+        &["quota", "set", &id, "--rpm", "100", "--max-queued", "5"],
+    )
+    .await;
     assert!(ok, "{err}");
-    assert_eq!((q["rpm"].as_i64(), q["max_queued"].as_i64(), q["tpm"].is_null()), (Some(100), Some(5), true));
-    let (ok, limited, err) = run(&p, t, &["keys", "limits", key["id"].as_str().unwrap(), "--rpm", "50"]).await;
+    assert_eq!(
+        (
+            q["rpm"].as_i64(),
+            q["max_queued"].as_i64(),
+            q["tpm"].is_null()
+        ),
+        (Some(100), Some(5), true)
+    );
+    let (ok, limited, err) = run(
+        &p,
+        t,
+        &["keys", "limits", key["id"].as_str().unwrap(), "--rpm", "50"],
+    )
+    .await;
     assert!(ok, "{err}");
-    assert_eq!((limited["rpm"].as_i64(), limited["tpm"].is_null()), (Some(50), true));
-    let (ok, _, err) = run(&p, t, &["quota", "set", &id, "--token-budget", "1000", "--budget-period", "day"]).await;
+    assert_eq!(
+        (limited["rpm"].as_i64(), limited["tpm"].is_null()),
+        (Some(50), true)
+    );
+    let (ok, _, err) = run(
+        &p,
+        t,
+        &[
+            "quota",
+            "set",
+            &id,
+            "--token-budget",
+            "1000",
+            "--budget-period",
+            "day",
+        ],
+    )
+    .await;
     assert!(ok, "{err}");
     let (ok, usage, _) = run(&p, t, &["usage", &id, "--days", "1"]).await;
     assert!(ok);
     assert_eq!(usage["data"][0]["requests"], 1);
     // "hi" in and out: 2 tokens of the day's budget spent.
-    assert_eq!((usage["budget"]["limit"].as_i64(), usage["budget"]["spent"].as_i64(), usage["budget"]["remaining"].as_i64()), (Some(1000), Some(2), Some(998)));
+    assert_eq!(
+        (
+            usage["budget"]["limit"].as_i64(),
+            usage["budget"]["spent"].as_i64(),
+            usage["budget"]["remaining"].as_i64()
+        ),
+        (Some(1000), Some(2), Some(998))
+    );
     let (ok, _, err) = run(&p, t, &["keys", "revoke", key["id"].as_str().unwrap()]).await;
     assert!(ok, "{err}");
-    let r = p.submit(&secret, serde_json::json!({"model": "echo", "mode": "sync", "input": {"text": "hi"}})).await;
+    let r = p
+        .submit(
+            &secret,
+            serde_json::json!({"model": "echo", "mode": "sync", "input": {"text": "hi"}}),
+        )
+        .await;
     assert_eq!(r.status(), 401, "a revoked key stops working");
     // Errors: the API's message, exit status 1; no token, a clear message.
     let (ok, _, err) = run(&p, t, &["tenants", "create", "cli-co"]).await;

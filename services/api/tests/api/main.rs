@@ -4,8 +4,8 @@
 
 mod admin;
 mod auth;
-mod budgets;
 mod bad_input;
+mod budgets;
 mod chat;
 mod embeddings;
 mod jobs;

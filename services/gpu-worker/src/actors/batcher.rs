@@ -67,7 +67,10 @@ impl EmbedderHandle {
             .name("embedder".into())
             .spawn(move || run(&model, rx, cfg))
             .expect("spawning the embedder thread");
-        Self { tokenizer_side: embedder, tx }
+        Self {
+            tokenizer_side: embedder,
+            tx,
+        }
     }
 
     /// Embeds one job's input: `{"input": string | [string] | [int] | [[int]]}`.
@@ -81,9 +84,15 @@ impl EmbedderHandle {
             .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Request { ids, trace: maas_core::telemetry::context_of(&tracing::Span::current()), cancel, reply })
+            .try_send(Request {
+                ids,
+                trace: maas_core::telemetry::context_of(&tracing::Span::current()),
+                cancel,
+                reply,
+            })
             .map_err(|_| ModelError::Failed("the embedder queue is full".into()))?;
-        rx.await.map_err(|_| ModelError::Failed("the embedder thread stopped".into()))?
+        rx.await
+            .map_err(|_| ModelError::Failed("the embedder thread stopped".into()))?
     }
 }
 
@@ -140,10 +149,19 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
         let all: Vec<Vec<u32>> = batch.iter().flat_map(|r| r.ids.iter().cloned()).collect();
         let total_tokens: usize = all.iter().map(Vec::len).sum();
         let model_label = [maas_core::models::MINILM];
-        crate::metrics::BATCH_SIZE.with_label_values(&model_label).observe(all.len() as f64);
-        crate::metrics::BATCH_TOKENS.with_label_values(&model_label).observe(total_tokens as f64);
+        crate::metrics::BATCH_SIZE
+            .with_label_values(&model_label)
+            .observe(all.len() as f64);
+        crate::metrics::BATCH_TOKENS
+            .with_label_values(&model_label)
+            .observe(total_tokens as f64);
         // One span per forward pass, linked to the span of every job it serves.
-        let span = tracing::info_span!("embed batch", requests = batch.len(), sequences = all.len(), tokens = total_tokens);
+        let span = tracing::info_span!(
+            "embed batch",
+            requests = batch.len(),
+            sequences = all.len(),
+            tokens = total_tokens
+        );
         for tp in batch.iter().filter_map(|r| r.trace.as_ref()) {
             maas_core::telemetry::link(&span, tp);
         }
@@ -160,7 +178,13 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
             }
         };
         let compute = t0.elapsed();
-        tracing::debug!(requests = batch.len(), sequences = all.len(), tokens = total_tokens, ?compute, "embedding batch");
+        tracing::debug!(
+            requests = batch.len(),
+            sequences = all.len(),
+            tokens = total_tokens,
+            ?compute,
+            "embedding batch"
+        );
         let mut rows = vectors.into_iter();
         for r in batch {
             let n = r.ids.len();
@@ -198,7 +222,9 @@ mod tests {
 
     #[test]
     fn job_inputs_map_to_model_inputs() {
-        assert!(matches!(parse_input(&json!({"input": [1, 2, 3]})).unwrap()[0], EmbedInput::Ids(ref v) if v.len() == 3));
+        assert!(
+            matches!(parse_input(&json!({"input": [1, 2, 3]})).unwrap()[0], EmbedInput::Ids(ref v) if v.len() == 3)
+        );
         assert_eq!(parse_input(&json!({"input": ["a", "b"]})).unwrap().len(), 2);
         assert!(parse_input(&json!({})).is_err());
     }

@@ -7,8 +7,8 @@ use crate::models::{CancelFlag, ModelError, ModelOutput};
 use maas_core::messages::Piece;
 use maas_core::models::{ChatInput, Prompt};
 use maas_models::chat::{ChatError, ChatModel, FinishReason, Generation};
-use maas_models::chat_tokenizer::ChatTokenizer;
 use maas_models::chat_template::Message;
+use maas_models::chat_tokenizer::ChatTokenizer;
 use maas_models::engine::{Engine, EngineConfig, Event, Request as EngineRequest, TokenLogprob};
 use maas_models::sampling::SamplingParams;
 use serde_json::{json, Value};
@@ -45,12 +45,30 @@ impl ChatHandle {
         Self { tx }
     }
 
-    pub async fn run(&self, input: &Value, cancel: CancelFlag, sink: Option<TextSink>, origin: Instant) -> Result<ModelOutput, ModelError> {
-        let input: ChatInput = serde_json::from_value(input.clone()).map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-        input.validate().map_err(|e| ModelError::InvalidInput(e.message))?;
+    pub async fn run(
+        &self,
+        input: &Value,
+        cancel: CancelFlag,
+        sink: Option<TextSink>,
+        origin: Instant,
+    ) -> Result<ModelOutput, ModelError> {
+        let input: ChatInput = serde_json::from_value(input.clone())
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        input
+            .validate()
+            .map_err(|e| ModelError::InvalidInput(e.message))?;
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Request { input, origin, cancel, sink, reply }).map_err(|_| ModelError::Failed("the chat queue is full".into()))?;
-        rx.await.map_err(|_| ModelError::Failed("the chat thread stopped".into()))?
+        self.tx
+            .try_send(Request {
+                input,
+                origin,
+                cancel,
+                sink,
+                reply,
+            })
+            .map_err(|_| ModelError::Failed("the chat queue is full".into()))?;
+        rx.await
+            .map_err(|_| ModelError::Failed("the chat thread stopped".into()))?
     }
 }
 
@@ -71,20 +89,39 @@ fn serve(model: &ChatModel, cfg: EngineConfig, rx: &mpsc::Receiver<Request>) {
         if engine.step() {
             let size = engine.last_step();
             let model = [maas_core::models::SMOLLM2];
-            crate::metrics::BATCH_SIZE.with_label_values(&model).observe(size.sequences as f64);
-            crate::metrics::BATCH_TOKENS.with_label_values(&model).observe(size.tokens as f64);
+            crate::metrics::BATCH_SIZE
+                .with_label_values(&model)
+                .observe(size.sequences as f64);
+            crate::metrics::BATCH_TOKENS
+                .with_label_values(&model)
+                .observe(size.tokens as f64);
         }
     }
 }
 
 fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
-    let Request { input, origin, cancel, sink, reply } = r;
+    let Request {
+        input,
+        origin,
+        cancel,
+        sink,
+        reply,
+    } = r;
     let prompt = match (&input.messages, &input.prompt) {
-        (Some(m), _) => model.chat_prompt(&m.iter().map(|m| Message { role: m.role.clone(), content: m.content.clone() }).collect::<Vec<_>>()),
+        (Some(m), _) => model.chat_prompt(
+            &m.iter()
+                .map(|m| Message {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect::<Vec<_>>(),
+        ),
         (None, Some(Prompt::Text(p))) => model.raw_prompt(p),
         (None, Some(Prompt::Ids(ids))) => Ok(ids.clone()),
         (None, None) => {
-            let _ = reply.send(Err(ModelError::InvalidInput("give either messages or prompt".into())));
+            let _ = reply.send(Err(ModelError::InvalidInput(
+                "give either messages or prompt".into(),
+            )));
             return;
         }
     };
@@ -100,7 +137,9 @@ fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
         top_p: input.top_p.unwrap_or(1.0),
         top_k: input.top_k.unwrap_or(0) as usize,
         seed: input.seed,
-        max_tokens: input.max_tokens.unwrap_or(maas_core::models::CHAT_DEFAULT_MAX_TOKENS) as usize,
+        max_tokens: input
+            .max_tokens
+            .unwrap_or(maas_core::models::CHAT_DEFAULT_MAX_TOKENS) as usize,
         stop: input.stops(),
     };
     let reply = Rc::new(RefCell::new(Some(reply)));
@@ -113,7 +152,9 @@ fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
         prompt,
         params,
         logprobs: input.logprobs.map(|k| k as usize),
-        cancelled: Box::new(move || cancel.is_cancelled() || waiter.borrow().as_ref().is_none_or(|s| s.is_closed())),
+        cancelled: Box::new(move || {
+            cancel.is_cancelled() || waiter.borrow().as_ref().is_none_or(|s| s.is_closed())
+        }),
         on_event: Box::new(move |e| match e {
             Event::Text { text, logprobs } => {
                 let now = Instant::now();
@@ -143,14 +184,18 @@ fn entries(tok: &ChatTokenizer, lps: &[TokenLogprob]) -> Value {
         lps.iter()
             .map(|l| {
                 let mut e = one(l.id, l.logprob);
-                e["top_logprobs"] = Value::Array(l.top.iter().map(|&(id, lp)| one(id, lp)).collect());
+                e["top_logprobs"] =
+                    Value::Array(l.top.iter().map(|&(id, lp)| one(id, lp)).collect());
                 e
             })
             .collect(),
     )
 }
 
-fn output(tok: &ChatTokenizer, r: Result<Generation, ChatError>) -> Result<ModelOutput, ModelError> {
+fn output(
+    tok: &ChatTokenizer,
+    r: Result<Generation, ChatError>,
+) -> Result<ModelOutput, ModelError> {
     match r {
         Ok(g) => {
             let mut output = json!({
@@ -162,10 +207,18 @@ fn output(tok: &ChatTokenizer, r: Result<Generation, ChatError>) -> Result<Model
             if !g.logprobs.is_empty() {
                 output["logprobs"] = entries(tok, &g.logprobs);
             }
-            Ok(ModelOutput { output, prompt_tokens: g.prompt_tokens as i64, completion_tokens: g.completion_tokens as i64 })
+            Ok(ModelOutput {
+                output,
+                prompt_tokens: g.prompt_tokens as i64,
+                completion_tokens: g.completion_tokens as i64,
+            })
         }
         Err(ChatError::Cancelled) => Err(ModelError::Cancelled),
-        Err(e @ (ChatError::TooLong { .. } | ChatError::OverBudget { .. } | ChatError::BadToken { .. })) => Err(ModelError::InvalidInput(e.to_string())),
+        Err(
+            e @ (ChatError::TooLong { .. }
+            | ChatError::OverBudget { .. }
+            | ChatError::BadToken { .. }),
+        ) => Err(ModelError::InvalidInput(e.to_string())),
         Err(e) => Err(ModelError::Failed(e.to_string())),
     }
 }

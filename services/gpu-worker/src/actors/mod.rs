@@ -21,7 +21,13 @@ pub enum Pool {
 impl Pool {
     /// Runs one job; a chat model with a `sink` hands over its text as it
     /// grows. `origin` is when the job was created (latency metrics count from it).
-    pub async fn run(&self, input: Value, cancel: CancelFlag, sink: Option<chat::TextSink>, origin: std::time::Instant) -> Result<ModelOutput, ModelError> {
+    pub async fn run(
+        &self,
+        input: Value,
+        cancel: CancelFlag,
+        sink: Option<chat::TextSink>,
+        origin: std::time::Instant,
+    ) -> Result<ModelOutput, ModelError> {
         match self {
             Pool::Threads(addr) => addr
                 .send(model::RunJob { input, cancel })

@@ -13,11 +13,10 @@
 
 use crate::actors::Pool;
 use crate::models::{CancelFlag, ModelError};
-use chrono::Utc;
-use maas_core::trace::TraceParent;
-use tracing::Instrument;
 use actix::prelude::*;
+use chrono::Utc;
 use maas_core::messages::{Dispatch, ModelSlots, Reply, RunningAttempt, WorkerEvent};
+use maas_core::trace::TraceParent;
 use maas_mq::lapin::message::Delivery;
 use maas_mq::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use maas_mq::{Broker, PublishOpts};
@@ -28,6 +27,7 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What a job needs from the outside world.
@@ -52,31 +52,62 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(deps: Deps, pools: HashMap<String, Pool>, slots: Vec<ModelSlots>, heartbeat: Duration) -> Self {
+    pub fn new(
+        deps: Deps,
+        pools: HashMap<String, Pool>,
+        slots: Vec<ModelSlots>,
+        heartbeat: Duration,
+    ) -> Self {
         let incarnation = Uuid::new_v4().simple().to_string();
-        Self { deps, pools, slots, running: HashMap::new(), draining: false, heartbeat, incarnation }
+        Self {
+            deps,
+            pools,
+            slots,
+            running: HashMap::new(),
+            draining: false,
+            heartbeat,
+            incarnation,
+        }
     }
 
     fn send_heartbeat(&self, ctx: &mut Context<Self>) {
         for s in &self.slots {
-            crate::metrics::SLOTS.with_label_values(&[&s.model]).set(i64::from(s.slots));
+            crate::metrics::SLOTS
+                .with_label_values(&[&s.model])
+                .set(i64::from(s.slots));
         }
         let event = WorkerEvent::Heartbeat {
             worker_id: self.deps.worker_id.clone(),
             incarnation: self.incarnation.clone(),
             models: self.slots.clone(),
             draining: self.draining,
-            running: self.running.iter().map(|(id, (attempt, _))| RunningAttempt { job_id: *id, attempt: *attempt }).collect(),
+            running: self
+                .running
+                .iter()
+                .map(|(id, (attempt, _))| RunningAttempt {
+                    job_id: *id,
+                    attempt: *attempt,
+                })
+                .collect(),
         };
         let broker = self.deps.broker.clone();
         // A stale heartbeat is worse than none (it could revive a worker the
         // scheduler has declared dead): let the broker drop it after three
         // periods, which stays below the scheduler's timeout (5 periods by default).
-        let ttl = (self.heartbeat.as_millis() as u64).saturating_mul(3).max(500);
+        let ttl = (self.heartbeat.as_millis() as u64)
+            .saturating_mul(3)
+            .max(500);
         ctx.spawn(
             async move {
-                let opts = PublishOpts { traceparent: None, persistent: false, expiration_ms: Some(ttl) };
-                if let Err(e) = broker.publish_to_queue(&broker.names.events(), &event, opts).await {
+                let opts = PublishOpts {
+                    traceparent: None,
+                    persistent: false,
+                    expiration_ms: Some(ttl),
+                };
+                if let Err(e) = broker
+                    .publish_to_queue(&broker.names.events(), &event, opts)
+                    .await
+                {
                     tracing::warn!(error = %e, "heartbeat not sent");
                 }
             }
@@ -123,12 +154,18 @@ impl Handler<Dispatched> for Supervisor {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "malformed dispatch dead-lettered");
-                ctx.spawn(async move { let _ = delivery.reject(BasicRejectOptions { requeue: false }).await; }.into_actor(self));
+                ctx.spawn(
+                    async move {
+                        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                    }
+                    .into_actor(self),
+                );
                 return;
             }
         };
         let cancel = CancelFlag::default();
-        self.running.insert(dispatch.job_id, (dispatch.attempt, cancel.clone()));
+        self.running
+            .insert(dispatch.job_id, (dispatch.attempt, cancel.clone()));
         let pool = self.pools.get(&dispatch.model).cloned();
         let deps = self.deps.clone();
         let incoming = maas_mq::traceparent_of(&delivery.properties);
@@ -146,7 +183,9 @@ impl Handler<Dispatched> for Supervisor {
         if let Some(p) = &parent {
             maas_core::telemetry::set_parent(&span, p);
         }
-        let traceparent = maas_core::telemetry::context_of(&span).map(|tp| tp.to_string()).or(incoming);
+        let traceparent = maas_core::telemetry::context_of(&span)
+            .map(|tp| tp.to_string())
+            .or(incoming);
         ctx.spawn(
             run_attempt(deps, pool, dispatch, delivery, cancel, traceparent)
                 .instrument(span)
@@ -216,20 +255,34 @@ async fn run_attempt(
     traceparent: Option<String>,
 ) {
     let (job_id, attempt) = (d.job_id, d.attempt);
-    let started = with_retries("mark running", || jobs::mark_running(&deps.db, job_id, &deps.worker_id, attempt)).await;
+    let started = with_retries("mark running", || {
+        jobs::mark_running(&deps.db, job_id, &deps.worker_id, attempt)
+    })
+    .await;
     let job = match started {
         Ok(Some(job)) => Some(job),
         Ok(None) => {
             // Not ours to run any more (cancelled, or handed elsewhere); or our
             // own earlier delivery of this attempt that is already running.
             match jobs::get(&deps.db, job_id).await {
-                Ok(Some(j)) if j.status == "running" && j.worker_id.as_deref() == Some(&deps.worker_id) && j.attempts == attempt => Some(j),
+                Ok(Some(j))
+                    if j.status == "running"
+                        && j.worker_id.as_deref() == Some(&deps.worker_id)
+                        && j.attempts == attempt =>
+                {
+                    Some(j)
+                }
                 _ => None,
             }
         }
         Err(e) => {
             tracing::error!(%job_id, error = %e, "could not start job; delivery returned to the queue");
-            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
             return;
         }
     };
@@ -242,16 +295,30 @@ async fn run_attempt(
         tracing::info!(%job_id, attempt, model = %d.model, "job running");
         let t0 = Instant::now();
         // Streamed output goes, in order, to the API instance holding the caller.
-        let wants_stream = d.input.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
+        let wants_stream = d
+            .input
+            .get("stream")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let (sink, forwarder) = match (&d.reply_to, wants_stream) {
             (Some(reply_to), true) => {
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<maas_core::messages::Piece>();
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::unbounded_channel::<maas_core::messages::Piece>();
                 let (broker, queue) = (deps.broker.clone(), reply_to.clone());
                 let task = tokio::spawn(async move {
                     let mut seq = 0u32;
                     while let Some(p) = rx.recv().await {
-                        let opts = PublishOpts { traceparent: None, persistent: false, expiration_ms: Some(60_000) };
-                        let chunk = Reply::Chunk { job_id, seq, text: p.text, logprobs: p.logprobs };
+                        let opts = PublishOpts {
+                            traceparent: None,
+                            persistent: false,
+                            expiration_ms: Some(60_000),
+                        };
+                        let chunk = Reply::Chunk {
+                            job_id,
+                            seq,
+                            text: p.text,
+                            logprobs: p.logprobs,
+                        };
                         let _ = broker.publish_to_queue(&queue, &chunk, opts).await;
                         seq += 1;
                     }
@@ -260,16 +327,23 @@ async fn run_attempt(
             }
             _ => (None, None),
         };
-        let origin = Instant::now().checked_sub((Utc::now() - job.created_at).to_std().unwrap_or_default()).unwrap_or_else(Instant::now);
+        let origin = Instant::now()
+            .checked_sub((Utc::now() - job.created_at).to_std().unwrap_or_default())
+            .unwrap_or_else(Instant::now);
         let busy = crate::metrics::SLOTS_BUSY.with_label_values(&[&d.model]);
         busy.inc();
         let result = match &pool {
             Some(p) => p.run(d.input.clone(), cancel, sink, origin).await,
-            None => Err(ModelError::Failed(format!("model '{}' is not loaded on this worker", d.model))),
+            None => Err(ModelError::Failed(format!(
+                "model '{}' is not loaded on this worker",
+                d.model
+            ))),
         };
         busy.dec();
         let compute_ms = t0.elapsed().as_millis() as i64;
-        crate::metrics::INFERENCE.with_label_values(&[&d.model]).observe(t0.elapsed().as_secs_f64());
+        crate::metrics::INFERENCE
+            .with_label_values(&[&d.model])
+            .observe(t0.elapsed().as_secs_f64());
         if let Some(task) = forwarder {
             // Every chunk is out before the result is recorded and announced.
             let _ = task.await;
@@ -277,22 +351,37 @@ async fn run_attempt(
         let outcome = match result {
             Ok(out) => Some(Outcome::Succeeded {
                 output: out.output,
-                usage: Usage { prompt_tokens: out.prompt_tokens, completion_tokens: out.completion_tokens, compute_ms },
+                usage: Usage {
+                    prompt_tokens: out.prompt_tokens,
+                    completion_tokens: out.completion_tokens,
+                    compute_ms,
+                },
             }),
             Err(ModelError::Cancelled) => None,
-            Err(ModelError::InvalidInput(m)) => Some(Outcome::Failed { error: json!({"code": "invalid_input", "message": m}) }),
-            Err(ModelError::Failed(m)) => Some(Outcome::Failed { error: json!({"code": "model_error", "message": m}) }),
+            Err(ModelError::InvalidInput(m)) => Some(Outcome::Failed {
+                error: json!({"code": "invalid_input", "message": m}),
+            }),
+            Err(ModelError::Failed(m)) => Some(Outcome::Failed {
+                error: json!({"code": "model_error", "message": m}),
+            }),
         };
         match outcome {
             None => {
-                crate::metrics::JOBS.with_label_values(&[&d.model, "cancelled"]).inc();
+                crate::metrics::JOBS
+                    .with_label_values(&[&d.model, "cancelled"])
+                    .inc();
                 tracing::info!(%job_id, "job stopped by cancel");
             }
             Some(outcome) => {
                 let done = with_retries("complete", || {
                     let o = match &outcome {
-                        Outcome::Succeeded { output, usage } => Outcome::Succeeded { output: output.clone(), usage: *usage },
-                        Outcome::Failed { error } => Outcome::Failed { error: error.clone() },
+                        Outcome::Succeeded { output, usage } => Outcome::Succeeded {
+                            output: output.clone(),
+                            usage: *usage,
+                        },
+                        Outcome::Failed { error } => Outcome::Failed {
+                            error: error.clone(),
+                        },
                     };
                     jobs::complete(&deps.db, job_id, &deps.worker_id, attempt, o)
                 })
@@ -305,14 +394,21 @@ async fn run_attempt(
                         settle_rate(&deps, &job, &outcome).await;
                     }
                     Ok(None) => {
-                        crate::metrics::JOBS.with_label_values(&[&d.model, "dropped"]).inc();
+                        crate::metrics::JOBS
+                            .with_label_values(&[&d.model, "dropped"])
+                            .inc();
                         tracing::info!(%job_id, "result dropped: the job was cancelled or reassigned meanwhile");
                     }
                     Err(e) => {
                         // Leave the delivery unacked: the attempt stays ours in
                         // Postgres and is retried when the delivery returns.
                         tracing::error!(%job_id, error = %e, "could not record result");
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        let _ = delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
                         return;
                     }
                 }
@@ -320,18 +416,37 @@ async fn run_attempt(
         }
     }
     if let Some(reply_to) = &d.reply_to {
-        let opts = PublishOpts { traceparent: traceparent.as_deref(), persistent: false, expiration_ms: Some(60_000) };
-        if let Err(e) = deps.broker.publish_to_queue(reply_to, &Reply::Done { job_id }, opts).await {
+        let opts = PublishOpts {
+            traceparent: traceparent.as_deref(),
+            persistent: false,
+            expiration_ms: Some(60_000),
+        };
+        if let Err(e) = deps
+            .broker
+            .publish_to_queue(reply_to, &Reply::Done { job_id }, opts)
+            .await
+        {
             tracing::debug!(%job_id, error = %e, "sync caller not notified (it polls as well)");
         }
     }
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         tracing::warn!(%job_id, error = %e, "ack failed");
     }
-    let finished = WorkerEvent::Finished { worker_id: deps.worker_id.clone(), job_id, attempt };
+    let finished = WorkerEvent::Finished {
+        worker_id: deps.worker_id.clone(),
+        job_id,
+        attempt,
+    };
     // A lost slot release is repaired by the next heartbeat's reconciliation.
-    let opts = PublishOpts { persistent: false, ..PublishOpts::traced(traceparent.as_deref()) };
-    if let Err(e) = deps.broker.publish_to_queue(&deps.broker.names.events(), &finished, opts).await {
+    let opts = PublishOpts {
+        persistent: false,
+        ..PublishOpts::traced(traceparent.as_deref())
+    };
+    if let Err(e) = deps
+        .broker
+        .publish_to_queue(&deps.broker.names.events(), &finished, opts)
+        .await
+    {
         tracing::warn!(%job_id, error = %e, "slot release not sent");
     }
 }
@@ -348,7 +463,11 @@ async fn settle_rate(deps: &Deps, job: &jobs::Job, outcome: &Outcome) {
     };
     let mut buckets = vec![tenant_bucket(job.tenant_id, "tokens")];
     buckets.extend(job.key_id.map(|k| key_bucket(k, "tokens")));
-    if let Err(e) = deps.cache.rate_settle(&buckets, used - job.rate_tokens, RATE_WINDOW_MS).await {
+    if let Err(e) = deps
+        .cache
+        .rate_settle(&buckets, used - job.rate_tokens, RATE_WINDOW_MS)
+        .await
+    {
         tracing::warn!(job_id = %job.id, error = %e, "could not settle the job's token charge");
     }
 }
@@ -358,11 +477,17 @@ fn record_finished(job: &jobs::Job, outcome: &Outcome) {
     use crate::metrics::{END_TO_END, JOBS, TOKENS};
     JOBS.with_label_values(&[&job.model, &job.status]).inc();
     if let Some(end) = job.finished_at {
-        END_TO_END.with_label_values(&[&job.model, &job.status]).observe((end - job.created_at).num_milliseconds().max(0) as f64 / 1000.0);
+        END_TO_END
+            .with_label_values(&[&job.model, &job.status])
+            .observe((end - job.created_at).num_milliseconds().max(0) as f64 / 1000.0);
     }
     if let Outcome::Succeeded { usage, .. } = outcome {
         let tenant = maas_core::metrics::tenant_label(job.tenant_id);
-        TOKENS.with_label_values(&[&job.model, "prompt", &tenant]).inc_by(usage.prompt_tokens.max(0) as u64);
-        TOKENS.with_label_values(&[&job.model, "completion", &tenant]).inc_by(usage.completion_tokens.max(0) as u64);
+        TOKENS
+            .with_label_values(&[&job.model, "prompt", &tenant])
+            .inc_by(usage.prompt_tokens.max(0) as u64);
+        TOKENS
+            .with_label_values(&[&job.model, "completion", &tenant])
+            .inc_by(usage.completion_tokens.max(0) as u64);
     }
 }

@@ -16,7 +16,8 @@ impl Model for Echo {
     }
 
     fn run(&mut self, input: &Value, cancel: &CancelFlag) -> Result<ModelOutput, ModelError> {
-        let input: EchoInput = serde_json::from_value(input.clone()).map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        let input: EchoInput = serde_json::from_value(input.clone())
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         let until = Instant::now() + Duration::from_millis(input.delay_ms.unwrap_or(0));
         loop {
             if cancel.is_cancelled() {
@@ -30,7 +31,11 @@ impl Model for Echo {
         }
         // A "token" of echo is a word: counted in, and out again.
         let words = input.text.split_whitespace().count() as i64;
-        Ok(ModelOutput { output: json!({"text": input.text}), prompt_tokens: words, completion_tokens: words })
+        Ok(ModelOutput {
+            output: json!({"text": input.text}),
+            prompt_tokens: words,
+            completion_tokens: words,
+        })
     }
 }
 
@@ -40,9 +45,18 @@ mod tests {
 
     #[test]
     fn echo_returns_its_text() {
-        let out = Echo.run(&json!({"text": "héllo  big\tworld"}), &CancelFlag::default()).unwrap();
+        let out = Echo
+            .run(
+                &json!({"text": "héllo  big\tworld"}),
+                &CancelFlag::default(),
+            )
+            .unwrap();
         assert_eq!(out.output, json!({"text": "héllo  big\tworld"}));
-        assert_eq!((out.prompt_tokens, out.completion_tokens), (3, 3), "a word is a token, in and out");
+        assert_eq!(
+            (out.prompt_tokens, out.completion_tokens),
+            (3, 3),
+            "a word is a token, in and out"
+        );
     }
 
     #[test]
