@@ -33,7 +33,7 @@ fn half(b: &[u8], at: usize) -> f32 {
 /// Decodes `elements` values of type `kind` from `bytes`.
 pub fn dequantize(kind: TensorType, bytes: &[u8], elements: usize) -> Result<Vec<f32>, GgufError> {
     let (per_block, block_bytes) = kind.block();
-    if elements % per_block != 0 || bytes.len() != elements / per_block * block_bytes {
+    if !elements.is_multiple_of(per_block) || bytes.len() != elements / per_block * block_bytes {
         return Err(GgufError::Corrupt(format!(
             "{kind:?}: {} bytes do not hold {elements} elements",
             bytes.len()

@@ -111,6 +111,8 @@ struct HostWeights {
     layers: Vec<Layer>,
 }
 
+// One per loaded model: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Cpu(HostWeights),
     Cuda(crate::bert_gpu::GpuWeights),

@@ -296,7 +296,7 @@ impl<'m, 'a> Engine<'m, 'a> {
             }
         }
         // Remove from the back so indices stay valid (and order is kept).
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let s = self.active.remove(i);
             self.reserved -= s.need;

@@ -228,8 +228,8 @@ impl Llama {
         };
         if cfg.heads == 0
             || cfg.kv_heads == 0
-            || cfg.heads % cfg.kv_heads != 0
-            || cfg.head_dim % 2 != 0
+            || !cfg.heads.is_multiple_of(cfg.kv_heads)
+            || !cfg.head_dim.is_multiple_of(2)
             || cfg.context == 0
         {
             return Err(GgufError::Corrupt(format!(

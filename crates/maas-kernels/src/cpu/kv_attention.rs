@@ -84,7 +84,7 @@ pub fn causal_attention(
 ) {
     let (qd, kvd) = (heads * d, kv_heads * d);
     assert!(
-        heads % kv_heads == 0,
+        heads.is_multiple_of(kv_heads),
         "causal_attention: heads are not a multiple of kv heads"
     );
     assert_eq!(q.len(), out.len(), "causal_attention: q and out differ");
@@ -139,11 +139,15 @@ fn attend(q: &[f32], seg: &KvSegment, visible: usize, col: usize, kvd: usize, ou
     #[cfg(target_arch = "x86_64")]
     {
         let f16c = is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma");
-        if f16c && q.len() % 16 == 0 && q.len() <= 256 && is_x86_feature_detected!("avx512f") {
+        if f16c
+            && q.len().is_multiple_of(16)
+            && q.len() <= 256
+            && is_x86_feature_detected!("avx512f")
+        {
             // SAFETY: the CPU supports AVX-512F, F16C and FMA (checked above).
             return unsafe { x86::attend_avx512(q, seg, visible, col, kvd, out) };
         }
-        if f16c && q.len() % 8 == 0 && q.len() <= 256 && is_x86_feature_detected!("avx2") {
+        if f16c && q.len().is_multiple_of(8) && q.len() <= 256 && is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, F16C and FMA (checked above).
             return unsafe { x86::attend_avx2(q, seg, visible, col, kvd, out) };
         }
@@ -214,7 +218,7 @@ mod x86 {
         let d = q.len();
         let lanes = d / 16;
         assert!(
-            d % 16 == 0
+            d.is_multiple_of(16)
                 && lanes <= 16
                 && seg.k.len() >= visible * kvd
                 && seg.v.len() >= visible * kvd
@@ -272,7 +276,7 @@ mod x86 {
         let d = q.len();
         let lanes = d / 8;
         assert!(
-            d % 8 == 0
+            d.is_multiple_of(8)
                 && lanes <= 32
                 && seg.k.len() >= visible * kvd
                 && seg.v.len() >= visible * kvd

@@ -61,7 +61,7 @@ impl QMatrix {
         cols: usize,
         data: Vec<u8>,
     ) -> Result<Self, QuantError> {
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(QuantError(format!(
                 "{cols} columns are not a whole number of {QK}-weight blocks"
             )));
@@ -89,7 +89,7 @@ impl QMatrix {
                 w.len()
             )));
         }
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(QuantError(format!(
                 "{cols} columns are not a whole number of {QK}-weight blocks"
             )));

@@ -138,7 +138,7 @@ impl Team {
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) != n {
             spins = spins.wrapping_add(1);
-            if spins % YIELD_EVERY == 0 {
+            if spins.is_multiple_of(YIELD_EVERY) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -194,7 +194,7 @@ fn helper(s: &Shared) {
             continue;
         }
         spins = spins.wrapping_add(1);
-        if spins % YIELD_EVERY == 0 {
+        if spins.is_multiple_of(YIELD_EVERY) {
             if idle_since.elapsed() > SPIN {
                 // Sleep until the next job unparks us (re-checking the state
                 // after registering, so a job published meanwhile is not missed).

@@ -66,7 +66,8 @@ fn unsupported(what: &str, param: &str) -> ApiError {
     }
 }
 
-/// What a generation request turned into.
+/// What a generation request turned into (one per request, moved once).
+#[allow(clippy::large_enum_variant)]
 enum Generated {
     Done(Job, String),
     Streaming(Submitted, String, bool),

@@ -144,16 +144,7 @@ async fn long_inputs_are_truncated_and_bad_requests_get_a_400() {
     ] {
         let r = embeddings(&p, &t.key, body.clone()).await;
         assert_eq!(r.status(), 400, "{body}");
-        assert_error(
-            r,
-            400,
-            if body.get("input").is_none() {
-                "invalid_request"
-            } else {
-                "invalid_request"
-            },
-        )
-        .await;
+        assert_error(r, 400, "invalid_request").await;
     }
     assert_error(
         embeddings(&p, &t.key, json!({"model": "echo", "input": "x"})).await,

@@ -22,7 +22,7 @@ async fn killing_a_worker_that_holds_jobs_loses_none_and_duplicates_none() {
     }
     // Kill worker 0 while it is running jobs.
     p.wait_count(
-        &format!("SELECT count(*) FROM jobs WHERE status = 'succeeded'"),
+        "SELECT count(*) FROM jobs WHERE status = 'succeeded'",
         20,
         Duration::from_secs(30),
     )
