@@ -6,6 +6,7 @@
 //! data and pure functions, safe to use from any thread.
 
 pub mod apikey;
+pub mod backoff;
 pub mod job;
 pub mod messages;
 pub mod metrics;

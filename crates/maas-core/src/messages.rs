@@ -88,6 +88,10 @@ pub enum Reply {
     Chunk {
         job_id: Uuid,
         seq: u32,
+        /// The attempt that produced it: a caller that has received part
+        /// of one attempt's output cannot splice another's onto it.
+        #[serde(default)]
+        attempt: Option<i32>,
         text: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         logprobs: Option<serde_json::Value>,

@@ -46,6 +46,40 @@ pub struct CommonSettings {
     /// this long unused (throw-away environments such as tests).
     #[arg(long, env = "MAAS_AMQP_QUEUE_EXPIRES_MS")]
     pub amqp_queue_expires_ms: Option<u32>,
+
+    /// Longest wait for a Postgres connection from a service's pool. While
+    /// Postgres is away, a call fails after this long (the API answers 503).
+    #[arg(long, env = "MAAS_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 1_500)]
+    pub db_acquire_timeout_ms: u64,
+
+    /// `classic` (default) or `quorum`: the type of the shared durable
+    /// queues (jobs, events, dead letters). Quorum queues replicate across
+    /// the nodes of a clustered broker.
+    #[arg(long, env = "MAAS_AMQP_QUEUE_TYPE", default_value = "classic", value_parser = ["classic", "quorum"])]
+    pub amqp_queue_type: String,
+
+    /// AMQP heartbeat: a broker that stops answering (a cut network, not
+    /// only a closed socket) is noticed within about twice this.
+    #[arg(long, env = "MAAS_AMQP_HEARTBEAT_SECS", default_value_t = 5)]
+    pub amqp_heartbeat_secs: u16,
+
+    /// Most messages the dead-letter queue keeps (the oldest go first).
+    #[arg(long, env = "MAAS_AMQP_DEAD_LETTER_MAX", default_value_t = 10_000)]
+    pub amqp_dead_letter_max: u32,
+
+    /// How long a dead letter is kept, in milliseconds (default 7 days).
+    #[arg(
+        long,
+        env = "MAAS_AMQP_DEAD_LETTER_TTL_MS",
+        default_value_t = 604_800_000
+    )]
+    pub amqp_dead_letter_ttl_ms: u32,
+}
+
+impl CommonSettings {
+    pub fn db_acquire_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.db_acquire_timeout_ms.max(100))
+    }
 }
 
 fn parse_namespace(s: &str) -> Result<String, String> {

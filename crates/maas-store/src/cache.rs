@@ -7,6 +7,7 @@ use crate::jobs::Job;
 use crate::keys::KeyAuth;
 use crate::Result;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -117,7 +118,10 @@ pub struct RateDecision {
 
 #[derive(Clone)]
 pub struct Cache {
-    conn: ConnectionManager,
+    client: redis::Client,
+    /// Made on first use, then kept: the manager reconnects by itself, so a
+    /// Redis restart costs the calls made while it is down, nothing more.
+    conn: Arc<tokio::sync::OnceCell<ConnectionManager>>,
     ns: String,
     put_if_newer: redis::Script,
     take: redis::Script,
@@ -125,21 +129,41 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Connects to `url` (a `/N` database index is honoured); all keys start with `<namespace>:`.
-    pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
+    /// A cache on `url` (a `/N` database index is honoured); all keys start
+    /// with `<namespace>:`. Connects on first use, so a service starts (and
+    /// serves from Postgres) while Redis is away; only a malformed URL fails.
+    pub fn new(url: &str, namespace: &str) -> Result<Self> {
         let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = client.get_connection_manager_with_config(config).await?;
         Ok(Self {
-            conn,
+            client,
+            conn: Arc::new(tokio::sync::OnceCell::new()),
             ns: namespace.to_owned(),
             put_if_newer: redis::Script::new(PUT_IF_NEWER),
             take: redis::Script::new(TAKE),
             settle: redis::Script::new(SETTLE),
         })
+    }
+
+    /// [`Cache::new`], then one try to connect (a failure is only logged).
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
+        let cache = Self::new(url, namespace)?;
+        if let Err(e) = cache.conn().await {
+            tracing::warn!(error = %e, "Redis unreachable; serving without it until it is back");
+        }
+        Ok(cache)
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let client = &self.client;
+        Ok(self
+            .conn
+            .get_or_try_init(|| client.get_connection_manager_with_config(config))
+            .await?
+            .clone())
     }
 
     /// Takes `cost` from every bucket of `limits` ((name, limit per
@@ -155,7 +179,7 @@ impl Cache {
         if limits.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let mut inv = self.take.prepare_invoke();
         for (name, _) in limits {
             inv.key(format!("{}:ratelimit:{name}", self.ns));
@@ -184,7 +208,7 @@ impl Cache {
         if buckets.is_empty() || delta == 0 {
             return Ok(());
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let mut inv = self.settle.prepare_invoke();
         for name in buckets {
             inv.key(format!("{}:ratelimit:{name}", self.ns));
@@ -194,7 +218,7 @@ impl Cache {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
@@ -208,7 +232,7 @@ impl Cache {
     }
 
     pub async fn get_key(&self, prefix: &str) -> Result<Option<KeyAuth>> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let raw: Option<String> = redis::cmd("GET")
             .arg(self.key_key(prefix))
             .query_async(&mut c)
@@ -219,7 +243,7 @@ impl Cache {
     /// Fills the cache after a miss. `NX`: a reader holding an older copy of
     /// the row can never overwrite what an admin change wrote meanwhile.
     pub async fn fill_key(&self, prefix: &str, auth: &KeyAuth) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let body = serde_json::to_string(auth).unwrap_or_default();
         let _: Option<String> = redis::cmd("SET")
             .arg(self.key_key(prefix))
@@ -237,7 +261,7 @@ impl Cache {
     /// change on its next request. Kept twice as long as a fill, so a fill
     /// racing with the change finds it and backs off.
     pub async fn replace_key(&self, prefix: &str, auth: &KeyAuth) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let body = serde_json::to_string(auth).unwrap_or_default();
         let _: () = redis::cmd("SET")
             .arg(self.key_key(prefix))
@@ -250,7 +274,7 @@ impl Cache {
     }
 
     pub async fn put_job(&self, job: &Job) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let body = serde_json::to_string(job).unwrap_or_default();
         let finished = maas_core::JobStatus::parse(&job.status).is_some_and(|s| s.is_terminal());
         let ttl = if finished {
@@ -270,7 +294,7 @@ impl Cache {
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let raw: Option<String> = redis::cmd("HGET")
             .arg(self.job_key(id))
             .arg("job")
@@ -284,11 +308,12 @@ impl Cache {
     pub async fn put_job_logged(&self, job: &Job) {
         if let Err(e) = self.put_job(job).await {
             tracing::warn!(job_id = %job.id, error = %e, "could not update job status cache; dropping the entry");
-            let mut c = self.conn.clone();
-            let _: Result<(), _> = redis::cmd("DEL")
-                .arg(self.job_key(job.id))
-                .query_async(&mut c)
-                .await;
+            if let Ok(mut c) = self.conn().await {
+                let _: Result<(), _> = redis::cmd("DEL")
+                    .arg(self.job_key(job.id))
+                    .query_async(&mut c)
+                    .await;
+            }
         }
     }
 }

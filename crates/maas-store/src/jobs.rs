@@ -42,6 +42,12 @@ pub struct Job {
     /// Tokens reserved from the token budget at admission.
     #[serde(default)]
     pub budget_tokens: i64,
+    /// Attempts that began to run (`attempts` numbers every dispatch).
+    #[serde(default)]
+    pub starts: i32,
+    /// The reply queue of the API instance holding a sync caller.
+    #[serde(default)]
+    pub reply_to: Option<String>,
 }
 
 impl Job {
@@ -57,7 +63,7 @@ impl Job {
 
 const COLS: &str = "id, tenant_id, key_id, model, mode, lane, status, input, output, error, usage, attempts, \
                     worker_id, idempotency_key, traceparent, version, created_at, dispatched_at, started_at, finished_at, \
-                    rate_tokens, budget_tokens";
+                    rate_tokens, budget_tokens, starts, reply_to";
 
 pub struct NewJob<'a> {
     pub tenant_id: Uuid,
@@ -68,6 +74,8 @@ pub struct NewJob<'a> {
     pub input: &'a Value,
     pub idempotency_key: Option<&'a str>,
     pub traceparent: Option<&'a str>,
+    /// The reply queue of the API instance holding a sync caller.
+    pub reply_to: Option<&'a str>,
     pub caps: QueueCaps,
     /// Tokens charged against tokens-per-minute limits (recorded for settling).
     pub rate_tokens: i64,
@@ -174,8 +182,8 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     }
     let inserted = sqlx::query_as::<_, Job>(&format!(
         "INSERT INTO jobs (id, tenant_id, key_id, model, mode, lane, status, input, idempotency_key, traceparent,
-                           rate_tokens, budget_tokens, budget_period_start)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12)
+                           rate_tokens, budget_tokens, budget_period_start, reply_to)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING {COLS}"
     ))
@@ -191,6 +199,7 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     .bind(j.rate_tokens)
     .bind(budget_period.map_or(0, |(_, t)| t))
     .bind(budget_period.map(|(p, _)| p))
+    .bind(j.reply_to)
     .fetch_optional(&mut *tx)
     .await?;
     if let (Some(_), Some((period_start, tokens))) = (&inserted, budget_period) {
@@ -285,23 +294,19 @@ pub async fn mark_dispatched(pool: &PgPool, id: Uuid, worker_id: &str) -> Result
 }
 
 /// dispatched|running on `worker_id` → queued again (worker lost, or the
-/// dispatch could not be sent). `refund` takes back the attempt when the
-/// worker never received the job.
-pub async fn requeue(
-    pool: &PgPool,
-    id: Uuid,
-    worker_id: &str,
-    refund: bool,
-) -> Result<Option<Job>> {
+/// dispatch could not be sent). The attempt number is not given back: the
+/// next dispatch gets a new one, so a late delivery of this attempt can never
+/// be taken for the next. Only attempts that started count against the
+/// job's limit (`starts`).
+pub async fn requeue(pool: &PgPool, id: Uuid, worker_id: &str) -> Result<Option<Job>> {
     Ok(sqlx::query_as::<_, Job>(&format!(
         "UPDATE jobs SET status = 'queued', worker_id = NULL, dispatched_at = NULL, started_at = NULL,
-                attempts = attempts - CASE WHEN $3 THEN 1 ELSE 0 END, version = version + 1
+                version = version + 1
          WHERE id = $1 AND worker_id = $2 AND status IN ('dispatched', 'running')
          RETURNING {COLS}"
     ))
     .bind(id)
     .bind(worker_id)
-    .bind(refund)
     .fetch_optional(pool)
     .await?)
 }
@@ -346,7 +351,7 @@ pub async fn mark_running(
     attempt: i32,
 ) -> Result<Option<Job>> {
     Ok(sqlx::query_as::<_, Job>(&format!(
-        "UPDATE jobs SET status = 'running', started_at = now(), version = version + 1
+        "UPDATE jobs SET status = 'running', started_at = now(), starts = starts + 1, version = version + 1
          WHERE id = $1 AND status = 'dispatched' AND worker_id = $2 AND attempts = $3
          RETURNING {COLS}"
     ))
@@ -371,7 +376,8 @@ pub struct Usage {
 }
 
 /// running → succeeded|failed, for the worker and attempt that ran it, with
-/// the usage record in the same transaction. `None`: the job was cancelled or
+/// the usage record in the same transaction; `durable` (the default of every
+/// worker) waits for the WAL flush. `None`: the job was cancelled or
 /// handed to another worker meanwhile, and this result must be dropped.
 pub async fn complete(
     pool: &PgPool,
@@ -379,6 +385,7 @@ pub async fn complete(
     worker_id: &str,
     attempt: i32,
     outcome: Outcome,
+    durable: bool,
 ) -> Result<Option<Job>> {
     let (status, output, error, usage) = match &outcome {
         Outcome::Succeeded { output, usage } => ("succeeded", Some(output), None, Some(*usage)),
@@ -393,9 +400,20 @@ pub async fn complete(
         })
     });
     // One statement: the transition and its usage record commit together
-    // (a CTE is atomic) in a single round trip.
+    // (a CTE is atomic). The caller is told only after this commit, so it
+    // must survive a crash of the database host, not only of Postgres: the
+    // commit waits for the WAL flush whatever the pool's default (group
+    // commit shares one flush among concurrent results). That flush also
+    // covers every earlier write of the job, such as a sync job's relaxed
+    // insert.
     let u = usage.unwrap_or_default();
-    Ok(sqlx::query_as::<_, Job>(&format!(
+    let mut tx = pool.begin().await?;
+    if durable {
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let done = sqlx::query_as::<_, Job>(&format!(
         "WITH done AS (
              UPDATE jobs SET status = $4, output = $5, error = $6, usage = $7, finished_at = now(), version = version + 1
              WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3
@@ -417,8 +435,27 @@ pub async fn complete(
     .bind(u.prompt_tokens)
     .bind(u.completion_tokens)
     .bind(u.compute_ms)
-    .fetch_optional(pool)
-    .await?)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Makes every write committed so far durable: commits a transaction that
+/// holds a transaction id with `synchronous_commit = on`, which waits for the
+/// WAL flush up to its commit record and so past every earlier record. Used
+/// before handing a caller a job id whose row was inserted with a relaxed
+/// commit.
+pub async fn flush_wal(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = on")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// What the scheduler needs to queue a job in memory.
@@ -429,12 +466,13 @@ pub struct QueuedRef {
     pub model: String,
     pub lane: String,
     pub created_at: DateTime<Utc>,
+    pub reply_to: Option<String>,
 }
 
 /// Every queued job, oldest first: the scheduler's state after a restart.
 pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
     Ok(sqlx::query_as::<_, QueuedRef>(
-        "SELECT id, tenant_id, model, lane, created_at FROM jobs WHERE status = 'queued' ORDER BY created_at, id",
+        "SELECT id, tenant_id, model, lane, created_at, reply_to FROM jobs WHERE status = 'queued' ORDER BY created_at, id",
     )
     .fetch_all(pool)
     .await?)

@@ -61,29 +61,100 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Opens a pool. Fails fast (5 s) when Postgres is unreachable.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
-    pool(PgConnectOptions::from_str(url)?, max_connections).await
-}
-
-async fn pool(opts: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(opts)
+    Ok(options(max_connections, Duration::from_secs(5))
+        .connect_with(PgConnectOptions::from_str(url)?)
         .await?)
 }
 
-/// A pool for the scheduler and workers, whose writes are job transitions
-/// that can always be derived again: their commits do not wait for the WAL
-/// flush (`synchronous_commit = off`). A transition lost in a Postgres crash
-/// leaves the job in its previous state, from which the lease and
-/// reconciliation logic moves it on again; nothing is lost and nothing runs
-/// twice to completion. Job creation (the API's pool) stays fully durable.
-pub async fn connect_for_transitions(url: &str, max_connections: u32) -> Result<PgPool> {
-    pool(
+fn options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        // A connection broken by a restart is found out before it is handed
+        // to a caller, not by the caller's query.
+        .test_before_acquire(true)
+}
+
+/// A pool that connects on first use: a service starts while Postgres is
+/// away, and every call made meanwhile fails within `acquire_timeout` (so the
+/// API answers 503 in about that long, never hangs). Connections broken by
+/// a restart are replaced as they are found.
+pub fn connect_lazy(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool> {
+    Ok(options(max_connections, acquire_timeout)
+        .connect_lazy_with(PgConnectOptions::from_str(url)?))
+}
+
+/// A lazy pool for the scheduler and workers. Their transitions (dispatch,
+/// start, re-queue) can always be derived again, so those commits do not
+/// wait for the WAL flush (`synchronous_commit = off`): a transition lost
+/// in a crash of the database host leaves the job in its previous state,
+/// from which the lease and reconciliation logic moves it on again. The one
+/// write that cannot be derived again, a job's result with its usage record
+/// ([`jobs::complete`]), is committed durably inside its own transaction.
+pub fn connect_for_transitions(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool> {
+    Ok(options(max_connections, acquire_timeout).connect_lazy_with(
         PgConnectOptions::from_str(url)?.options([("synchronous_commit", "off")]),
-        max_connections,
-    )
-    .await
+    ))
+}
+
+/// Waits until the schema is migrated, retrying (capped backoff) while
+/// Postgres is away. Returns only once the migrations are applied.
+pub async fn migrate_when_reachable(pool: &PgPool) {
+    let mut backoff = maas_core::backoff::Backoff::reconnect();
+    let mut failures = 0u32;
+    loop {
+        match migrate(pool).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!("Postgres reachable again; schema current");
+                }
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!(error = %e, failures, "Postgres unreachable; waiting for it to migrate the schema");
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Whether an error means Postgres is unreachable, restarting or refusing
+/// connections (a 503 and a retry, not a bug): pool time-outs, broken
+/// connections, and SQLSTATE classes 08 (connection exception), 53
+/// (insufficient resources) and 57 (operator intervention: shutdown,
+/// cancelled by the administrator, recovery in progress).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57")),
+        // sqlx reports a connection closed mid-message as a protocol error.
+        sqlx::Error::Protocol(m) => m.contains("closed") || m.contains("connection"),
+        _ => false,
+    }
+}
+
+impl StoreError {
+    /// See [`is_unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Db(e) => is_unavailable(e),
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_unavailable(e),
+            _ => false,
+        }
+    }
 }
 
 /// Applies pending migrations. Postgres advisory locks inside sqlx make this

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod otlp;
+pub mod proxy;
 
 use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -44,6 +45,12 @@ pub struct Options {
     /// Write each service's log (stderr) to a file in this folder,
     /// `<binary>-<n>.log`.
     pub log_dir: Option<PathBuf>,
+    /// Route the services' connections to Postgres, Redis or RabbitMQ
+    /// through a [`proxy::FaultProxy`] (in [`Platform::proxies`]), so a test
+    /// can take that dependency away and bring it back.
+    pub proxy_postgres: bool,
+    pub proxy_redis: bool,
+    pub proxy_amqp: bool,
 }
 
 /// The repository's `models/` folder.
@@ -94,6 +101,9 @@ impl Default for Options {
             api_env: Vec::new(),
             env: Vec::new(),
             log_dir: None,
+            proxy_postgres: false,
+            proxy_redis: false,
+            proxy_amqp: false,
         }
     }
 }
@@ -108,6 +118,11 @@ pub struct Service {
 impl Service {
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// Whether the process is still running (it has not exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL: no cleanup, as in a crash.
@@ -142,7 +157,21 @@ pub struct Platform {
     pub api: Vec<Service>,
     pub schedulers: Vec<Service>,
     pub workers: Vec<Service>,
+    pub proxies: Proxies,
 }
+
+/// The fault proxies in front of the shared dependencies, where asked for.
+#[derive(Default)]
+pub struct Proxies {
+    pub postgres: Option<proxy::FaultProxy>,
+    pub redis: Option<proxy::FaultProxy>,
+    pub amqp: Option<proxy::FaultProxy>,
+}
+
+/// The shared dependencies' addresses (the machine's own services).
+const PG_ADDR: &str = "127.0.0.1:5432";
+const REDIS_ADDR: &str = "127.0.0.1:6379";
+const AMQP_ADDR: &str = "127.0.0.1:5672";
 
 /// A tenant with one key, as created through the admin API.
 #[derive(Debug, Clone)]
@@ -188,7 +217,19 @@ impl Platform {
         );
         let db = maas_store::connect(&database_url, 8).await?;
         maas_store::migrate(&db).await?;
+        let proxy = |on: bool, addr: &'static str| async move {
+            match on {
+                true => proxy::FaultProxy::start(addr).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let proxies = Proxies {
+            postgres: proxy(opts.proxy_postgres, PG_ADDR).await?,
+            redis: proxy(opts.proxy_redis, REDIS_ADDR).await?,
+            amqp: proxy(opts.proxy_amqp, AMQP_ADDR).await?,
+        };
         let mut p = Self {
+            proxies,
             opts: opts.clone(),
             db,
             database_url,
@@ -214,10 +255,39 @@ impl Platform {
         Ok(p)
     }
 
+    /// Whether every service process is still running.
+    pub fn all_running(&mut self) -> bool {
+        self.api
+            .iter_mut()
+            .chain(self.schedulers.iter_mut())
+            .chain(self.workers.iter_mut())
+            .all(|s| s.is_running())
+    }
+
+    /// The database URL the services use (through the proxy when there is one).
+    fn service_database_url(&self) -> String {
+        match &self.proxies.postgres {
+            Some(p) => self
+                .database_url
+                .replacen(PG_ADDR, &format!("127.0.0.1:{}", p.port()), 1),
+            None => self.database_url.clone(),
+        }
+    }
+
     fn env(&self) -> Vec<(String, String)> {
         let o = &self.opts;
+        let mut through_proxies = Vec::new();
+        if let Some(p) = &self.proxies.redis {
+            through_proxies.push(("MAAS_REDIS_URL", format!("redis://127.0.0.1:{}", p.port())));
+        }
+        if let Some(p) = &self.proxies.amqp {
+            through_proxies.push((
+                "MAAS_AMQP_URL",
+                format!("amqp://guest:guest@127.0.0.1:{}/%2f", p.port()),
+            ));
+        }
         [
-            ("MAAS_DATABASE_URL", self.database_url.clone()),
+            ("MAAS_DATABASE_URL", self.service_database_url()),
             ("MAAS_NAMESPACE", self.namespace.clone()),
             ("MAAS_JWT_SECRET", self.jwt_secret.clone()),
             ("MAAS_LOG_FORMAT", "json".into()),
@@ -254,6 +324,7 @@ impl Platform {
             ),
         ]
         .into_iter()
+        .chain(through_proxies)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }

@@ -208,15 +208,19 @@ impl ResponseError for ApiError {
     }
 }
 
+fn e_is_unavailable(m: &sqlx::migrate::MigrateError) -> bool {
+    matches!(m, sqlx::migrate::MigrateError::Execute(e) if maas_store::is_unavailable(e))
+}
+
 impl From<maas_store::StoreError> for ApiError {
     fn from(e: maas_store::StoreError) -> Self {
         match e {
             maas_store::StoreError::Conflict(what) => {
                 Self::Conflict { message: format!("an object with this {what} already exists"), code: "conflict" }
             }
-            maas_store::StoreError::Db(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
-            ) => Self::Unavailable { message: "the database is busy or unreachable".into(), retry_after_secs: 1 },
+            maas_store::StoreError::Db(ref db) if maas_store::is_unavailable(db) => {
+                Self::Unavailable { message: "the database is busy or unreachable; retry".into(), retry_after_secs: 2 }
+            }
             // Text Postgres cannot store (a NUL character, invalid encoding) is bad input.
             maas_store::StoreError::Db(sqlx::Error::Database(db))
                 if matches!(db.code().as_deref(), Some("22P05") | Some("22021")) =>
@@ -240,8 +244,15 @@ impl From<maas_store::StoreError> for ApiError {
                 message: format!("the platform's queue is full ({max} jobs waiting); retry later"),
                 retry_after_secs: 5,
             },
+            maas_store::StoreError::Migrate(ref m) if e_is_unavailable(m) => {
+                Self::Unavailable { message: "the database is busy or unreachable; retry".into(), retry_after_secs: 2 }
+            }
             maas_store::StoreError::Migrate(other) => Self::Internal(other.to_string()),
-            maas_store::StoreError::Redis(other) => Self::Internal(other.to_string()),
+            // Redis errors reach a response only where Redis must be written
+            // (an admin change that every replica must see): unavailable.
+            maas_store::StoreError::Redis(_) => {
+                Self::Unavailable { message: "the shared cache is unreachable; retry".into(), retry_after_secs: 2 }
+            }
         }
     }
 }

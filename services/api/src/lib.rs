@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 pub mod observe;
 pub mod openapi;
+pub mod outbox;
 pub mod ratelimit;
 pub mod replies;
 pub mod routes;

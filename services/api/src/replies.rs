@@ -9,25 +9,29 @@ use futures_util::StreamExt;
 use maas_core::messages::{Piece, Reply};
 use maas_mq::lapin::options::BasicConsumeOptions;
 use maas_mq::lapin::types::FieldTable;
-use maas_mq::Broker;
+use maas_mq::Link;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// A piece of streamed output and the attempt that produced it.
+pub type AttemptPiece = (Option<i32>, Piece);
+
 #[derive(Default)]
 pub struct Replies {
     waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
     /// Streaming callers: chunks go here; the sender is dropped on `Done`.
-    streams: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Piece>>>,
+    streams: Mutex<HashMap<Uuid, mpsc::UnboundedSender<AttemptPiece>>>,
 }
 
 /// A streaming caller's registration; dropping it unregisters.
 pub struct StreamWaiter {
     replies: Arc<Replies>,
     job_id: Uuid,
-    pub chunks: mpsc::UnboundedReceiver<Piece>,
+    /// Pieces with the attempt that produced them.
+    pub chunks: mpsc::UnboundedReceiver<AttemptPiece>,
 }
 
 impl Drop for StreamWaiter {
@@ -73,14 +77,14 @@ impl Replies {
         }
     }
 
-    fn chunk(&self, job_id: Uuid, piece: Piece) {
+    fn chunk(&self, job_id: Uuid, attempt: Option<i32>, piece: Piece) {
         let tx = self
             .streams
             .lock()
             .ok()
             .and_then(|m| m.get(&job_id).cloned());
         if let Some(tx) = tx {
-            let _ = tx.send(piece);
+            let _ = tx.send((attempt, piece));
         }
     }
 
@@ -99,14 +103,17 @@ impl Replies {
         }
     }
 
-    /// Consumes this instance's reply queue until the connection closes.
-    pub async fn run(
+    /// Declares and consumes this instance's reply queue on one broker
+    /// link, until that link is lost ([`maas_mq::consume_forever`] calls it
+    /// again on the next). Replies published while the queue was away are
+    /// lost; their waiters re-read the job every second anyway.
+    pub async fn session(
         self: Arc<Self>,
-        broker: Arc<Broker>,
+        link: Arc<Link>,
         queue: String,
     ) -> Result<(), maas_mq::MqError> {
-        let ch = broker.consumer_channel(256).await?;
-        broker.declare_private_queue(&ch, &queue).await?;
+        let ch = link.consumer_channel(256).await?;
+        link.declare_private_queue(&ch, &queue).await?;
         let opts = BasicConsumeOptions {
             no_ack: true,
             ..Default::default()
@@ -119,20 +126,41 @@ impl Replies {
                 FieldTable::default(),
             )
             .await?;
-        while let Some(delivery) = consumer.next().await {
-            let Ok(delivery) = delivery else { break };
+        if link.generation > 1 {
+            // Whatever was published meanwhile is gone: wake every waiter
+            // so it re-reads its job now instead of within a second.
+            self.wake_all();
+        }
+        loop {
+            let delivery = tokio::select! {
+                d = consumer.next() => d,
+                _ = link.lost() => None,
+            };
+            let Some(Ok(delivery)) = delivery else { break };
             match serde_json::from_slice::<Reply>(&delivery.data) {
                 Ok(Reply::Done { job_id }) => self.wake(job_id),
                 Ok(Reply::Chunk {
                     job_id,
+                    attempt,
                     text,
                     logprobs,
                     ..
-                }) => self.chunk(job_id, Piece { text, logprobs }),
+                }) => self.chunk(job_id, attempt, Piece { text, logprobs }),
                 Err(e) => tracing::warn!(error = %e, "malformed reply message ignored"),
             }
         }
         Ok(())
+    }
+
+    fn wake_all(&self) {
+        let all: Vec<Arc<Notify>> = self
+            .waiting
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for n in all {
+            n.notify_one();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use actix_web::dev::Server;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{web, App, HttpRequest, HttpServer};
 use anyhow::Context;
-use maas_mq::Broker;
+use maas_mq::{Broker, BrokerConfig};
 use maas_store::cache::Cache;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -53,48 +53,29 @@ impl Application {
             tracing::warn!("MAAS_JWT_SECRET is not set: dev mode uses a public key, admin tokens are forgeable");
         }
         let common = &settings.common;
-        let db = maas_store::connect(&common.database_url, 16)
-            .await
-            .context("connecting to Postgres")?;
-        maas_store::migrate(&db)
-            .await
-            .context("applying migrations")?;
-        let cache = Cache::connect(&common.redis_url, &common.namespace)
-            .await
-            .context("connecting to Redis")?;
+        // Nothing here waits for a dependency: the API listens at once and
+        // answers 503 for what needs a dependency that is away; `/readyz`
+        // says which. Each connection comes (back) on its own.
+        let db = maas_store::connect_lazy(&common.database_url, 16, common.db_acquire_timeout())
+            .context("the Postgres URL")?;
+        tokio::spawn({
+            let db = db.clone();
+            async move { maas_store::migrate_when_reachable(&db).await }
+        });
+        let cache = Cache::new(&common.redis_url, &common.namespace).context("the Redis URL")?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let broker = Arc::new(
-            Broker::connect(
-                &common.amqp_url,
-                &common.namespace,
-                &format!("maas-api-{instance}"),
-                common.amqp_queue_expires_ms,
-            )
-            .await
-            .context("connecting to RabbitMQ")?,
-        );
+        let mut amqp = BrokerConfig::new(common, &format!("maas-api-{instance}"));
+        // A caller waits on this: an unconfirmed publish is answered quickly.
+        amqp.confirm_timeout = std::time::Duration::from_secs(2);
+        let broker = Broker::start(amqp).context("the RabbitMQ URL")?;
         let reply_queue = broker.names.reply(&instance);
         let replies = Arc::new(Replies::default());
-        {
-            // Declare the reply queue before taking requests, then consume it.
-            let ch = broker.consumer_channel(1).await?;
-            broker
-                .declare_private_queue(&ch, &reply_queue)
-                .await
-                .context("declaring the reply queue")?;
-            let _ = ch.close(200, "declared".into()).await;
-        }
-        let consumer = tokio::spawn({
-            let (replies, broker, queue) = (replies.clone(), broker.clone(), reply_queue.clone());
-            async move { replies.run(broker, queue).await }
-        });
-        tokio::spawn(async move {
-            match consumer.await {
-                Ok(Ok(())) => tracing::warn!("reply consumer ended"),
-                Ok(Err(e)) => tracing::error!(error = %e, "reply consumer failed"),
-                Err(e) => tracing::error!(error = %e, "reply consumer panicked"),
-            }
-        });
+        tokio::spawn(maas_mq::consume_forever(broker.clone(), "replies", {
+            let (replies, queue) = (replies.clone(), reply_queue.clone());
+            move |link| replies.clone().session(link, queue.clone())
+        }));
+        let outbox = Arc::new(crate::outbox::Outbox::default());
+        tokio::spawn(outbox.clone().relay(broker.clone()));
 
         let state = AppState {
             db,
@@ -104,6 +85,7 @@ impl Application {
             jwt: Arc::new(JwtVerifier::new(&jwt_key).map_err(anyhow::Error::msg)?),
             settings: Arc::new(settings.clone()),
             reply_queue,
+            outbox,
             served: Default::default(),
             quotas: Default::default(),
             key_touches: Default::default(),
@@ -149,23 +131,10 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT: then stops accepting, lets in-flight
     /// requests finish (up to the shutdown timeout) and closes the broker.
-    /// Also stops (with an error) when the broker connection is lost, so the
-    /// process supervisor restarts it rather than leaving it unable to queue.
+    /// A dependency's outage never stops it.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let mut server = tokio::spawn(self.server);
-        tokio::select! {
-            result = &mut server => {
-                self.broker.close().await;
-                result??;
-                Ok(())
-            }
-            _ = self.broker.disconnected() => {
-                tracing::error!("lost the RabbitMQ connection; stopping");
-                handle.stop(true).await;
-                let _ = server.await;
-                anyhow::bail!("lost the RabbitMQ connection")
-            }
-        }
+        let result = self.server.await;
+        self.broker.close().await;
+        Ok(result?)
     }
 }

@@ -21,6 +21,9 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// This instance's reply queue, named in sync jobs' `reply_to`.
     pub reply_queue: String,
+    /// Announcements of accepted async jobs that the broker could not take
+    /// yet (the rows are queued in Postgres already).
+    pub outbox: Arc<crate::outbox::Outbox>,
     pub served: Arc<ServedModels>,
     /// Tenants' quotas (rate limits), re-read at most every 2 s.
     pub quotas: Arc<crate::ratelimit::QuotaCache>,

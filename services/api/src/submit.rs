@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The error code of a job that was stored but could not be queued.
+pub const ENQUEUE_FAILED: &str = "enqueue_failed";
+
 pub struct Submission<'a> {
     pub model: &'a ModelName,
     pub input: &'a Value,
@@ -30,6 +33,8 @@ pub struct Submission<'a> {
     pub stream: bool,
 }
 
+// One per request, moved once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Submitted {
     /// The tenant used this idempotency key before: the first job, as it stands.
     Replayed(Job),
@@ -145,6 +150,15 @@ pub async fn submit(
             model: sub.model.as_str().to_owned(),
         });
     }
+    // A sync caller is answered by a worker through the broker: with the
+    // broker away it gets a quick 503 instead of a wait that cannot end
+    // well. An async job needs only its row (see `crate::outbox`).
+    if sub.mode == JobMode::Sync && !state.broker.is_connected() {
+        return Err(ApiError::Unavailable {
+            message: "the job queue is unavailable; retry".into(),
+            retry_after_secs: 2,
+        });
+    }
     let charged = crate::ratelimit::admit_tokens(state, principal, sub.input).await?;
     let caps = jobs::QueueCaps {
         global_max_queued: Some(state.settings.max_queued_jobs),
@@ -160,6 +174,7 @@ pub async fn submit(
             input: sub.input,
             idempotency_key: sub.idempotency_key.as_deref(),
             traceparent: Some(&sub.traceparent),
+            reply_to: (sub.mode == JobMode::Sync).then_some(state.reply_queue.as_str()),
             caps,
             rate_tokens: charged,
             budget_tokens: &|| maas_core::models::token_bound(sub.model, sub.input),
@@ -187,6 +202,16 @@ pub async fn submit(
     if !created {
         // A replay runs nothing new: its charge goes back.
         crate::ratelimit::refund_tokens(state, principal, charged).await;
+        // The first submission was refused after all (its job could not be
+        // queued): the replay answers with that refusal, not a 202.
+        if job.error.as_ref().and_then(|e| e["code"].as_str()) == Some(ENQUEUE_FAILED) {
+            return Err(ApiError::Unavailable {
+                message: "the job queue was unavailable when this Idempotency-Key was first used; \
+                          the job was not queued (use a new key to submit it again)"
+                    .into(),
+                retry_after_secs: 2,
+            });
+        }
         return Ok(Submitted::Replayed(job));
     }
     tracing::Span::current().record("job_id", job.id.to_string());
@@ -224,9 +249,18 @@ pub async fn submit(
         ..PublishOpts::traced(Some(&sub.traceparent))
     };
     if let Err(e) = state.broker.publish_to_queue(&jobs_queue, &msg, opts).await {
+        if sub.mode == JobMode::Async {
+            // Accepted all the same: the row is queued; the relay announces
+            // it when the broker is back (and the scheduler's sweep would
+            // find it regardless).
+            tracing::warn!(job_id = %job.id, error = %e, "job accepted while the broker is away; its announcement waits in the outbox");
+            state.outbox.push(msg, sub.traceparent.clone());
+            state.cache.put_job_logged(&job).await;
+            return Ok(Submitted::Accepted(job));
+        }
         tracing::error!(job_id = %job.id, error = %e, "could not enqueue job");
         guard.state = None;
-        let error = json!({"code": "enqueue_failed", "message": "the job could not be queued"});
+        let error = json!({"code": ENQUEUE_FAILED, "message": "the job could not be queued"});
         return match jobs::fail_unqueued(&state.db, job.id, &error).await? {
             Some(j) => {
                 state.cache.put_job_logged(&j).await;
@@ -235,7 +269,7 @@ pub async fn submit(
                 crate::ratelimit::refund_tokens(state, principal, charged).await;
                 Err(ApiError::Unavailable {
                     message: "the job queue is unavailable; retry".into(),
-                    retry_after_secs: 1,
+                    retry_after_secs: 2,
                 })
             }
             // The broker had stored it after all and the job is under way:
@@ -268,10 +302,10 @@ pub async fn submit(
         match load_job(state, current.id, current.tenant_id).await {
             Ok(Some(j)) => current = j,
             Ok(None) => {}
-            // A failed read is not the caller going away: keep the job.
+            // A passing read error (Postgres restarting) is not the end of
+            // the job: keep waiting for it until the deadline.
             Err(e) => {
-                guard.state = None;
-                return Err(e);
+                tracing::warn!(job_id = %current.id, error = %e, "could not read the job; still waiting")
             }
         }
         if current.status().is_terminal() || tokio::time::Instant::now() >= deadline {
@@ -279,6 +313,13 @@ pub async fn submit(
         }
     }
     guard.state = None;
+    if !current.status().is_terminal() {
+        // The caller leaves with a job id to poll: the row (inserted with a
+        // relaxed commit) must outlive a crash of the database host now.
+        if let Err(e) = jobs::flush_wal(&state.db).await {
+            tracing::warn!(job_id = %current.id, error = %e, "could not flush the job's row to disk");
+        }
+    }
     if let (Some(start), Some(end)) = (current.started_at, current.finished_at) {
         if let Ok(mut h) = principal.rate.lock() {
             h.timing = Some((

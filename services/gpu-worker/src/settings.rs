@@ -38,8 +38,14 @@ pub struct WorkerSettings {
     #[arg(long, env = "MAAS_WORKER_HEARTBEAT_MS", default_value_t = 1_000)]
     pub heartbeat_ms: u64,
 
-    /// Dynamic batching: most word pieces in one embeddings batch.
-    #[arg(long, env = "MAAS_EMBED_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    /// Dynamic batching: most word pieces in one embeddings forward pass. A
+    /// larger request is embedded in chunks of at most this many, and other
+    /// requests are served between its chunks, so this bounds both the
+    /// pass's memory (~15 KB of activations per word piece) and how long a
+    /// request arriving meanwhile waits (~0.33 s per pass of 1024 on two CPU
+    /// cores; throughput per word piece does not depend on it). On a GPU a
+    /// larger pass pays.
+    #[arg(long, env = "MAAS_EMBED_MAX_BATCH_TOKENS", default_value_t = 1024)]
     pub embed_max_batch_tokens: usize,
 
     /// Dynamic batching: longest wait for more requests once one is there.
@@ -63,10 +69,43 @@ pub struct WorkerSettings {
     #[arg(long, env = "MAAS_CHAT_STEP_TOKENS", default_value_t = 256)]
     pub chat_step_tokens: usize,
 
+    /// Most bytes a job's output may take, as JSON (it is stored in Postgres
+    /// and cached in Redis); a larger output fails the job with
+    /// `output_too_large` instead. See [`max_output_bytes`].
+    #[arg(long, env = MAX_OUTPUT_BYTES_ENV, default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: usize,
+
+    /// `durable` (default): a job's result and usage record commit with a
+    /// WAL flush, so an answered job survives a crash of the database host.
+    /// `relaxed` skips the flush (a host crash may lose results already
+    /// answered): for benchmarks and throw-away environments only.
+    #[arg(long, env = "MAAS_WORKER_RESULT_COMMIT", default_value = "durable", value_parser = ["durable", "relaxed"])]
+    pub result_commit: String,
+
     /// On SIGTERM, how long running jobs may take to finish before the rest
     /// is handed back to the scheduler.
     #[arg(long, env = "MAAS_WORKER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+}
+
+/// The variable of [`WorkerSettings::max_output_bytes`].
+pub const MAX_OUTPUT_BYTES_ENV: &str = "MAAS_WORKER_MAX_OUTPUT_BYTES";
+
+/// 32 MiB: twice the largest embeddings output the API admits (2,048 vectors
+/// of 384 floats are 15.7 MiB as JSON).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 32 << 20;
+
+/// The output cap in force, read once from [`MAX_OUTPUT_BYTES_ENV`] (the
+/// supervisor's dependencies do not carry the settings); a value the flag
+/// parser would refuse has already stopped the process at startup.
+pub fn max_output_bytes() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::env::var(MAX_OUTPUT_BYTES_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES)
+    })
 }
 
 /// Parsed `--slots`.

@@ -3,7 +3,9 @@
 
 use crate::actors::batcher::{BatchConfig, EmbedderHandle};
 use crate::actors::model::{ModelRunner, RunJob};
-use crate::actors::supervisor::{CancelRequested, Deps, Dispatched, Drain, InFlight, Supervisor};
+use crate::actors::supervisor::{
+    CancelRequested, Deps, Dispatched, Drain, Heartbeat, InFlight, Supervisor,
+};
 use crate::actors::Pool;
 use crate::health::{self, HealthState};
 use crate::models::{echo::Echo, CancelFlag};
@@ -16,12 +18,13 @@ use maas_core::messages::{CancelJob, ModelSlots, WorkerEvent};
 use maas_core::models::{MINILM, SMOLLM2};
 use maas_mq::lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use maas_mq::lapin::types::FieldTable;
-use maas_mq::{Broker, PublishOpts};
+use maas_mq::{Broker, BrokerConfig, Link, MqError, PublishOpts};
 use maas_store::cache::Cache;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 pub struct Worker {
     settings: WorkerSettings,
@@ -43,25 +46,24 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let common = &settings.common;
-        let db = maas_store::connect_for_transitions(&common.database_url, 8)
-            .await
-            .context("connecting to Postgres")?;
-        maas_store::migrate(&db)
-            .await
-            .context("applying migrations")?;
-        let cache = Cache::connect(&common.redis_url, &common.namespace)
-            .await
-            .context("connecting to Redis")?;
-        let broker = Arc::new(
-            Broker::connect(
-                &common.amqp_url,
-                &common.namespace,
-                &format!("maas-worker-{worker_id}"),
-                common.amqp_queue_expires_ms,
-            )
-            .await
-            .context("connecting to RabbitMQ")?,
-        );
+        // No dependency is waited for here: models load meanwhile, and the
+        // connections come (back) on their own.
+        let db = maas_store::connect_for_transitions(
+            &common.database_url,
+            8,
+            common.db_acquire_timeout(),
+        )
+        .context("the Postgres URL")?;
+        tokio::spawn({
+            let db = db.clone();
+            async move { maas_store::migrate_when_reachable(&db).await }
+        });
+        let cache = Cache::new(&common.redis_url, &common.namespace).context("the Redis URL")?;
+        let broker = Broker::start(BrokerConfig::new(
+            common,
+            &format!("maas-worker-{worker_id}"),
+        ))
+        .context("the RabbitMQ URL")?;
         let mut slots = vec![ModelSlots {
             model: maas_core::models::ECHO.into(),
             slots: slot_cfg.for_model(maas_core::models::ECHO, settings.chat_max_seqs),
@@ -157,6 +159,7 @@ impl Worker {
             db,
             cache,
             broker,
+            durable_results: settings.result_commit == "durable",
         };
         Ok(Self {
             settings,
@@ -234,22 +237,6 @@ impl Worker {
             pools.insert(s.model.clone(), Pool::Threads(pool));
         }
 
-        // Private queues exist before the first heartbeat, so no dispatch is lost.
-        let total_slots: u32 = self.slots.iter().map(|s| s.slots).sum();
-        let work_ch = broker
-            .consumer_channel(total_slots.min(u16::MAX as u32) as u16)
-            .await?;
-        let work_queue = names.worker(&self.worker_id);
-        broker.declare_private_queue(&work_ch, &work_queue).await?;
-        let cancel_ch = broker.consumer_channel(64).await?;
-        let cancel_queue = names.cancel_queue(&self.worker_id);
-        broker
-            .declare_private_queue(&cancel_ch, &cancel_queue)
-            .await?;
-        broker
-            .bind(&cancel_ch, &cancel_queue, &names.cancel_exchange())
-            .await?;
-
         let supervisor = Supervisor::new(
             self.deps.clone(),
             pools,
@@ -258,40 +245,28 @@ impl Worker {
         )
         .start();
 
-        let mut work = work_ch
-            .basic_consume(
-                work_queue.as_str().into(),
-                "worker-jobs".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let sup = supervisor.clone();
-        let work_task = actix_web::rt::spawn(async move {
-            while let Some(Ok(d)) = work.next().await {
-                sup.do_send(Dispatched(d));
-            }
-        });
-        let cancel_opts = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        let mut cancels = cancel_ch
-            .basic_consume(
-                cancel_queue.as_str().into(),
-                "worker-cancels".into(),
-                cancel_opts,
-                FieldTable::default(),
-            )
-            .await?;
-        let sup = supervisor.clone();
-        actix_web::rt::spawn(async move {
-            while let Some(Ok(d)) = cancels.next().await {
-                if let Ok(c) = serde_json::from_slice::<CancelJob>(&d.data) {
-                    sup.do_send(CancelRequested(c.job_id));
+        // The private queues and their consumers, set up again on every
+        // broker link; a heartbeat follows each setup at once, so the
+        // scheduler sees this worker (and the attempts it still holds) as
+        // soon as the queues exist.
+        let total_slots: u32 = self.slots.iter().map(|s| s.slots).sum();
+        let prefetch = total_slots.clamp(1, u16::MAX as u32) as u16;
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let consumer =
+            actix_web::rt::spawn(maas_mq::consume_forever(broker.clone(), "dispatches", {
+                let (sup, worker_id, names) =
+                    (supervisor.clone(), self.worker_id.clone(), names.clone());
+                move |link| {
+                    session(
+                        link,
+                        names.clone(),
+                        worker_id.clone(),
+                        prefetch,
+                        sup.clone(),
+                        drain_rx.clone(),
+                    )
                 }
-            }
-        });
+            }));
 
         let health = web::Data::new(HealthState {
             broker: broker.clone(),
@@ -310,22 +285,14 @@ impl Worker {
         let server_handle = server.handle();
         actix_web::rt::spawn(server);
 
-        tokio::select! {
-            _ = maas_core::shutdown::signal() => {}
-            _ = broker.disconnected() => {
-                // Results cannot be reported without the broker's events queue
-                // anyway; the scheduler re-dispatches what this worker held.
-                tracing::error!("lost the RabbitMQ connection; stopping");
-                server_handle.stop(false).await;
-                anyhow::bail!("lost the RabbitMQ connection");
-            }
-        }
+        maas_core::shutdown::signal().await;
         tracing::info!("draining: no new jobs; running ones may finish");
         supervisor.do_send(Drain);
-        let _ = work_ch
-            .basic_cancel("worker-jobs".into(), BasicCancelOptions::default())
-            .await;
-        work_task.abort();
+        // Stop consuming; the channel stays open until the running jobs are
+        // acked.
+        let _ = drain_tx.send(true);
+        drop(consumer);
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let deadline = Instant::now() + Duration::from_millis(self.settings.shutdown_grace_ms);
         while Instant::now() < deadline {
             if supervisor.send(InFlight).await.unwrap_or(0) == 0 {
@@ -346,5 +313,84 @@ impl Worker {
         broker.close().await;
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// One broker link's worth of consuming: declares this worker's queue and
+/// its cancel queue, tells the supervisor to heartbeat, and hands every
+/// delivery to the supervisor until the link is lost or the worker drains.
+async fn session(
+    link: Arc<Link>,
+    names: maas_mq::Names,
+    worker_id: String,
+    prefetch: u16,
+    supervisor: Addr<Supervisor>,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), MqError> {
+    if *drain.borrow() {
+        // Draining: stay off the queues; wait for the process to end.
+        let _ = drain.changed().await;
+        std::future::pending::<()>().await;
+    }
+    let work_ch = link.consumer_channel(prefetch).await?;
+    let work_queue = names.worker(&worker_id);
+    link.declare_private_queue(&work_ch, &work_queue).await?;
+    let cancel_ch = link.consumer_channel(64).await?;
+    let cancel_queue = names.cancel_queue(&worker_id);
+    link.declare_private_queue(&cancel_ch, &cancel_queue)
+        .await?;
+    link.bind(&cancel_ch, &cancel_queue, &names.cancel_exchange())
+        .await?;
+    let mut work = work_ch
+        .basic_consume(
+            work_queue.as_str().into(),
+            "worker-jobs".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let cancel_opts = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut cancels = cancel_ch
+        .basic_consume(
+            cancel_queue.as_str().into(),
+            "worker-cancels".into(),
+            cancel_opts,
+            FieldTable::default(),
+        )
+        .await?;
+    if link.generation > 1 {
+        tracing::info!(
+            generation = link.generation,
+            "queues declared again after a reconnect"
+        );
+    }
+    supervisor.do_send(Heartbeat);
+    loop {
+        tokio::select! {
+            d = work.next() => match d {
+                Some(Ok(d)) => supervisor.do_send(Dispatched(d)),
+                _ => return Ok(()),
+            },
+            c = cancels.next() => match c {
+                Some(Ok(d)) => {
+                    if let Ok(c) = serde_json::from_slice::<CancelJob>(&d.data) {
+                        supervisor.do_send(CancelRequested(c.job_id));
+                    }
+                }
+                _ => return Ok(()),
+            },
+            _ = link.lost() => return Ok(()),
+            _ = drain.changed() => {
+                let _ = work_ch
+                    .basic_cancel("worker-jobs".into(), BasicCancelOptions::default())
+                    .await;
+                // Keep the channel (and the running jobs' acks) until the end.
+                let _keep = (&work_ch, &cancel_ch);
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

@@ -32,6 +32,19 @@ struct Assigned {
     at: DateTime<Utc>,
 }
 
+/// A dispatch the broker did not confirm: the job goes back to its queue.
+#[derive(Debug)]
+pub struct DispatchFailed {
+    job_id: Uuid,
+    worker_id: String,
+    attempt: i32,
+}
+
+/// How often a worker's heartbeat is written to Postgres at most (the
+/// registry the API and a new scheduler read); every heartbeat counts for
+/// liveness at once, in memory.
+const REGISTRY_WRITE_EVERY: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 struct WorkerState {
     /// Unknown (empty) for workers rebuilt from Postgres until their next heartbeat.
@@ -40,6 +53,8 @@ struct WorkerState {
     assigned: HashMap<Uuid, Assigned>,
     last_seen: Instant,
     draining: bool,
+    /// When the registry row was last written, and what it said.
+    written: Option<(Instant, Vec<ModelSlots>, bool)>,
 }
 
 impl WorkerState {
@@ -71,6 +86,8 @@ pub struct Core {
     /// periodic refresh, so its weight counts from its first job.
     weights_stale: bool,
     weights_loaded_at: Instant,
+    failures_tx: tokio::sync::mpsc::UnboundedSender<DispatchFailed>,
+    failures_rx: Option<tokio::sync::mpsc::UnboundedReceiver<DispatchFailed>>,
 }
 
 /// Outcome of handling one message: whether to ack it or send it to the
@@ -82,7 +99,10 @@ pub enum Handled {
 
 impl Core {
     pub fn new(settings: SchedulerSettings, db: PgPool, cache: Cache, broker: Arc<Broker>) -> Self {
+        let (failures_tx, failures_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
+            failures_tx,
+            failures_rx: Some(failures_rx),
             settings,
             db,
             cache,
@@ -94,6 +114,74 @@ impl Core {
             max_concurrent: HashMap::new(),
             weights_stale: false,
             weights_loaded_at: Instant::now(),
+        }
+    }
+
+    /// The dispatches the broker did not confirm (taken once, by the loop
+    /// that feeds them back to [`Core::on_dispatch_failed`]).
+    pub fn take_dispatch_failures(
+        &mut self,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<DispatchFailed> {
+        self.failures_rx.take().unwrap_or_else(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            self.failures_tx = tx;
+            rx
+        })
+    }
+
+    /// Writes the hot status cache without waiting for it: a slow or absent
+    /// Redis must not slow dispatch (the cache keeps the newest version
+    /// whatever the order of writes).
+    fn cache_put(&self, job: &Job) {
+        let (cache, job) = (self.cache.clone(), job.clone());
+        tokio::spawn(async move { cache.put_job_logged(&job).await });
+    }
+
+    /// The broker is back after an outage during which this scheduler heard
+    /// nothing: every worker gets a full heartbeat timeout from now, and the
+    /// queued jobs are read back from Postgres (announcements published
+    /// meanwhile, or lost with a restarted broker, are not waited for).
+    pub async fn broker_back(&mut self) {
+        for w in self.workers.values_mut() {
+            w.last_seen = Instant::now();
+        }
+        match jobs::queued(&self.db).await {
+            Ok(queued) => {
+                let before = self.queued.len();
+                for j in &queued {
+                    self.enqueue_ref(j);
+                }
+                tracing::info!(
+                    picked_up = self.queued.len() - before,
+                    "broker back: queued jobs read back from Postgres"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read queued jobs back; the sweep will"),
+        }
+    }
+
+    /// A dispatch that never reached the broker: the job is queued again
+    /// (at the front) under a new attempt number next time.
+    pub async fn on_dispatch_failed(&mut self, f: DispatchFailed) {
+        if let Some(w) = self.workers.get_mut(&f.worker_id) {
+            if w.assigned
+                .get(&f.job_id)
+                .is_some_and(|a| a.attempt == f.attempt)
+            {
+                w.assigned.remove(&f.job_id);
+            }
+        }
+        match jobs::requeue(&self.db, f.job_id, &f.worker_id).await {
+            Ok(Some(back)) => {
+                self.cache_put(&back);
+                self.enqueue_job_row(&back, true);
+            }
+            Ok(None) => {}
+            // Left `dispatched` to a worker that never got it: the worker's
+            // next heartbeat (or its loss) queues it again.
+            Err(e) => {
+                tracing::error!(job_id = %f.job_id, error = %e, "could not queue the job again yet")
+            }
         }
     }
 
@@ -139,6 +227,7 @@ impl Core {
                     assigned: HashMap::new(),
                     last_seen: Instant::now(),
                     draining: w.status == "draining",
+                    written: None,
                 },
             );
         }
@@ -187,15 +276,14 @@ impl Core {
         Ok(())
     }
 
-    /// Queues a job read back from Postgres (no reply queue: its sync caller, if
-    /// any, polls).
+    /// Queues a job read back from Postgres.
     fn enqueue_ref(&mut self, j: &jobs::QueuedRef) {
         let job = QueuedJob {
             id: j.id,
             tenant_id: j.tenant_id,
             lane: Lane::parse(&j.lane).unwrap_or(Lane::Batch),
             enqueued_at: Self::instant_of(j.created_at),
-            reply_to: None,
+            reply_to: j.reply_to.clone(),
         };
         self.enqueue(job, &j.model, false);
     }
@@ -231,8 +319,9 @@ impl Core {
                     tracing::warn!(worker_id = %worker_id, "worker restarted under the same id; recovering what the old process held");
                     self.release_worker(&worker_id, "dead").await?;
                 }
-                let models_json = serde_json::to_value(&models)?;
-                workers::heartbeat(&self.db, &worker_id, &models_json, draining).await?;
+                // Liveness counts from the moment the heartbeat arrives; the
+                // registry row is written at most every few seconds (or on a
+                // change), off this loop.
                 let w = self.workers.entry(worker_id.clone()).or_insert_with(|| {
                     tracing::info!(worker_id = %worker_id, ?models, "worker registered");
                     WorkerState {
@@ -241,12 +330,26 @@ impl Core {
                         assigned: HashMap::new(),
                         last_seen: Instant::now(),
                         draining,
+                        written: None,
                     }
                 });
-                w.incarnation = incarnation;
-                w.slots = models.into_iter().map(|s| (s.model, s.slots)).collect();
                 w.last_seen = Instant::now();
+                w.incarnation = incarnation;
+                w.slots = models.iter().map(|s| (s.model.clone(), s.slots)).collect();
                 w.draining = draining;
+                let due = w.written.as_ref().is_none_or(|(at, m, d)| {
+                    at.elapsed() >= REGISTRY_WRITE_EVERY || *m != models || *d != draining
+                });
+                if due {
+                    w.written = Some((Instant::now(), models.clone(), draining));
+                    let (db, id) = (self.db.clone(), worker_id.clone());
+                    let models_json = serde_json::to_value(&models)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = workers::heartbeat(&db, &id, &models_json, draining).await {
+                            tracing::debug!(worker_id = %id, error = %e, "worker registry not updated");
+                        }
+                    });
+                }
                 self.reconcile(&worker_id, &running).await?;
             }
             WorkerEvent::Finished {
@@ -320,9 +423,8 @@ impl Core {
             let ours = job.worker_id.as_deref() == Some(worker_id) && job.attempts == attempt;
             if ours && !job.status().is_terminal() {
                 tracing::warn!(%job_id, worker_id, "dispatch never reached its worker; queued again");
-                let refund = job.status == "dispatched";
-                if let Some(back) = jobs::requeue(&self.db, job_id, worker_id, refund).await? {
-                    self.cache.put_job_logged(&back).await;
+                if let Some(back) = jobs::requeue(&self.db, job_id, worker_id).await? {
+                    self.cache_put(&back);
                     self.enqueue_job_row(&back, true);
                 }
             }
@@ -351,29 +453,28 @@ impl Core {
         let Some(job) = jobs::get(&self.db, job_id).await? else {
             return Ok(());
         };
-        if job.status == "running" && job.attempts >= self.settings.max_attempts {
+        if job.status == "running" && job.starts >= self.settings.max_attempts {
             let error = json!({
                 "code": "worker_lost",
-                "message": format!("the job's worker was lost {} times; giving up", job.attempts),
+                "message": format!("the job's worker was lost {} times; giving up", job.starts),
             });
             if let Some(failed) = jobs::fail_lost(&self.db, job_id, worker_id, &error).await? {
                 tracing::warn!(%job_id, attempts = failed.attempts, "job failed after its last attempt; dead-lettered");
                 crate::metrics::RECOVERIES
                     .with_label_values(&["failed"])
                     .inc();
-                self.cache.put_job_logged(&failed).await;
+                self.cache_put(&failed);
                 self.dead_letter(&failed).await;
             }
             return Ok(());
         }
-        // An attempt that never started is not counted against the job.
-        let refund = job.status == "dispatched";
-        if let Some(requeued) = jobs::requeue(&self.db, job_id, worker_id, refund).await? {
+        // Only attempts that started count against the job (`starts`).
+        if let Some(requeued) = jobs::requeue(&self.db, job_id, worker_id).await? {
             tracing::info!(%job_id, attempts = requeued.attempts, "job queued again");
             crate::metrics::RECOVERIES
                 .with_label_values(&["requeued"])
                 .inc();
-            self.cache.put_job_logged(&requeued).await;
+            self.cache_put(&requeued);
             self.enqueue_job_row(&requeued, true);
         }
         Ok(())
@@ -385,7 +486,7 @@ impl Core {
             tenant_id: job.tenant_id,
             lane: job.lane(),
             enqueued_at: Self::instant_of(job.created_at),
-            reply_to: None,
+            reply_to: job.reply_to.clone(),
         };
         self.enqueue(q, &job.model, front);
     }
@@ -518,35 +619,6 @@ impl Core {
                     reply_to: next.reply_to.clone(),
                 };
                 let queue = self.broker.names.worker(&worker_id);
-                // Worker queues are not durable: a persistent message would only cost a disk write.
-                let opts = PublishOpts {
-                    persistent: false,
-                    ..PublishOpts::traced(traceparent.as_deref())
-                };
-                if let Err(e) = self.broker.publish_to_queue(&queue, &msg, opts).await {
-                    tracing::error!(job_id = %job.id, error = %e, "could not send dispatch; job queued again");
-                    match jobs::requeue(&self.db, job.id, &worker_id, true).await {
-                        Ok(Some(back)) => self.enqueue(next, &back.model, true),
-                        Ok(None) => {}
-                        // Left `dispatched` to a worker that never got it: the
-                        // next heartbeat's reconciliation queues it again.
-                        Err(db) => {
-                            tracing::error!(job_id = %job.id, error = %db, "could not queue the job again yet")
-                        }
-                    }
-                    if let Some(w) = self.workers.get_mut(&worker_id) {
-                        w.assigned.insert(
-                            job.id,
-                            Assigned {
-                                tenant_id: job.tenant_id,
-                                model: job.model.clone(),
-                                attempt: job.attempts,
-                                at: Utc::now(),
-                            },
-                        );
-                    }
-                    return Err(e.into());
-                }
                 if let Some(w) = self.workers.get_mut(&worker_id) {
                     w.assigned.insert(
                         job.id,
@@ -558,7 +630,27 @@ impl Core {
                         },
                     );
                 }
-                self.cache.put_job_logged(&job).await;
+                // The publish and its confirm run beside this loop: a slow
+                // broker link costs the next dispatch nothing. A failure comes
+                // back through `failures_tx`.
+                let (broker, failures) = (self.broker.clone(), self.failures_tx.clone());
+                let failed = DispatchFailed {
+                    job_id: job.id,
+                    worker_id: worker_id.clone(),
+                    attempt: job.attempts,
+                };
+                tokio::spawn(async move {
+                    // Worker queues are not durable: a persistent message would only cost a disk write.
+                    let opts = PublishOpts {
+                        persistent: false,
+                        ..PublishOpts::traced(traceparent.as_deref())
+                    };
+                    if let Err(e) = broker.publish_to_queue(&queue, &msg, opts).await {
+                        tracing::warn!(job_id = %failed.job_id, error = %e, "could not send dispatch; job queued again");
+                        let _ = failures.send(failed);
+                    }
+                });
+                self.cache_put(&job);
                 tracing::debug!(job_id = %job.id, worker_id = %worker_id, attempt = job.attempts, "dispatched");
                 sent += 1;
             }
@@ -617,7 +709,7 @@ impl Core {
             crate::metrics::EXPIRED
                 .with_label_values(&[&job.model])
                 .inc();
-            self.cache.put_job_logged(&job).await;
+            self.cache_put(&job);
         }
         let purged = jobs::purge_finished(&self.db, self.settings.job_retention_secs).await?;
         if purged > 0 {

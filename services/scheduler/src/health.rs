@@ -1,7 +1,8 @@
 //! `/healthz` and `/readyz` of the scheduler. Ready means connected and
-//! either active or standing by; the body says which.
+//! either active or standing by; the body says which, and what is missing.
 
 use actix_web::{web, HttpResponse};
+use maas_mq::Broker;
 use serde_json::json;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,12 @@ impl Role {
     }
 }
 
+/// What `/readyz` reports on.
+pub struct HealthState {
+    pub role: Role,
+    pub broker: Arc<Broker>,
+}
+
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/healthz",
@@ -42,13 +49,28 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn readyz(role: web::Data<Role>) -> HttpResponse {
-    let name = role.name();
-    let body =
-        json!({"status": if name == "starting" { "not_ready" } else { "ready" }, "role": name});
+async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
+    let name = state.role.name();
+    let rabbitmq = state.broker.is_connected();
+    // Standing by needs Postgres (the lock is competed for there); being
+    // active needs the broker too.
+    let mut missing = Vec::new();
     if name == "starting" {
-        HttpResponse::ServiceUnavailable().json(body)
-    } else {
+        missing.push("postgres");
+    }
+    if !rabbitmq {
+        missing.push("rabbitmq");
+    }
+    let ready = missing.is_empty();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "role": name,
+        "checks": {"rabbitmq": rabbitmq},
+        "missing": missing,
+    });
+    if ready {
         HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }

@@ -9,13 +9,13 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use futures_util::StreamExt;
+use maas_core::backoff::Backoff;
 use maas_core::messages::{JobSubmitted, WorkerEvent};
 use maas_mq::lapin::message::Delivery;
-use maas_mq::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions,
-};
+use maas_mq::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicRejectOptions};
 use maas_mq::lapin::types::FieldTable;
-use maas_mq::Broker;
+use maas_mq::lapin::Consumer;
+use maas_mq::{Broker, BrokerConfig, Link};
 use maas_store::cache::Cache;
 use sqlx::PgPool;
 use std::net::TcpListener;
@@ -46,31 +46,25 @@ async fn reject(d: &Delivery) {
 impl Scheduler {
     pub async fn build(settings: SchedulerSettings) -> anyhow::Result<Self> {
         let common = &settings.common;
-        let db = maas_store::connect_for_transitions(&common.database_url, 8)
-            .await
-            .context("connecting to Postgres")?;
-        maas_store::migrate(&db)
-            .await
-            .context("applying migrations")?;
-        let cache = Cache::connect(&common.redis_url, &common.namespace)
-            .await
-            .context("connecting to Redis")?;
+        // Nothing here waits for a dependency; `run_until_stopped` does, with
+        // the health endpoint already answering.
+        let db = maas_store::connect_for_transitions(
+            &common.database_url,
+            8,
+            common.db_acquire_timeout(),
+        )
+        .context("the Postgres URL")?;
+        let cache = Cache::new(&common.redis_url, &common.namespace).context("the Redis URL")?;
         let name = format!("maas-scheduler-{}", std::process::id());
-        let broker = Arc::new(
-            Broker::connect(
-                &common.amqp_url,
-                &common.namespace,
-                &name,
-                common.amqp_queue_expires_ms,
-            )
-            .await
-            .context("connecting to RabbitMQ")?,
-        );
+        let broker = Broker::start(BrokerConfig::new(common, &name)).context("the RabbitMQ URL")?;
         let role = Role::default();
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
-        let data = web::Data::new(role.clone());
+        let data = web::Data::new(health::HealthState {
+            role: role.clone(),
+            broker: broker.clone(),
+        });
         let server =
             HttpServer::new(move || App::new().app_data(data.clone()).configure(health::config))
                 .workers(1)
@@ -92,7 +86,9 @@ impl Scheduler {
         self.port
     }
 
-    /// Stands by until active, then schedules until SIGTERM/SIGINT.
+    /// Stands by until active, then schedules until SIGTERM/SIGINT. Losing
+    /// the lock (Postgres restarted, the lock's session broke) sends it back
+    /// to standby to compete again; nothing but a signal ends it.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -101,12 +97,22 @@ impl Scheduler {
         });
         let handle = self.server.handle();
         tokio::spawn(self.server);
-        self.role.set(health::STANDBY);
-        let result = async {
+        // Migrations wait for Postgres; leadership needs them applied.
+        tokio::select! {
+            _ = maas_store::migrate_when_reachable(&self.db) => {}
+            _ = stop_rx.changed() => {
+                stop_server(handle).await;
+                self.broker.close().await;
+                return Ok(());
+            }
+        }
+        let mut backoff = Backoff::reconnect();
+        loop {
+            self.role.set(health::STANDBY);
             let Some(leadership) =
                 Leadership::acquire(&self.settings.common.database_url, &mut stop_rx).await?
             else {
-                return Ok(());
+                break;
             };
             tracing::info!("this scheduler is now active");
             self.role.set(health::ACTIVE);
@@ -116,12 +122,20 @@ impl Scheduler {
                 self.cache.clone(),
                 self.broker.clone(),
             );
-            run_active(core, &self.broker, leadership, stop_rx).await
+            match run_active(core, &self.broker, leadership, stop_rx.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no longer the active scheduler; standing by to compete again");
+                    backoff.wait().await;
+                }
+            }
+            if *stop_rx.borrow() {
+                break;
+            }
         }
-        .await;
         stop_server(handle).await;
         self.broker.close().await;
-        result
+        Ok(())
     }
 }
 
@@ -129,16 +143,19 @@ async fn stop_server(handle: ServerHandle) {
     handle.stop(true).await;
 }
 
-async fn run_active(
-    mut core: Core,
-    broker: &Broker,
-    mut leadership: Leadership,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    core.rebuild().await.context("rebuilding state")?;
-    let jobs_ch = broker.consumer_channel(500).await?;
-    let events_ch = broker.consumer_channel(200).await?;
-    let mut jobs = jobs_ch
+/// The next delivery of a consumer, or never while there is none.
+async fn next_of(c: &mut Option<Consumer>) -> Option<Result<Delivery, maas_mq::lapin::Error>> {
+    match c {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The scheduler's two consumers on one broker link.
+async fn subscribe_on(broker: &Broker, link: &Link) -> anyhow::Result<(Consumer, Consumer)> {
+    let jobs_ch = link.consumer_channel(500).await?;
+    let events_ch = link.consumer_channel(200).await?;
+    let jobs = jobs_ch
         .basic_consume(
             broker.names.jobs().as_str().into(),
             "scheduler-jobs".into(),
@@ -146,7 +163,7 @@ async fn run_active(
             FieldTable::default(),
         )
         .await?;
-    let mut events = events_ch
+    let events = events_ch
         .basic_consume(
             broker.names.events().as_str().into(),
             "scheduler-events".into(),
@@ -154,35 +171,83 @@ async fn run_active(
             FieldTable::default(),
         )
         .await?;
+    Ok((jobs, events))
+}
+
+/// Schedules while this process holds the lock. `Ok` on shutdown; an error
+/// when the lock (or the state behind it) is lost.
+async fn run_active(
+    mut core: Core,
+    broker: &Broker,
+    mut leadership: Leadership,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if let Err(e) = core.rebuild().await {
+        leadership.release().await;
+        return Err(e.context("rebuilding state"));
+    }
+    let (mut jobs, mut events): (Option<Consumer>, Option<Consumer>) = (None, None);
+    let mut failures = core.take_dispatch_failures();
+    let mut generation = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut last_weights, mut last_sweep, mut last_lock_check) = (
         Instant::now(),
         Instant::now() - Duration::from_secs(3600),
         Instant::now(),
     );
-    core.dispatch().await?;
     loop {
+        // (Re)subscribe whenever the broker has a link we do not consume on.
+        if jobs.is_none() {
+            if let Some(link) = broker.link() {
+                match subscribe_on(broker, &link).await {
+                    Ok((j, e)) => {
+                        (jobs, events) = (Some(j), Some(e));
+                        if generation != 0 && generation != link.generation {
+                            // Blind while the broker was away: workers' silence
+                            // meanwhile is not theirs, and announcements may be
+                            // lost. Give every worker a full timeout from now and
+                            // read the queued jobs back from Postgres.
+                            core.broker_back().await;
+                        }
+                        generation = link.generation;
+                        if let Err(e) = core.dispatch().await {
+                            tracing::error!(error = %e, "dispatch failed; will retry");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not subscribe; retrying"),
+                }
+            }
+        }
         tokio::select! {
             _ = stop.changed() => break,
-            d = events.next() => {
-                let Some(Ok(d)) = d else { anyhow::bail!("events consumer closed") };
+            d = next_of(&mut events) => {
+                let Some(Ok(d)) = d else {
+                    tracing::warn!("event consumer closed (broker connection lost); waiting for the broker");
+                    (jobs, events) = (None, None);
+                    continue;
+                };
                 match serde_json::from_slice::<WorkerEvent>(&d.data) {
-                    Ok(ev) => match core.on_event(ev).await {
-                        Ok(()) => ack(&d).await,
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not handle worker event; will retry");
-                            let _ = d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(ev) => {
+                        if let Err(e) = core.on_event(ev).await {
+                            // The event's effect is retried by the next heartbeat
+                            // (or the worker check); a redelivery loop is not.
+                            tracing::warn!(error = %e, "could not handle a worker event fully");
                         }
-                    },
+                        ack(&d).await;
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "malformed worker event dead-lettered");
-                        reject(&d).await;
+                        // No dead-letter queue for events: log and drop.
+                        tracing::warn!(error = %e, "malformed worker event dropped");
+                        ack(&d).await;
                     }
                 }
             }
-            d = jobs.next() => {
-                let Some(Ok(d)) = d else { anyhow::bail!("jobs consumer closed") };
+            d = next_of(&mut jobs) => {
+                let Some(Ok(d)) = d else {
+                    tracing::warn!("job consumer closed (broker connection lost); waiting for the broker");
+                    (jobs, events) = (None, None);
+                    continue;
+                };
                 match serde_json::from_slice::<JobSubmitted>(&d.data) {
                     Ok(msg) => {
                         core.on_submitted(msg);
@@ -194,9 +259,20 @@ async fn run_active(
                     }
                 }
             }
+            Some(failed) = failures.recv() => {
+                core.on_dispatch_failed(failed).await;
+            }
             _ = tick.tick() => {
-                if let Err(e) = core.check_workers().await {
-                    tracing::error!(error = %e, "worker check failed");
+                if jobs.is_some() && !broker.is_connected() {
+                    tracing::warn!("broker connection lost; waiting for it");
+                    (jobs, events) = (None, None);
+                }
+                // Without the broker the scheduler hears no heartbeat: it must
+                // not read that silence as dead workers.
+                if jobs.is_some() {
+                    if let Err(e) = core.check_workers().await {
+                        tracing::error!(error = %e, "worker check failed");
+                    }
                 }
                 if last_weights.elapsed() > Duration::from_secs(5) {
                     last_weights = Instant::now();
@@ -213,13 +289,15 @@ async fn run_active(
                 if last_lock_check.elapsed() > Duration::from_secs(1) {
                     last_lock_check = Instant::now();
                     if !leadership.still_held().await {
-                        anyhow::bail!("lost the scheduler lock (Postgres session gone); stopping");
+                        anyhow::bail!("lost the scheduler lock (its Postgres session is gone)");
                     }
                 }
             }
         }
-        if let Err(e) = core.dispatch().await {
-            tracing::error!(error = %e, "dispatch failed; will retry");
+        if jobs.is_some() {
+            if let Err(e) = core.dispatch().await {
+                tracing::error!(error = %e, "dispatch failed; will retry");
+            }
         }
     }
     tracing::info!(

@@ -336,6 +336,37 @@ fn event(v: &Value) -> web::Bytes {
     web::Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// What a stream's job is doing when no piece has arrived for a while.
+enum StreamCheck {
+    /// Queued, or running the attempt the caller is receiving.
+    Going,
+    /// Finished (its wake-up was lost).
+    Ended,
+    /// Part of one attempt's output went out and the job is running again
+    /// (its worker was lost): the stream cannot continue.
+    Restarted,
+}
+
+async fn stream_check(
+    state: &AppState,
+    job_id: uuid::Uuid,
+    tenant_id: uuid::Uuid,
+    streamed: Option<i32>,
+) -> StreamCheck {
+    let job = match crate::submit::load_job(state, job_id, tenant_id).await {
+        Ok(Some(j)) => j,
+        // A passing read error says nothing about the job: keep waiting.
+        _ => return StreamCheck::Going,
+    };
+    if job.status().is_terminal() {
+        return StreamCheck::Ended;
+    }
+    match streamed {
+        Some(a) if job.attempts != a || job.status() == JobStatus::Queued => StreamCheck::Restarted,
+        _ => StreamCheck::Going,
+    }
+}
+
 /// The streaming answer: a first chunk (chat: the assistant role), a chunk
 /// per piece of text, a last chunk with the finish reason, the usage if asked
 /// (`stream_options.include_usage`), then `data: [DONE]`.
@@ -391,6 +422,8 @@ fn sse(
         finished: bool,
         /// Completions: characters of completion text so far (`text_offset`).
         offset: usize,
+        /// The attempt whose output the caller has received, once it has.
+        attempt: Option<i32>,
     }
     let mut first = std::collections::VecDeque::new();
     if chat {
@@ -406,6 +439,7 @@ fn sse(
         pending: first,
         finished: false,
         offset: 0,
+        attempt: None,
     };
     let body = futures_util::stream::unfold(flow, move |mut f| {
         let chunk = chunk.clone();
@@ -417,8 +451,44 @@ fn sse(
                 if f.finished {
                     return None;
                 }
-                match tokio::time::timeout_at(deadline, f.waiter.chunks.recv()).await {
-                    Ok(Some(piece)) => {
+                // Silence is looked into every 2 s: a job whose worker was
+                // lost is noticed within seconds, not at the deadline.
+                let slice = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
+                let next = match tokio::time::timeout_at(slice, f.waiter.chunks.recv()).await {
+                    // A later attempt's output: the attempt the caller has
+                    // part of is gone (its worker was lost).
+                    Ok(Some((Some(a), _))) if f.attempt.is_some_and(|s| a > s) => Err(true),
+                    Ok(next) => Ok(next),
+                    Err(_) if tokio::time::Instant::now() >= deadline => Err(false),
+                    Err(_) => {
+                        match stream_check(&f.state, f.job_id, f.tenant_id, f.attempt).await {
+                            StreamCheck::Going => continue,
+                            // The end was recorded but its wake-up was lost.
+                            StreamCheck::Ended => Ok(None),
+                            StreamCheck::Restarted => Err(true),
+                        }
+                    }
+                };
+                match next {
+                    Err(true) => {
+                        f.finished = true;
+                        let _ = cancel(&f.state, f.job_id, f.tenant_id).await;
+                        f.guard.disarm();
+                        f.pending.push_back(event(&json!({"error": {"message": "the worker generating this stream was lost and the output cannot be resumed; retry the request", "type": "server_error", "param": null, "code": "worker_lost"}})));
+                        f.pending
+                            .push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
+                    }
+                    Ok(Some((attempt, _)))
+                        if f.attempt.is_some() && attempt.is_some() && attempt != f.attempt =>
+                    {
+                        // A late piece of an earlier attempt: never spliced
+                        // into this output.
+                        continue;
+                    }
+                    Ok(Some((attempt, piece))) => {
+                        if f.attempt.is_none() {
+                            f.attempt = attempt;
+                        }
                         let logprobs = match piece.logprobs {
                             None => Value::Null,
                             Some(e) if chat => json!({"content": e}),
@@ -470,7 +540,7 @@ fn sse(
                         f.pending
                             .push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
                     }
-                    Err(_) => {
+                    Err(false) => {
                         f.finished = true;
                         let _ = cancel(&f.state, f.job_id, f.tenant_id).await;
                         f.guard.disarm();

@@ -31,11 +31,23 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Ok(Ok(()))
     );
     let rabbitmq = state.broker.is_connected();
+    let missing: Vec<&str> = [
+        ("postgres", postgres),
+        ("redis", redis),
+        ("rabbitmq", rabbitmq),
+    ]
+    .into_iter()
+    .filter(|(_, up)| !up)
+    .map(|(name, _)| name)
+    .collect();
     let body = json!({
-        "status": if postgres && redis && rabbitmq { "ready" } else { "not_ready" },
+        "status": if missing.is_empty() { "ready" } else { "not_ready" },
         "checks": {"postgres": postgres, "redis": redis, "rabbitmq": rabbitmq},
+        "missing": missing,
+        // Accepted async jobs whose announcement waits for the broker.
+        "outbox": state.outbox.len(),
     });
-    if postgres && redis && rabbitmq {
+    if missing.is_empty() {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

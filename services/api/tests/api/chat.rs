@@ -567,3 +567,64 @@ async fn requests_beyond_the_kv_budget_wait_and_one_that_never_fits_is_refused()
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn a_stream_whose_worker_is_killed_ends_within_seconds_with_a_clear_error() {
+    let mut p = Platform::start(Options {
+        with_models: true,
+        workers: 2,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let m = "smollm2-135m-instruct";
+    let long = json!({"model": m, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 3000, "temperature": 0, "stream": true});
+    let mut r = post(&p, &t.key, "/v1/completions", long).await;
+    assert_eq!(r.status(), 200);
+    let mut body = String::new();
+    while body.matches("data: ").count() < 3 {
+        let c = r.chunk().await.unwrap().expect("stream ended early");
+        body.push_str(&String::from_utf8_lossy(&c));
+    }
+    // Kill the worker generating it.
+    let holder: String =
+        sqlx::query_scalar("SELECT worker_id FROM jobs WHERE status = 'running' LIMIT 1")
+            .fetch_one(&p.db)
+            .await
+            .unwrap();
+    let mut killed = false;
+    for w in p.workers.iter_mut() {
+        // Each worker's health endpoint names its id.
+        let v: Value = p
+            .http
+            .get(format!("http://127.0.0.1:{}/readyz", w.port))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["worker_id"] == holder.as_str() {
+            w.kill9().await;
+            killed = true;
+            break;
+        }
+    }
+    assert!(killed, "found the worker running the stream");
+    let t0 = std::time::Instant::now();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Ok(Some(c)) = r.chunk().await {
+            body.push_str(&String::from_utf8_lossy(&c));
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream hung after its worker died");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(15),
+        "ended in {:?}",
+        t0.elapsed()
+    );
+    assert!(body.contains("\"code\":\"worker_lost\""), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}

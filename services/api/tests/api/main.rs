@@ -8,6 +8,7 @@ mod bad_input;
 mod budgets;
 mod chat;
 mod embeddings;
+mod faults;
 mod jobs;
 mod limits;
 mod maasctl;

@@ -18,7 +18,7 @@ use chrono::Utc;
 use maas_core::messages::{Dispatch, ModelSlots, Reply, RunningAttempt, WorkerEvent};
 use maas_core::trace::TraceParent;
 use maas_mq::lapin::message::Delivery;
-use maas_mq::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use maas_mq::lapin::options::{BasicAckOptions, BasicRejectOptions};
 use maas_mq::{Broker, PublishOpts};
 use maas_store::cache::{key_bucket, tenant_bucket, Cache, RATE_WINDOW_MS};
 use maas_store::jobs::{self, Outcome, Usage};
@@ -37,6 +37,8 @@ pub struct Deps {
     pub db: PgPool,
     pub cache: Cache,
     pub broker: Arc<Broker>,
+    /// Results and usage commit with a WAL flush (see `jobs::complete`).
+    pub durable_results: bool,
 }
 
 pub struct Supervisor {
@@ -104,11 +106,17 @@ impl Supervisor {
                     persistent: false,
                     expiration_ms: Some(ttl),
                 };
-                if let Err(e) = broker
+                match broker
                     .publish_to_queue(&broker.names.events(), &event, opts)
                     .await
                 {
-                    tracing::warn!(error = %e, "heartbeat not sent");
+                    Ok(()) => {}
+                    // Reconnecting: the heartbeat after the queues are back
+                    // says everything this one would have.
+                    Err(maas_mq::MqError::Unavailable) => {
+                        tracing::debug!("heartbeat not sent: the broker is away")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat not sent"),
                 }
             }
             .into_actor(self),
@@ -135,6 +143,11 @@ pub struct Dispatched(pub Delivery);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CancelRequested(pub Uuid);
+
+/// Send a heartbeat now (the worker's queues were just declared again).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat;
 
 /// Stop taking work; tell the scheduler.
 #[derive(Message)]
@@ -208,6 +221,14 @@ impl Handler<CancelRequested> for Supervisor {
     }
 }
 
+impl Handler<Heartbeat> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Heartbeat, ctx: &mut Context<Self>) {
+        self.send_heartbeat(ctx);
+    }
+}
+
 impl Handler<Drain> for Supervisor {
     type Result = ();
 
@@ -225,25 +246,99 @@ impl Handler<InFlight> for Supervisor {
     }
 }
 
-/// Retries a Postgres step a few times: a result in hand is not given up on
-/// a passing database error.
-async fn with_retries<T, F, Fut>(what: &str, mut f: F) -> Result<T, maas_store::StoreError>
+/// How long a worker keeps trying to start a job while Postgres is away
+/// before it lets the job go (the scheduler queues it again).
+const START_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a worker keeps trying to record a result it has in hand while
+/// Postgres is away: long, since giving up means running the job again.
+const RESULT_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Retries a Postgres step while Postgres is unreachable (capped backoff,
+/// up to `patience`); any other error is returned at once, since repeating
+/// a statement Postgres refused only gets it refused again.
+async fn with_retries<T, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut f: F,
+) -> Result<T, maas_store::StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, maas_store::StoreError>>,
 {
-    let mut delay = Duration::from_millis(200);
-    for _ in 0..5 {
+    let deadline = Instant::now() + patience;
+    let mut backoff =
+        maas_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut tries = 0u32;
+    loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) => {
-                tracing::warn!(error = %e, step = what, "database step failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                tries += 1;
+                if tries == 1 || tries.is_multiple_of(20) {
+                    tracing::warn!(error = %e, step = what, tries, "database unreachable; retrying");
+                }
+                backoff.wait().await;
             }
+            Err(e) => return Err(e),
         }
     }
-    f().await
+}
+
+/// Records an attempt's end. A result Postgres refuses to store (text it
+/// cannot hold, a value past its limits) fails the job with
+/// `result_rejected` instead, so it is neither lost silently nor retried
+/// forever.
+async fn record_outcome(
+    deps: &Deps,
+    job_id: Uuid,
+    attempt: i32,
+    outcome: &Outcome,
+) -> Result<(Option<jobs::Job>, Option<Outcome>), maas_store::StoreError> {
+    let copy = |o: &Outcome| match o {
+        Outcome::Succeeded { output, usage } => Outcome::Succeeded {
+            output: output.clone(),
+            usage: *usage,
+        },
+        Outcome::Failed { error } => Outcome::Failed {
+            error: error.clone(),
+        },
+    };
+    let first = with_retries("complete", RESULT_PATIENCE, || {
+        jobs::complete(
+            &deps.db,
+            job_id,
+            &deps.worker_id,
+            attempt,
+            copy(outcome),
+            deps.durable_results,
+        )
+    })
+    .await;
+    match first {
+        Ok(job) => Ok((job, None)),
+        Err(e) if !e.is_unavailable() => {
+            tracing::error!(%job_id, error = %e, "Postgres refused the result; failing the job");
+            let failed = Outcome::Failed {
+                error: json!({
+                    "code": "result_rejected",
+                    "message": "the job's result could not be stored (the database refused it)",
+                }),
+            };
+            let job = with_retries("complete", RESULT_PATIENCE, || {
+                jobs::complete(
+                    &deps.db,
+                    job_id,
+                    &deps.worker_id,
+                    attempt,
+                    copy(&failed),
+                    deps.durable_results,
+                )
+            })
+            .await?;
+            Ok((job, Some(failed)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn run_attempt(
@@ -255,7 +350,7 @@ async fn run_attempt(
     traceparent: Option<String>,
 ) {
     let (job_id, attempt) = (d.job_id, d.attempt);
-    let started = with_retries("mark running", || {
+    let started = with_retries("mark running", START_PATIENCE, || {
         jobs::mark_running(&deps.db, job_id, &deps.worker_id, attempt)
     })
     .await;
@@ -276,13 +371,11 @@ async fn run_attempt(
             }
         }
         Err(e) => {
-            tracing::error!(%job_id, error = %e, "could not start job; delivery returned to the queue");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            // Let it go: once the heartbeat stops listing this attempt, the
+            // scheduler queues the job again (a redelivery loop on this
+            // worker would help nobody).
+            tracing::error!(%job_id, error = %e, "could not start the job; handing it back");
+            let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }
     };
@@ -316,6 +409,7 @@ async fn run_attempt(
                         let chunk = Reply::Chunk {
                             job_id,
                             seq,
+                            attempt: Some(attempt),
                             text: p.text,
                             logprobs: p.logprobs,
                         };
@@ -348,7 +442,16 @@ async fn run_attempt(
             // Every chunk is out before the result is recorded and announced.
             let _ = task.await;
         }
+        // An output too large to store and cache fails the job instead.
+        let cap = crate::settings::max_output_bytes();
+        let size = result.as_ref().map_or(0, |o| json_len(&o.output));
         let outcome = match result {
+            Ok(_) if size > cap => Some(Outcome::Failed {
+                error: json!({
+                    "code": "output_too_large",
+                    "message": format!("the output is {size} bytes as JSON, over the limit of {cap} bytes; split the request"),
+                }),
+            }),
             Ok(out) => Some(Outcome::Succeeded {
                 output: out.output,
                 usage: Usage {
@@ -373,42 +476,29 @@ async fn run_attempt(
                 tracing::info!(%job_id, "job stopped by cancel");
             }
             Some(outcome) => {
-                let done = with_retries("complete", || {
-                    let o = match &outcome {
-                        Outcome::Succeeded { output, usage } => Outcome::Succeeded {
-                            output: output.clone(),
-                            usage: *usage,
-                        },
-                        Outcome::Failed { error } => Outcome::Failed {
-                            error: error.clone(),
-                        },
-                    };
-                    jobs::complete(&deps.db, job_id, &deps.worker_id, attempt, o)
-                })
-                .await;
+                let done = record_outcome(&deps, job_id, attempt, &outcome).await;
                 match done {
-                    Ok(Some(job)) => {
+                    Ok((Some(job), replaced)) => {
                         tracing::info!(%job_id, status = %job.status, compute_ms, "job finished");
+                        let outcome = replaced.unwrap_or(outcome);
                         record_finished(&job, &outcome);
                         deps.cache.put_job_logged(&job).await;
                         settle_rate(&deps, &job, &outcome).await;
                     }
-                    Ok(None) => {
+                    Ok((None, _)) => {
                         crate::metrics::JOBS
                             .with_label_values(&[&d.model, "dropped"])
                             .inc();
                         tracing::info!(%job_id, "result dropped: the job was cancelled or reassigned meanwhile");
                     }
                     Err(e) => {
-                        // Leave the delivery unacked: the attempt stays ours in
-                        // Postgres and is retried when the delivery returns.
-                        tracing::error!(%job_id, error = %e, "could not record result");
-                        let _ = delivery
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await;
+                        // Postgres stayed away past our patience. The job is
+                        // still ours there; once our heartbeat stops listing
+                        // the attempt, the scheduler queues it again.
+                        // No `Finished`: the slot stays counted until the
+                        // scheduler settles the attempt against Postgres.
+                        tracing::error!(%job_id, error = %e, "could not record the result; the job will run again");
+                        let _ = delivery.ack(BasicAckOptions::default()).await;
                         return;
                     }
                 }
@@ -490,4 +580,21 @@ fn record_finished(job: &jobs::Job, outcome: &Outcome) {
             .with_label_values(&[&job.model, "completion", &tenant])
             .inc_by(usage.completion_tokens.max(0) as u64);
     }
+}
+
+/// Bytes of `v` as JSON, counted without building the text.
+fn json_len(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, v);
+    n.0
 }
