@@ -55,6 +55,11 @@ struct WorkerState {
     draining: bool,
     /// When the registry row was last written, and what it said.
     written: Option<(Instant, Vec<ModelSlots>, bool)>,
+    /// Heard from on the current broker connection: its queue exists. A
+    /// worker gets no dispatch after a broker outage until its first
+    /// heartbeat since, which it sends as soon as its queue is declared
+    /// again (a dispatch before that would be dropped by the broker).
+    reachable: bool,
 }
 
 impl WorkerState {
@@ -144,6 +149,7 @@ impl Core {
     pub async fn broker_back(&mut self) {
         for w in self.workers.values_mut() {
             w.last_seen = Instant::now();
+            w.reachable = false;
         }
         match jobs::queued(&self.db).await {
             Ok(queued) => {
@@ -228,6 +234,7 @@ impl Core {
                     last_seen: Instant::now(),
                     draining: w.status == "draining",
                     written: None,
+                    reachable: true,
                 },
             );
         }
@@ -331,9 +338,11 @@ impl Core {
                         last_seen: Instant::now(),
                         draining,
                         written: None,
+                        reachable: true,
                     }
                 });
                 w.last_seen = Instant::now();
+                w.reachable = true;
                 w.incarnation = incarnation;
                 w.slots = models.iter().map(|s| (s.model.clone(), s.slots)).collect();
                 w.draining = draining;
@@ -507,7 +516,7 @@ impl Core {
     fn pick_worker(&self, model: &str) -> Option<String> {
         self.workers
             .iter()
-            .filter(|(_, w)| !w.draining)
+            .filter(|(_, w)| !w.draining && w.reachable)
             .map(|(id, w)| (id, w.free_slots(model)))
             .filter(|(_, free)| *free > 0)
             .max_by_key(|(id, free)| (*free, std::cmp::Reverse((*id).clone())))
@@ -704,6 +713,7 @@ impl Core {
                 "queued jobs without a message picked up from Postgres"
             );
         }
+        self.repair_orphans().await?;
         for job in jobs::expire_stale(&self.db, self.settings.job_expiry_secs).await? {
             tracing::info!(job_id = %job.id, "job expired before it started");
             crate::metrics::EXPIRED
@@ -714,6 +724,33 @@ impl Core {
         let purged = jobs::purge_finished(&self.db, self.settings.job_retention_secs).await?;
         if purged > 0 {
             tracing::info!(purged, "inputs and outputs past retention deleted");
+        }
+        Ok(())
+    }
+
+    /// Jobs Postgres says a known worker holds that this scheduler does not
+    /// count on that worker (for example a start lost by a database crash,
+    /// after which the worker dropped its result and released the slot):
+    /// queued again, so none stays `dispatched` or `running` for ever. Jobs
+    /// on workers this scheduler does not know are left to the worker
+    /// check.
+    async fn repair_orphans(&mut self) -> anyhow::Result<()> {
+        let cutoff = Utc::now() - chrono::Duration::seconds(10);
+        let orphans: Vec<jobs::ActiveRef> = jobs::active(&self.db)
+            .await?
+            .into_iter()
+            .filter(|a| a.dispatched_at.is_some_and(|t| t < cutoff))
+            .filter(|a| {
+                self.workers.get(&a.worker_id).is_some_and(|w| {
+                    w.assigned
+                        .get(&a.id)
+                        .is_none_or(|held| held.attempt != a.attempts)
+                })
+            })
+            .collect();
+        for a in orphans {
+            tracing::warn!(job_id = %a.id, worker_id = %a.worker_id, "job held in Postgres by a worker that does not run it; queued again");
+            self.recover_job(a.id, &a.worker_id).await?;
         }
         Ok(())
     }

@@ -284,11 +284,36 @@ where
     }
 }
 
-/// Records an attempt's end. A result Postgres refuses to store (text it
-/// cannot hold, a value past its limits) fails the job with
+/// Records an attempt's end (see [`record_once`]). A result that finds the
+/// job still `dispatched` to this attempt had its start lost (the start is a
+/// relaxed commit, and a crash of Postgres can take the last of those with
+/// it): the start is recorded again, then the result.
+async fn record_outcome(
+    deps: &Deps,
+    job_id: Uuid,
+    attempt: i32,
+    outcome: &Outcome,
+) -> Result<(Option<jobs::Job>, Option<Outcome>), maas_store::StoreError> {
+    let first = record_once(deps, job_id, attempt, outcome).await?;
+    if first.0.is_some() {
+        return Ok(first);
+    }
+    let restarted = with_retries("mark running", START_PATIENCE, || {
+        jobs::mark_running(&deps.db, job_id, &deps.worker_id, attempt)
+    })
+    .await?;
+    if restarted.is_none() {
+        return Ok(first);
+    }
+    tracing::warn!(%job_id, attempt, "the job's start was lost by the database; recorded it again with the result");
+    record_once(deps, job_id, attempt, outcome).await
+}
+
+/// Records an attempt's end once. A result Postgres refuses to store (text
+/// it cannot hold, a value past its limits) fails the job with
 /// `result_rejected` instead, so it is neither lost silently nor retried
 /// forever.
-async fn record_outcome(
+async fn record_once(
     deps: &Deps,
     job_id: Uuid,
     attempt: i32,
