@@ -356,10 +356,20 @@ pub(crate) async fn completed(
                 .and_then(|e| e["message"].as_str())
                 .unwrap_or("the job failed")
                 .to_owned();
-            Err(if code == "invalid_input" {
-                ApiError::invalid(message, invalid_param)
-            } else {
-                ApiError::internal(format!("job {} failed: {message}", job.id))
+            Err(match code {
+                "invalid_input" => ApiError::invalid(message, invalid_param),
+                // The request asks for more output than a job may hold.
+                "output_too_large" => ApiError::InvalidRequest {
+                    message,
+                    param: invalid_param.map(str::to_owned),
+                    code: "output_too_large",
+                },
+                // Its workers kept dying: nothing wrong with the request.
+                "worker_lost" => ApiError::Unavailable {
+                    message: "the job's workers were lost; retry".into(),
+                    retry_after_secs: 5,
+                },
+                _ => ApiError::internal(format!("job {} failed: {message}", job.id)),
             })
         }
         JobStatus::Cancelled | JobStatus::Expired => Err(ApiError::Conflict {

@@ -71,8 +71,8 @@ pub struct WorkerSettings {
 
     /// Most bytes a job's output may take, as JSON (it is stored in Postgres
     /// and cached in Redis); a larger output fails the job with
-    /// `output_too_large` instead. See [`max_output_bytes`].
-    #[arg(long, env = MAX_OUTPUT_BYTES_ENV, default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
+    /// `output_too_large` instead.
+    #[arg(long, env = "MAAS_WORKER_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
 
     /// `durable` (default): a job's result and usage record commit with a
@@ -88,25 +88,9 @@ pub struct WorkerSettings {
     pub shutdown_grace_ms: u64,
 }
 
-/// The variable of [`WorkerSettings::max_output_bytes`].
-pub const MAX_OUTPUT_BYTES_ENV: &str = "MAAS_WORKER_MAX_OUTPUT_BYTES";
-
 /// 32 MiB: twice the largest embeddings output the API admits (2,048 vectors
 /// of 384 floats are 15.7 MiB as JSON).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 32 << 20;
-
-/// The output cap in force, read once from [`MAX_OUTPUT_BYTES_ENV`] (the
-/// supervisor's dependencies do not carry the settings); a value the flag
-/// parser would refuse has already stopped the process at startup.
-pub fn max_output_bytes() -> usize {
-    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CAP.get_or_init(|| {
-        std::env::var(MAX_OUTPUT_BYTES_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES)
-    })
-}
 
 /// Parsed `--slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]

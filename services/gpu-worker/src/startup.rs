@@ -160,6 +160,7 @@ impl Worker {
             cache,
             broker,
             durable_results: settings.result_commit == "durable",
+            max_output_bytes: settings.max_output_bytes,
         };
         Ok(Self {
             settings,

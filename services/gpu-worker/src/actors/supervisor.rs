@@ -39,6 +39,8 @@ pub struct Deps {
     pub broker: Arc<Broker>,
     /// Results and usage commit with a WAL flush (see `jobs::complete`).
     pub durable_results: bool,
+    /// Most bytes a job's output may take as JSON.
+    pub max_output_bytes: usize,
 }
 
 pub struct Supervisor {
@@ -468,7 +470,7 @@ async fn run_attempt(
             let _ = task.await;
         }
         // An output too large to store and cache fails the job instead.
-        let cap = crate::settings::max_output_bytes();
+        let cap = deps.max_output_bytes;
         let size = result.as_ref().map_or(0, |o| json_len(&o.output));
         let outcome = match result {
             Ok(_) if size > cap => Some(Outcome::Failed {
