@@ -161,7 +161,28 @@ class RabbitMQ:
         self.proc = None
         self.start()
 
+    def startups(self):
+        path = os.path.join(self.dir, "log", f"{self.node}.log")
+        try:
+            with open(path, errors="replace") as f:
+                return f.read().count("Server startup complete")
+        except OSError:
+            return 0
+
     def start(self):
+        before = self.startups()
+        # The return is the moment the listener takes connections: polled
+        # every 50 ms beside the slower startup check below.
+        self.listening_at = None
+
+        def watch_port():
+            while self.listening_at is None:
+                if port_open(AMQP_PORT):
+                    self.listening_at = time.monotonic()
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=watch_port, daemon=True).start()
         out = open(os.path.join(self.dir, "server.out"), "a")
         self.proc = subprocess.Popen(["rabbitmq-server"], env=self.env, stdout=out, stderr=out,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -170,7 +191,8 @@ class RabbitMQ:
         while True:
             r = subprocess.run(["rabbitmqctl", "-n", self.node, "await_startup", "--timeout", "60"],
                                env=self.env, capture_output=True)
-            if r.returncode == 0 and port_open(AMQP_PORT):
+            # Only the log says when the listeners take connections.
+            if r.returncode == 0 and self.startups() > before and port_open(AMQP_PORT):
                 return
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"private rabbitmq did not start: {r.stderr.decode()[-300:]}")
@@ -486,6 +508,7 @@ def main():
     ap.add_argument("--no-models", action="store_true", help="echo only (no embeddings or chat load)")
     ap.add_argument("--report", default="chaos-report.json")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    ap.add_argument("--only", help="run only the faults whose name contains this")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("the chaos suite needs root (network namespaces, private servers)")
@@ -624,36 +647,32 @@ def main():
             def run():
                 rmq.stop()
                 time.sleep(5)
-                t = time.monotonic()
                 rmq.start()
-                return t
+                return rmq.listening_at or time.monotonic()
             return ("restart RabbitMQ", run)
 
         def f_pg_restart():
             def run():
                 pg.stop_fast()
                 time.sleep(5)
-                t = time.monotonic()
-                pg.start()
-                return t
+                pg.start()  # returns once it accepts connections
+                return time.monotonic()
             return ("restart Postgres (fast shutdown)", run)
 
         def f_pg_kill():
             def run():
                 pg.kill9_all()
                 time.sleep(3)
-                t = time.monotonic()
-                pg.start()
-                return t
+                pg.start()  # crash recovery, then it accepts connections
+                return time.monotonic()
             return ("kill -9 every Postgres process", run)
 
         def f_redis():
             def run():
                 redis.stop()
                 time.sleep(5)
-                t = time.monotonic()
                 redis.start()
-                return t
+                return time.monotonic()
             return ("restart Redis", run)
 
         def f_api():
@@ -682,12 +701,15 @@ def main():
 
         faults = ([f_worker(0)] if a.short else [f_worker(0), f_worker(1), f_worker(2)])
         faults += [f_scheduler(), f_rabbit(), f_pg_restart(), f_pg_kill(), f_redis(), f_api(), f_delay(), f_cut()]
+        if a.only:
+            faults = [f for f in faults if a.only in f[0]]
         gap = 6 if a.short else 12
         report = {"faults": []}
         for name, run in faults:
             log("fault:", name)
             t_start = time.monotonic()
             t_back = run()
+            log(f"  back at {time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}")
             rec = probe.recovered_after(t_back, RECOVERY_LIMIT_S)
             with load.lock:
                 w503 = [t for (t, _, s) in load.events if s == 503 and t >= t_start]
@@ -728,6 +750,7 @@ def main():
         usage_without_success = int(pg.psql(
             "SELECT count(*) FROM usage_records u JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'succeeded'"))
         alive = all(s.running() for s in services)
+        report["lost_ids"] = (missing + unfinished)[:20]
         report.update({
             "accepted": len(ids), "finished_exactly_once": succeeded_once, "lost": len(missing) + len(unfinished),
             "ended_otherwise": failed, "usage_duplicated": dup + usage_without_success,

@@ -16,6 +16,11 @@ platform_stop() {
     kill -KILL "$p" 2>/dev/null || true
   done
   pids=()
+  # This run's Redis keys (its queues expire on their own).
+  if [ -n "${MAAS_NAMESPACE:-}" ] && command -v redis-cli >/dev/null; then
+    redis-cli -u "${MAAS_REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "$MAAS_NAMESPACE:*" |
+      xargs -r -n 500 redis-cli -u "${MAAS_REDIS_URL:-redis://127.0.0.1:6379}" del >/dev/null || true
+  fi
   if [ -n "${db:-}" ]; then
     psql "$pg" -qX -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
   fi

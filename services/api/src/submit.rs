@@ -301,7 +301,17 @@ pub async fn submit(
         let _ = tokio::time::timeout_at(slice, waiter.notify.notified()).await;
         match load_job(state, current.id, current.tenant_id).await {
             Ok(Some(j)) => current = j,
-            Ok(None) => {}
+            // The row is gone: a crash of Postgres took its relaxed insert
+            // with it before anything else was written. Nothing will run;
+            // the caller, not answered yet, is told to retry.
+            Ok(None) => {
+                guard.state = None;
+                tracing::warn!(job_id = %current.id, "the job's row was lost by the database; the caller is told to retry");
+                return Err(ApiError::Unavailable {
+                    message: "the job was lost by a database restart before it ran; retry".into(),
+                    retry_after_secs: 1,
+                });
+            }
             // A passing read error (Postgres restarting) is not the end of
             // the job: keep waiting for it until the deadline.
             Err(e) => {

@@ -355,8 +355,10 @@ async fn stream_check(
 ) -> StreamCheck {
     let job = match crate::submit::load_job(state, job_id, tenant_id).await {
         Ok(Some(j)) => j,
+        // Its row was lost with a database crash: it will not run.
+        Ok(None) => return StreamCheck::Ended,
         // A passing read error says nothing about the job: keep waiting.
-        _ => return StreamCheck::Going,
+        Err(_) => return StreamCheck::Going,
     };
     if job.status().is_terminal() {
         return StreamCheck::Ended;

@@ -217,6 +217,21 @@ async fn a_streamed_chat_completion_arrives_as_server_sent_events_with_the_same_
     assert_eq!(usage["usage"], plain["usage"]);
 }
 
+/// A streamed completion that cannot end early (greedy counting goes on for
+/// thousands of tokens), once its first pieces have arrived: the response
+/// and what it sent so far.
+async fn long_stream(p: &Platform, key: &str) -> (reqwest::Response, String) {
+    let long = json!({"model": "smollm2-135m-instruct", "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 3000, "temperature": 0, "stream": true});
+    let mut r = post(p, key, "/v1/completions", long).await;
+    assert_eq!(r.status(), 200);
+    let mut body = String::new();
+    while body.matches("data: ").count() < 3 {
+        let c = r.chunk().await.unwrap().expect("stream ended early");
+        body.push_str(&String::from_utf8_lossy(&c));
+    }
+    (r, body)
+}
+
 #[tokio::test]
 async fn a_stream_dropped_midway_stops_its_generation() {
     let p = Platform::start(Options {
@@ -227,15 +242,7 @@ async fn a_stream_dropped_midway_stops_its_generation() {
     .unwrap();
     let t = p.create_tenant("acme", 1).await;
     let m = "smollm2-135m-instruct";
-    // Greedy counting goes on for thousands of tokens; it cannot end early.
-    let long = json!({"model": m, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 3000, "temperature": 0, "stream": true});
-    let mut r = post(&p, &t.key, "/v1/completions", long).await;
-    assert_eq!(r.status(), 200);
-    let mut got = 0;
-    while got < 3 {
-        let c = r.chunk().await.unwrap().expect("stream ended early");
-        got += String::from_utf8_lossy(&c).matches("data: ").count();
-    }
+    let (r, _) = long_stream(&p, &t.key).await;
     drop(r);
     let cancelled = p
         .wait_count(
@@ -578,15 +585,7 @@ async fn a_stream_whose_worker_is_killed_ends_within_seconds_with_a_clear_error(
     .await
     .unwrap();
     let t = p.create_tenant("acme", 1).await;
-    let m = "smollm2-135m-instruct";
-    let long = json!({"model": m, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 3000, "temperature": 0, "stream": true});
-    let mut r = post(&p, &t.key, "/v1/completions", long).await;
-    assert_eq!(r.status(), 200);
-    let mut body = String::new();
-    while body.matches("data: ").count() < 3 {
-        let c = r.chunk().await.unwrap().expect("stream ended early");
-        body.push_str(&String::from_utf8_lossy(&c));
-    }
+    let (mut r, mut body) = long_stream(&p, &t.key).await;
     // Kill the worker generating it.
     let holder: String =
         sqlx::query_scalar("SELECT worker_id FROM jobs WHERE status = 'running' LIMIT 1")

@@ -4,7 +4,7 @@
 //! restores it: every service must stay up, answer 503 with `Retry-After`
 //! meanwhile, and finish every job it accepted.
 
-use maas_testkit::{Options, Platform};
+use maas_testkit::{Options, Platform, TestTenant};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,22 @@ async fn readyz(p: &Platform, api: usize) -> (u16, Value) {
     (status, r.json().await.unwrap())
 }
 
+/// A platform that has run a sync job, with five async jobs of `delay_ms`
+/// accepted (their ids).
+async fn started(opts: Options, delay_ms: u64) -> (Platform, TestTenant, Vec<String>) {
+    let p = Platform::start(opts).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    assert_eq!(sync_echo(&p, &t.key, "before").await.status(), 200);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            p.submit_async_echo(&t.key, &format!("early {i}"), delay_ms)
+                .await,
+        );
+    }
+    (p, t, ids)
+}
+
 /// Exactly one usage record per succeeded job, and every job succeeded.
 async fn assert_each_succeeded_once(p: &Platform, ids: &[String]) {
     let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
@@ -44,21 +60,14 @@ async fn assert_each_succeeded_once(p: &Platform, ids: &[String]) {
 
 #[tokio::test]
 async fn a_broker_outage_keeps_every_service_up_and_loses_no_accepted_job() {
-    let mut p = Platform::start(Options {
-        proxy_amqp: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let t = p.create_tenant("acme", 1).await;
-    assert_eq!(sync_echo(&p, &t.key, "before").await.status(), 200);
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        ids.push(
-            p.submit_async_echo(&t.key, &format!("early {i}"), 300)
-                .await,
-        );
-    }
+    let (mut p, t, mut ids) = started(
+        Options {
+            proxy_amqp: true,
+            ..Default::default()
+        },
+        300,
+    )
+    .await;
 
     let amqp = p.proxies.amqp.as_ref().unwrap();
     amqp.cut();
@@ -103,21 +112,14 @@ async fn a_broker_outage_keeps_every_service_up_and_loses_no_accepted_job() {
 
 #[tokio::test]
 async fn a_postgres_outage_is_answered_with_503s_and_the_scheduler_takes_over_again() {
-    let mut p = Platform::start(Options {
-        proxy_postgres: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let t = p.create_tenant("acme", 1).await;
-    assert_eq!(sync_echo(&p, &t.key, "before").await.status(), 200);
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        ids.push(
-            p.submit_async_echo(&t.key, &format!("early {i}"), 500)
-                .await,
-        );
-    }
+    let (mut p, t, mut ids) = started(
+        Options {
+            proxy_postgres: true,
+            ..Default::default()
+        },
+        500,
+    )
+    .await;
 
     let pg = p.proxies.postgres.as_ref().unwrap();
     pg.cut();
