@@ -252,7 +252,13 @@ class DelayProxy:
         except OSError:
             pass
         finally:
+            # shutdown, not only close: it wakes the other direction's
+            # thread, so both ends see the link go.
             for x in (a, b):
+                try:
+                    x.shutdown(2)
+                except OSError:
+                    pass
                 try:
                     x.close()
                 except OSError:

@@ -143,6 +143,18 @@ async fn stop_server(handle: ServerHandle) {
     handle.stop(true).await;
 }
 
+/// Runs one step of the loop with a bound: a query on a connection whose
+/// peer vanished without a reset (a cut network) would otherwise stall
+/// scheduling for ever. A step cut short leaves nothing that the worker
+/// check, reconciliation or the orphan sweep does not repair.
+async fn bounded<T>(
+    step: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(Duration::from_secs(30), step)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("step timed out after 30 s")))
+}
+
 /// The next delivery of a consumer, or never while there is none.
 async fn next_of(c: &mut Option<Consumer>) -> Option<Result<Delivery, maas_mq::lapin::Error>> {
     match c {
@@ -210,7 +222,7 @@ async fn run_active(
                             core.broker_back().await;
                         }
                         generation = link.generation;
-                        if let Err(e) = core.dispatch().await {
+                        if let Err(e) = bounded(core.dispatch()).await {
                             tracing::error!(error = %e, "dispatch failed; will retry");
                         }
                     }
@@ -228,7 +240,7 @@ async fn run_active(
                 };
                 match serde_json::from_slice::<WorkerEvent>(&d.data) {
                     Ok(ev) => {
-                        if let Err(e) = core.on_event(ev).await {
+                        if let Err(e) = bounded(core.on_event(ev)).await {
                             // The event's effect is retried by the next heartbeat
                             // (or the worker check); a redelivery loop is not.
                             tracing::warn!(error = %e, "could not handle a worker event fully");
@@ -270,7 +282,7 @@ async fn run_active(
                 // Without the broker the scheduler hears no heartbeat: it must
                 // not read that silence as dead workers.
                 if jobs.is_some() {
-                    if let Err(e) = core.check_workers().await {
+                    if let Err(e) = bounded(core.check_workers()).await {
                         tracing::error!(error = %e, "worker check failed");
                     }
                 }
@@ -282,7 +294,7 @@ async fn run_active(
                 }
                 if last_sweep.elapsed() > Duration::from_secs(core.sweep_secs()) {
                     last_sweep = Instant::now();
-                    if let Err(e) = core.sweep().await {
+                    if let Err(e) = bounded(core.sweep()).await {
                         tracing::warn!(error = %e, "sweep failed");
                     }
                 }
@@ -295,7 +307,7 @@ async fn run_active(
             }
         }
         if jobs.is_some() {
-            if let Err(e) = core.dispatch().await {
+            if let Err(e) = bounded(core.dispatch()).await {
                 tracing::error!(error = %e, "dispatch failed; will retry");
             }
         }

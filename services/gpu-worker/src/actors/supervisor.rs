@@ -248,6 +248,9 @@ impl Handler<InFlight> for Supervisor {
     }
 }
 
+/// The longest one database step may take before it is tried again on
+/// another connection.
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a worker keeps trying to start a job while Postgres is away
 /// before it lets the job go (the scheduler queues it again).
 const START_PATIENCE: Duration = Duration::from_secs(60);
@@ -272,7 +275,13 @@ where
         maas_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut tries = 0u32;
     loop {
-        match f().await {
+        // A connection whose peer vanished without a reset (a cut network)
+        // would leave a query waiting for ever: each try is bounded, and
+        // one that runs out counts as Postgres being unreachable.
+        let tried = tokio::time::timeout(STEP_TIMEOUT, f()).await.unwrap_or(Err(
+            maas_store::StoreError::Db(maas_store::sqlx::Error::PoolTimedOut),
+        ));
+        match tried {
             Ok(v) => return Ok(v),
             Err(e) if e.is_unavailable() && Instant::now() < deadline => {
                 tries += 1;
