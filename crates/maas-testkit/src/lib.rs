@@ -378,7 +378,26 @@ impl Platform {
         Ok(Service { name, port, child })
     }
 
+    /// Starts an API instance and waits until its `/readyz` says ready
+    /// (it listens before its connections are up).
     pub async fn spawn_api(&mut self) -> anyhow::Result<usize> {
+        let i = self.spawn_api_unready().await?;
+        let url = self.url_of(&self.api[i], "/readyz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.http.get(&url).send().await.map(|r| r.status() == 200);
+            if matches!(ready, Ok(true)) {
+                return Ok(i);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the api instance was not ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts an API instance without waiting for its dependencies.
+    pub async fn spawn_api_unready(&mut self) -> anyhow::Result<usize> {
         let env = self.opts.api_env.clone();
         let s = self.spawn("maas-api", &env).await?;
         self.api.push(s);

@@ -230,7 +230,7 @@ async fn a_service_started_while_a_dependency_is_down_waits_for_it() {
     p.proxies.amqp.as_ref().unwrap().cut();
     p.proxies.postgres.as_ref().unwrap().cut();
     // A second API instance and a second worker start into the outage.
-    let api = p.spawn_api().await.unwrap();
+    let api = p.spawn_api_unready().await.unwrap();
     p.spawn_worker(2).await.unwrap();
     let (status, ready) = readyz(&p, api).await;
     assert_eq!(status, 503);
