@@ -7,6 +7,7 @@
 
 pub mod apikey;
 pub mod backoff;
+pub mod codes;
 pub mod job;
 pub mod messages;
 pub mod metrics;
@@ -17,5 +18,6 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
 
+pub use codes::Code;
 pub use job::{JobMode, JobStatus, Lane};
 pub use secret::Secret;

@@ -1,40 +1,294 @@
-//! The model catalogue: which model names the platform knows, and the shape
-//! of each model's job input, checked at the API edge.
+//! Models as types: each model kind (how a model is run) with its
+//! capabilities and its job input, parsed once at the API edge and decoded
+//! once in the worker; and the catalogue of built-in models, the only place a
+//! model is known by name.
+//!
+//! Adding a model kind is one [`ModelKind`] variant, one input type (a
+//! [`JobInput`] variant) and one runtime in the worker: every `match` on
+//! either enum is exhaustive, so the compiler lists what else must say
+//! something about the new kind.
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-pub const ECHO: &str = "echo";
-pub const MINILM: &str = "all-minilm-l6-v2";
-pub const SMOLLM2: &str = "smollm2-135m-instruct";
+/// How a model is run, and so which input it takes and what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// The built-in test model: echoes its text after a delay.
+    Echo,
+    /// A sentence-embedding encoder (BERT family).
+    Embedder,
+    /// A causal language model served by the continuous-batching engine.
+    Chat,
+}
 
-/// Every model name the platform accepts.
-pub const CATALOGUE: [&str; 3] = [ECHO, MINILM, SMOLLM2];
+/// What a model kind can be asked for, by endpoint family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `POST /v1/embeddings`.
+    pub embeds: bool,
+    /// `POST /v1/chat/completions` and `/v1/completions`.
+    pub generates: bool,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 3] = [ModelKind::Echo, ModelKind::Embedder, ModelKind::Chat];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Echo => "echo",
+            ModelKind::Embedder => "embedder",
+            ModelKind::Chat => "chat",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn capabilities(self) -> Capabilities {
+        match self {
+            ModelKind::Echo => Capabilities {
+                embeds: false,
+                generates: false,
+            },
+            ModelKind::Embedder => Capabilities {
+                embeds: true,
+                generates: false,
+            },
+            ModelKind::Chat => Capabilities {
+                embeds: false,
+                generates: true,
+            },
+        }
+    }
+
+    /// Parses and checks a job's `input` for this kind: the one place input
+    /// is read, at the API edge and (once more, from the stored row) in the
+    /// worker.
+    pub fn parse_input(self, input: &Value) -> Result<JobInput, InputError> {
+        match self {
+            ModelKind::Echo => EchoInput::parse(input).map(JobInput::Echo),
+            ModelKind::Embedder => EmbedInput::parse(input).map(JobInput::Embed),
+            ModelKind::Chat => {
+                let parsed: ChatInput =
+                    serde_json::from_value(input.clone()).map_err(|e| InputError {
+                        param: "input".into(),
+                        message: format!("invalid input for a chat model: {e}"),
+                    })?;
+                parsed.validate()?;
+                Ok(JobInput::Chat(parsed))
+            }
+        }
+    }
+}
+
+/// A model the platform ships: its name, its kind and where its files are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogueEntry {
+    pub name: &'static str,
+    pub kind: ModelKind,
+    /// Its files, relative to `MAAS_MODELS_DIR` (`None`: built in).
+    pub path: Option<&'static str>,
+}
+
+/// Every model the platform serves, as fetched by `scripts/fetch-models`.
+/// Nothing else matches a model by its name.
+pub const CATALOGUE: [CatalogueEntry; 3] = [
+    CatalogueEntry {
+        name: "echo",
+        kind: ModelKind::Echo,
+        path: None,
+    },
+    CatalogueEntry {
+        name: "all-minilm-l6-v2",
+        kind: ModelKind::Embedder,
+        path: Some("all-minilm-l6-v2"),
+    },
+    CatalogueEntry {
+        name: "smollm2-135m-instruct",
+        kind: ModelKind::Chat,
+        path: Some("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    },
+];
 
 /// The longest delay an `echo` job may ask for (10 minutes).
 pub const ECHO_MAX_DELAY_MS: u64 = 600_000;
 
-/// A model name that is in the catalogue.
+/// A model of the catalogue, with its kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModelName(String);
+pub struct ModelName {
+    name: String,
+    kind: ModelKind,
+}
 
 impl ModelName {
     pub fn parse(s: &str) -> Option<Self> {
-        CATALOGUE.contains(&s).then(|| Self(s.to_owned()))
+        CATALOGUE.iter().find(|e| e.name == s).map(|e| Self {
+            name: e.name.to_owned(),
+            kind: e.kind,
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+}
+
+/// A job's input, typed by its model's kind.
+#[derive(Debug, Clone)]
+pub enum JobInput {
+    Echo(EchoInput),
+    Embed(EmbedInput),
+    Chat(ChatInput),
+}
+
+impl JobInput {
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            JobInput::Echo(_) => ModelKind::Echo,
+            JobInput::Embed(_) => ModelKind::Embedder,
+            JobInput::Chat(_) => ModelKind::Chat,
+        }
+    }
+
+    /// The stored form (what `GET /v1/jobs/{id}` shows and the worker decodes).
+    pub fn to_value(&self) -> Value {
+        match self {
+            JobInput::Echo(e) => serde_json::to_value(e).unwrap_or(Value::Null),
+            JobInput::Embed(e) => e.to_value(),
+            JobInput::Chat(c) => serde_json::to_value(c).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Whether the caller asked to receive the output as it is generated.
+    pub fn streams(&self) -> bool {
+        matches!(self, JobInput::Chat(c) if c.stream)
+    }
+
+    /// The most tokens (prompt plus completion) this job can use: what a
+    /// token budget reserves at admission, so that settled usage can never
+    /// exceed it. Every tokenizer here makes at most one token per byte of
+    /// text (word pieces hold at least one character; byte-level BPE at
+    /// least one byte), and a chat job generates at most `max_tokens`.
+    pub fn token_bound(&self) -> i64 {
+        match self {
+            // Echo counts words in and the same words out.
+            JobInput::Echo(e) => 2 * e.text.split_whitespace().count() as i64,
+            JobInput::Embed(e) => e
+                .items
+                .iter()
+                .map(|it| match it {
+                    EmbeddingItem::Text(t) => (t.len() as i64 + 2).min(EMBED_MAX_PIECES),
+                    EmbeddingItem::Ids(ids) => (ids.len() as i64 + 2).min(EMBED_MAX_PIECES),
+                })
+                .sum(),
+            JobInput::Chat(c) => {
+                let messages: i64 = c.messages.as_ref().map_or(0, |m| {
+                    m.iter()
+                        .map(|m| {
+                            (m.role.len() + m.content.len()) as i64 + CHAT_MESSAGE_TOKENS
+                        })
+                        .sum()
+                });
+                let prompt = match &c.prompt {
+                    Some(Prompt::Text(s)) => s.len() as i64,
+                    Some(Prompt::Ids(ids)) => ids.len() as i64,
+                    None => 0,
+                };
+                messages + prompt + CHAT_TEMPLATE_TOKENS + c.max_tokens_or_default()
+            }
+        }
+    }
+
+    /// Tokens the job is expected to use, for tokens-per-minute limits: text
+    /// at about 4 bytes a token, token ids one each, plus what it may
+    /// generate. At least 1.
+    pub fn estimate_tokens(&self) -> i64 {
+        let text = |s: &str| s.len().div_ceil(4) as i64;
+        let n = match self {
+            JobInput::Echo(e) => text(&e.text),
+            JobInput::Embed(e) => e
+                .items
+                .iter()
+                .map(|it| match it {
+                    EmbeddingItem::Text(t) => text(t),
+                    EmbeddingItem::Ids(ids) => ids.len() as i64,
+                })
+                .sum(),
+            JobInput::Chat(c) => {
+                let messages: i64 = c
+                    .messages
+                    .as_ref()
+                    .map_or(0, |m| m.iter().map(|m| text(&m.content)).sum());
+                let prompt = match &c.prompt {
+                    Some(Prompt::Text(s)) => text(s),
+                    Some(Prompt::Ids(ids)) => ids.len() as i64,
+                    None => 0,
+                };
+                messages + prompt + c.max_tokens_or_default()
+            }
+        };
+        n.max(1)
     }
 }
 
 /// Input of the built-in `echo` model.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EchoInput {
     pub text: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+}
+
+impl EchoInput {
+    fn parse(input: &Value) -> Result<Self, InputError> {
+        let parsed: EchoInput = serde_json::from_value(input.clone()).map_err(|e| InputError {
+            param: "input".into(),
+            message: format!("invalid input for model 'echo': {e}; expected {{\"text\": string, \"delay_ms\"?: integer}}"),
+        })?;
+        if parsed.delay_ms.unwrap_or(0) > ECHO_MAX_DELAY_MS {
+            return Err(InputError {
+                param: "input.delay_ms".into(),
+                message: format!("input.delay_ms must be at most {ECHO_MAX_DELAY_MS}"),
+            });
+        }
+        Ok(parsed)
+    }
+}
+
+/// Input of an embedder job: `{"input": ...}` in any of OpenAI's forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedInput {
+    pub items: Vec<EmbeddingItem>,
+}
+
+impl EmbedInput {
+    fn parse(input: &Value) -> Result<Self, InputError> {
+        let inner = input.get("input").ok_or_else(|| InputError {
+            param: "input.input".into(),
+            message: "expected {\"input\": string | [string] | [int] | [[int]]}".into(),
+        })?;
+        parse_embedding_input(inner).map(|items| Self { items })
+    }
+
+    fn to_value(&self) -> Value {
+        let items: Vec<Value> = self
+            .items
+            .iter()
+            .map(|i| match i {
+                EmbeddingItem::Text(t) => Value::String(t.clone()),
+                EmbeddingItem::Ids(ids) => json!(ids),
+            })
+            .collect();
+        json!({ "input": items })
+    }
 }
 
 /// Most inputs in one embeddings request.
@@ -217,55 +471,12 @@ const CHAT_MESSAGE_TOKENS: i64 = 8;
 /// inputs are truncated.
 pub const EMBED_MAX_PIECES: i64 = 256;
 
-/// The most tokens (prompt plus completion) a valid job can use: what a
-/// token budget reserves at admission, so that settled usage can never
-/// exceed it. Every tokenizer here makes at most one token per byte of text
-/// (word pieces hold at least one character; byte-level BPE at least one
-/// byte), and a chat job generates at most `max_tokens`.
-pub fn token_bound(model: &ModelName, input: &Value) -> i64 {
-    let bytes = |v: &Value| v.as_str().map_or(0, |s| s.len() as i64);
-    match model.as_str() {
-        // Echo counts words in and the same words out.
-        ECHO => {
-            2 * input
-                .get("text")
-                .and_then(Value::as_str)
-                .map_or(0, |s| s.split_whitespace().count() as i64)
-        }
-        MINILM => match parse_embedding_input(input.get("input").unwrap_or(input)) {
-            Ok(items) => items
-                .iter()
-                .map(|it| match it {
-                    EmbeddingItem::Text(t) => (t.len() as i64 + 2).min(EMBED_MAX_PIECES),
-                    EmbeddingItem::Ids(ids) => (ids.len() as i64 + 2).min(EMBED_MAX_PIECES),
-                })
-                .sum(),
-            Err(_) => 0,
-        },
-        _ => {
-            let messages: i64 = input
-                .get("messages")
-                .and_then(Value::as_array)
-                .map_or(0, |m| {
-                    m.iter()
-                        .map(|m| bytes(&m["role"]) + bytes(&m["content"]) + CHAT_MESSAGE_TOKENS)
-                        .sum()
-                });
-            let prompt = match input.get("prompt") {
-                Some(Value::String(s)) => s.len() as i64,
-                Some(Value::Array(ids)) => ids.len() as i64,
-                _ => 0,
-            };
-            let max_tokens = input
-                .get("max_tokens")
-                .and_then(Value::as_i64)
-                .unwrap_or(i64::from(CHAT_DEFAULT_MAX_TOKENS));
-            messages + prompt + CHAT_TEMPLATE_TOKENS + max_tokens
-        }
-    }
-}
-
 impl ChatInput {
+    /// The generation length asked for, or the default.
+    pub fn max_tokens_or_default(&self) -> i64 {
+        i64::from(self.max_tokens.unwrap_or(CHAT_DEFAULT_MAX_TOKENS))
+    }
+
     pub fn stops(&self) -> Vec<String> {
         match &self.stop {
             None => Vec::new(),
@@ -352,49 +563,6 @@ pub struct InputError {
     pub message: String,
 }
 
-/// Checks a job's `input` against its model's schema.
-pub fn validate_input(model: &ModelName, input: &Value) -> Result<(), InputError> {
-    match model.as_str() {
-        ECHO => {
-            let parsed: EchoInput = serde_json::from_value(input.clone()).map_err(|e| InputError {
-                param: "input".into(),
-                message: format!("invalid input for model 'echo': {e}; expected {{\"text\": string, \"delay_ms\"?: integer}}"),
-            })?;
-            if parsed.delay_ms.unwrap_or(0) > ECHO_MAX_DELAY_MS {
-                return Err(InputError {
-                    param: "input.delay_ms".into(),
-                    message: format!("input.delay_ms must be at most {ECHO_MAX_DELAY_MS}"),
-                });
-            }
-            Ok(())
-        }
-        SMOLLM2 => {
-            let parsed: ChatInput =
-                serde_json::from_value(input.clone()).map_err(|e| InputError {
-                    param: "input".into(),
-                    message: format!("invalid input for the chat model: {e}"),
-                })?;
-            parsed.validate()
-        }
-        MINILM => {
-            let inner = input.get("input").ok_or_else(|| InputError {
-                param: "input.input".into(),
-                message: "expected {\"input\": string | [string] | [int] | [[int]]}".into(),
-            })?;
-            parse_embedding_input(inner).map(|_| ())
-        }
-        _ => {
-            if input.is_null() {
-                return Err(InputError {
-                    param: "input".into(),
-                    message: "input is required".into(),
-                });
-            }
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,33 +599,88 @@ mod tests {
     }
 
     #[test]
-    fn only_catalogue_models_parse() {
-        assert!(ModelName::parse("echo").is_some());
+    fn only_catalogue_models_parse_and_each_has_its_kind() {
+        assert_eq!(ModelName::parse("echo").unwrap().kind(), ModelKind::Echo);
+        assert_eq!(
+            ModelName::parse("all-minilm-l6-v2").unwrap().kind(),
+            ModelKind::Embedder
+        );
         assert!(ModelName::parse("gpt-4").is_none());
+        for k in ModelKind::ALL {
+            assert_eq!(ModelKind::parse(k.as_str()), Some(k));
+        }
+        assert!(ModelKind::Embedder.capabilities().embeds);
+        assert!(!ModelKind::Embedder.capabilities().generates);
+        assert!(ModelKind::Chat.capabilities().generates);
     }
 
     #[test]
     fn echo_input_is_checked_field_by_field() {
-        let echo = ModelName::parse("echo").unwrap();
-        assert!(validate_input(&echo, &json!({"text": "hi"})).is_ok());
-        assert!(validate_input(&echo, &json!({"text": "hi", "delay_ms": 10})).is_ok());
+        let echo = ModelKind::Echo;
+        assert!(echo.parse_input(&json!({"text": "hi"})).is_ok());
+        assert!(echo.parse_input(&json!({"text": "hi", "delay_ms": 10})).is_ok());
         assert_eq!(
-            validate_input(&echo, &json!({"text": 3}))
-                .unwrap_err()
-                .param,
+            echo.parse_input(&json!({"text": 3})).unwrap_err().param,
             "input"
         );
-        assert!(validate_input(&echo, &json!({"text": "a", "delay_ms": "x"})).is_err());
-        assert!(validate_input(&echo, &json!({"text": "a", "delay_ms": -1})).is_err());
-        assert!(validate_input(&echo, &json!({"text": "a", "extra": 1})).is_err());
+        assert!(echo.parse_input(&json!({"text": "a", "delay_ms": "x"})).is_err());
+        assert!(echo.parse_input(&json!({"text": "a", "delay_ms": -1})).is_err());
+        assert!(echo.parse_input(&json!({"text": "a", "extra": 1})).is_err());
         assert_eq!(
-            validate_input(
-                &echo,
-                &json!({"text": "a", "delay_ms": ECHO_MAX_DELAY_MS + 1})
-            )
-            .unwrap_err()
-            .param,
+            echo.parse_input(&json!({"text": "a", "delay_ms": ECHO_MAX_DELAY_MS + 1}))
+                .unwrap_err()
+                .param,
             "input.delay_ms"
         );
+    }
+
+    #[test]
+    fn stored_inputs_decode_to_the_same_input() {
+        for (kind, v) in [
+            (ModelKind::Echo, json!({"text": "a b", "delay_ms": 5})),
+            (ModelKind::Embedder, json!({"input": "one"})),
+            (ModelKind::Embedder, json!({"input": [[1, 2], [3]]})),
+            (
+                ModelKind::Chat,
+                json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+            ),
+            (ModelKind::Chat, json!({"prompt": [1, 2, 3], "stream": true})),
+        ] {
+            let parsed = kind.parse_input(&v).unwrap();
+            assert_eq!(parsed.kind(), kind);
+            let again = kind.parse_input(&parsed.to_value()).unwrap();
+            assert_eq!(again.to_value(), parsed.to_value(), "{v}");
+            assert_eq!(again.token_bound(), parsed.token_bound());
+        }
+        assert!(ModelKind::Chat
+            .parse_input(&json!({"prompt": "x", "stream": true}))
+            .unwrap()
+            .streams());
+    }
+
+    #[test]
+    fn token_bounds_and_estimates_follow_each_kind() {
+        let echo = ModelKind::Echo.parse_input(&json!({"text": "a b c"})).unwrap();
+        assert_eq!(echo.token_bound(), 6);
+        let embed = ModelKind::Embedder
+            .parse_input(&json!({"input": ["abcdefgh", "x".repeat(1000)]}))
+            .unwrap();
+        assert_eq!(embed.token_bound(), 10 + EMBED_MAX_PIECES);
+        let ids = ModelKind::Embedder
+            .parse_input(&json!({"input": [[1, 2, 3], [4]]}))
+            .unwrap();
+        assert_eq!(ids.estimate_tokens(), 4);
+        let chat = ModelKind::Chat
+            .parse_input(&json!({"prompt": "abcd", "max_tokens": 10}))
+            .unwrap();
+        assert_eq!(chat.token_bound(), 4 + CHAT_TEMPLATE_TOKENS + 10);
+        assert_eq!(chat.estimate_tokens(), 1 + 10);
+        let default = ModelKind::Chat.parse_input(&json!({"prompt": "abcd"})).unwrap();
+        assert_eq!(
+            default.estimate_tokens(),
+            1 + i64::from(CHAT_DEFAULT_MAX_TOKENS)
+        );
+        let empty = ModelKind::Echo.parse_input(&json!({"text": ""})).unwrap();
+        assert_eq!(empty.estimate_tokens(), 1);
     }
 }

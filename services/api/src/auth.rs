@@ -6,6 +6,7 @@
 //! then Postgres; the hash is compared in constant time. Revocation deletes the
 //! cache entry, so every replica sees it on the next request.
 
+use maas_core::Code;
 use crate::error::ApiError;
 use crate::state::AppState;
 use actix_web::dev::Payload;
@@ -15,7 +16,7 @@ use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use maas_core::apikey::PresentedKey;
-use maas_core::models::{ModelName, CATALOGUE};
+use maas_core::models::ModelName;
 use maas_core::Secret;
 use maas_store::keys::{self, KeyAuth};
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,7 @@ pub fn validate_scopes(scopes: &[String]) -> Result<(), ApiError> {
     for s in scopes {
         let ok = FAMILIES.contains(&s.as_str())
             || s.strip_prefix("model:")
-                .is_some_and(|m| CATALOGUE.contains(&m));
+                .is_some_and(|m| ModelName::parse(m).is_some());
         if !ok {
             return Err(ApiError::invalid(
                 format!("unknown scope '{s}'; expected one of {FAMILIES:?} or model:<name> of a known model"),
@@ -80,7 +81,7 @@ impl Principal {
         if !families.is_empty() && !families.contains(&family) {
             return Err(ApiError::Forbidden {
                 message: format!("this API key is not allowed to use '{family}' endpoints"),
-                code: "insufficient_scope",
+                code: Code::InsufficientScope,
             });
         }
         if let Some(model) = model {
@@ -94,7 +95,7 @@ impl Principal {
                         "this API key is not allowed to use model '{}'",
                         model.as_str()
                     ),
-                    code: "insufficient_scope",
+                    code: Code::InsufficientScope,
                 });
             }
         }
@@ -113,14 +114,14 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 fn invalid_key() -> ApiError {
     ApiError::Unauthenticated {
         message: "invalid API key".into(),
-        code: "invalid_api_key",
+        code: Code::InvalidApiKey,
     }
 }
 
 async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal, ApiError> {
     let token = token.ok_or_else(|| ApiError::Unauthenticated {
         message: "missing API key: send 'Authorization: Bearer <key>'".into(),
-        code: "missing_api_key",
+        code: Code::MissingApiKey,
     })?;
     let presented = PresentedKey::parse(token).ok_or_else(invalid_key)?;
     let prefix = presented.prefix();
@@ -149,19 +150,19 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
     if auth.revoked {
         return Err(ApiError::Unauthenticated {
             message: "this API key has been revoked".into(),
-            code: "invalid_api_key",
+            code: Code::InvalidApiKey,
         });
     }
     if auth.expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::Unauthenticated {
             message: "this API key has expired".into(),
-            code: "expired_api_key",
+            code: Code::ExpiredApiKey,
         });
     }
     if auth.tenant_disabled {
         return Err(ApiError::Forbidden {
             message: "this tenant is disabled".into(),
-            code: "tenant_disabled",
+            code: Code::TenantDisabled,
         });
     }
     if state.key_touches.due(auth.id) {
@@ -245,12 +246,12 @@ impl JwtVerifier {
         let data = jsonwebtoken::decode::<AdminClaims>(token, &self.key, &self.validation)
             .map_err(|e| ApiError::Unauthenticated {
                 message: format!("invalid admin token: {e}"),
-                code: "invalid_token",
+                code: Code::InvalidToken,
             })?;
         if data.claims.role != "admin" {
             return Err(ApiError::Forbidden {
                 message: "this token does not carry the admin role".into(),
-                code: "not_admin",
+                code: Code::NotAdmin,
             });
         }
         Ok(data.claims)
@@ -287,7 +288,7 @@ impl FromRequest for Admin {
                 .ok_or_else(|| ApiError::internal("application state missing"))?;
             let token = bearer(req).ok_or_else(|| ApiError::Unauthenticated {
                 message: "missing admin token: send 'Authorization: Bearer <jwt>'".into(),
-                code: "missing_token",
+                code: Code::MissingToken,
             })?;
             let claims = state.jwt.verify(token)?;
             Ok(Admin { sub: claims.sub })

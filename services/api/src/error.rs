@@ -2,6 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}` with a stable `code`
 //! (the table is in `docs/errors.md`).
 
+use maas_core::Code;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -13,18 +14,18 @@ pub enum ApiError {
     InvalidRequest {
         message: String,
         param: Option<String>,
-        code: &'static str,
+        code: Code,
     },
     /// 401: no credentials, or credentials that do not authenticate.
-    Unauthenticated { message: String, code: &'static str },
+    Unauthenticated { message: String, code: Code },
     /// 403: authenticated, but not allowed.
-    Forbidden { message: String, code: &'static str },
+    Forbidden { message: String, code: Code },
     /// 404: no such object (or it belongs to another tenant).
-    NotFound { message: String, code: &'static str },
+    NotFound { message: String, code: Code },
     /// 405: the route exists with another method.
     MethodNotAllowed,
     /// 409: the object's state forbids the action.
-    Conflict { message: String, code: &'static str },
+    Conflict { message: String, code: Code },
     /// 413: the body is larger than allowed.
     PayloadTooLarge { limit: usize },
     /// 415: the body is not JSON.
@@ -62,7 +63,8 @@ pub struct ErrorObject {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub param: Option<String>,
-    pub code: &'static str,
+    #[schema(value_type = String)]
+    pub code: Code,
 }
 
 impl ApiError {
@@ -70,14 +72,14 @@ impl ApiError {
         Self::InvalidRequest {
             message: message.into(),
             param: param.map(str::to_owned),
-            code: "invalid_request",
+            code: Code::InvalidRequest,
         }
     }
 
     pub fn not_found(what: &str) -> Self {
         Self::NotFound {
             message: format!("{what} not found"),
-            code: "not_found",
+            code: Code::NotFound,
         }
     }
 
@@ -92,71 +94,71 @@ impl ApiError {
         &'static str,
         String,
         Option<String>,
-        &'static str,
+        Code,
     ) {
         match self {
             Self::InvalidRequest { message, param, code } => {
-                (StatusCode::BAD_REQUEST, "invalid_request_error", message.clone(), param.clone(), code)
+                (StatusCode::BAD_REQUEST, "invalid_request_error", message.clone(), param.clone(), *code)
             }
             Self::Unauthenticated { message, code } => {
-                (StatusCode::UNAUTHORIZED, "authentication_error", message.clone(), None, code)
+                (StatusCode::UNAUTHORIZED, "authentication_error", message.clone(), None, *code)
             }
-            Self::Forbidden { message, code } => (StatusCode::FORBIDDEN, "permission_error", message.clone(), None, code),
+            Self::Forbidden { message, code } => (StatusCode::FORBIDDEN, "permission_error", message.clone(), None, *code),
             Self::NotFound { message, code } => {
-                (StatusCode::NOT_FOUND, "invalid_request_error", message.clone(), None, code)
+                (StatusCode::NOT_FOUND, "invalid_request_error", message.clone(), None, *code)
             }
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
                 "method not allowed on this route".into(),
                 None,
-                "method_not_allowed",
+                Code::MethodNotAllowed,
             ),
-            Self::Conflict { message, code } => (StatusCode::CONFLICT, "invalid_request_error", message.clone(), None, code),
+            Self::Conflict { message, code } => (StatusCode::CONFLICT, "invalid_request_error", message.clone(), None, *code),
             Self::PayloadTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 format!("request body is larger than the limit of {limit} bytes"),
                 None,
-                "payload_too_large",
+                Code::PayloadTooLarge,
             ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request_error",
                 "the request body must be JSON (Content-Type: application/json)".into(),
                 None,
-                "unsupported_media_type",
+                Code::UnsupportedMediaType,
             ),
             Self::ModelUnavailable { model } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 format!("no worker serves the model '{model}' at present; retry later"),
                 Some("model".into()),
-                "model_unavailable",
+                Code::ModelUnavailable,
             ),
             Self::Unavailable { message, .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message.clone(), None, "service_unavailable")
+                (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message.clone(), None, Code::ServiceUnavailable)
             }
             Self::RateLimited { message, .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message.clone(), None, "rate_limit_exceeded")
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message.clone(), None, Code::RateLimitExceeded)
             }
             Self::TooManyConcurrent { max } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 format!("this tenant already has {max} requests in progress (its max_concurrent); retry when one has finished"),
                 None,
-                "concurrency_limit_exceeded",
+                Code::ConcurrencyLimitExceeded,
             ),
             Self::InsufficientQuota { message } => {
-                (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message.clone(), None, "insufficient_quota")
+                (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message.clone(), None, Code::InsufficientQuota)
             }
-            Self::Timeout { message } => (StatusCode::GATEWAY_TIMEOUT, "timeout_error", message.clone(), None, "timeout"),
+            Self::Timeout { message } => (StatusCode::GATEWAY_TIMEOUT, "timeout_error", message.clone(), None, Code::Timeout),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "internal error; the request may be retried".into(),
                 None,
-                "internal_error",
+                Code::InternalError,
             ),
         }
     }
@@ -216,7 +218,7 @@ impl From<maas_store::StoreError> for ApiError {
     fn from(e: maas_store::StoreError) -> Self {
         match e {
             maas_store::StoreError::Conflict(what) => {
-                Self::Conflict { message: format!("an object with this {what} already exists"), code: "conflict" }
+                Self::Conflict { message: format!("an object with this {what} already exists"), code: Code::Conflict }
             }
             maas_store::StoreError::Db(ref db) if maas_store::is_unavailable(db) => {
                 Self::Unavailable { message: "the database is busy or unreachable; retry".into(), retry_after_secs: 2 }

@@ -21,7 +21,6 @@ use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 use maas_store::cache::{key_bucket, tenant_bucket, RateDecision, RATE_WINDOW_MS};
 use maas_store::quotas::Quota;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,19 +182,19 @@ pub async fn admit_request(state: &AppState, principal: &Principal) -> Result<()
     take(state, principal, &q, "requests", 1).await.map(|_| ())
 }
 
-/// A job's estimated tokens (see [`estimate_tokens`]) against the TPM limits
+/// A job's estimated tokens (see `JobInput::estimate_tokens`) against the TPM limits
 /// of the tenant and the key; returns the estimate charged (0 when no limit applies), to settle
 /// when the job ends.
 pub async fn admit_tokens(
     state: &AppState,
     principal: &Principal,
-    input: &Value,
+    input: &maas_core::models::JobInput,
 ) -> Result<i64, ApiError> {
     let q = state.quotas.get(state, principal.tenant_id).await?;
     if q.tpm.is_none() && principal.limits.tpm.is_none() {
         return Ok(0);
     }
-    Ok(take(state, principal, &q, "tokens", estimate_tokens(input))
+    Ok(take(state, principal, &q, "tokens", input.estimate_tokens())
         .await?
         .unwrap_or(0))
 }
@@ -217,38 +216,6 @@ pub async fn refund_tokens(state: &AppState, principal: &Principal, charged: i64
     {
         tracing::warn!(error = %e, "could not give back a token charge");
     }
-}
-
-/// Tokens a job is expected to use: its text inputs at ~4 bytes a token, ids
-/// one each, plus what it may generate.
-pub fn estimate_tokens(input: &Value) -> i64 {
-    fn text(v: &Value) -> i64 {
-        match v {
-            Value::String(s) => s.len().div_ceil(4) as i64,
-            Value::Number(_) => 1,
-            Value::Array(a) => a.iter().map(text).sum(),
-            Value::Object(o) => o
-                .iter()
-                .filter(|(k, _)| {
-                    matches!(
-                        k.as_str(),
-                        "input" | "prompt" | "messages" | "content" | "text"
-                    )
-                })
-                .map(|(_, v)| text(v))
-                .sum(),
-            _ => 0,
-        }
-    }
-    let generation = if input.get("messages").is_some() || input.get("prompt").is_some() {
-        input
-            .get("max_tokens")
-            .and_then(Value::as_i64)
-            .unwrap_or(i64::from(maas_core::models::CHAT_DEFAULT_MAX_TOKENS))
-    } else {
-        0
-    };
-    (text(input) + generation).max(1)
 }
 
 /// Writes the `x-ratelimit-*` headers of whatever limits the request met.
@@ -295,23 +262,9 @@ pub async fn headers_middleware(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn estimates_count_text_ids_and_generation() {
-        assert_eq!(estimate_tokens(&json!({"input": "abcdefgh"})), 2);
-        assert_eq!(estimate_tokens(&json!({"input": [[1, 2, 3], [4]]})), 4);
-        assert_eq!(
-            estimate_tokens(
-                &json!({"messages": [{"role": "user", "content": "abcd"}], "max_tokens": 10})
-            ),
-            11
-        );
-        assert_eq!(
-            estimate_tokens(&json!({"prompt": "abcd", "max_tokens": null})),
-            257
-        );
-        assert_eq!(estimate_tokens(&json!({"text": ""})), 1);
+    fn durations_read_as_people_write_them() {
         assert_eq!(duration_text(250), "250ms");
         assert_eq!(duration_text(6_000), "6s");
         assert_eq!(duration_text(90_000), "1m30s");

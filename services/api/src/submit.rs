@@ -5,15 +5,16 @@
 //! publisher confirm; only then is the caller answered. A sync caller waits on
 //! this instance's reply queue; if it goes away, its job is cancelled.
 
+use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 use maas_core::messages::{CancelJob, JobSubmitted};
-use maas_core::models::ModelName;
+use maas_core::models::{JobInput, ModelName};
 use maas_core::{JobMode, Lane};
 use maas_mq::PublishOpts;
 use maas_store::jobs::{self, Job, NewJob};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -22,7 +23,8 @@ pub const ENQUEUE_FAILED: &str = "enqueue_failed";
 
 pub struct Submission<'a> {
     pub model: &'a ModelName,
-    pub input: &'a Value,
+    /// Parsed and checked against the model's kind already.
+    pub input: &'a JobInput,
     pub mode: JobMode,
     pub lane: Lane,
     pub idempotency_key: Option<String>,
@@ -163,6 +165,7 @@ pub async fn submit(
     let caps = jobs::QueueCaps {
         global_max_queued: Some(state.settings.max_queued_jobs),
     };
+    let stored = sub.input.to_value();
     let inserted = jobs::insert(
         &state.db,
         NewJob {
@@ -171,13 +174,13 @@ pub async fn submit(
             model: sub.model.as_str(),
             mode: sub.mode,
             lane: sub.lane,
-            input: sub.input,
+            input: &stored,
             idempotency_key: sub.idempotency_key.as_deref(),
             traceparent: Some(&sub.traceparent),
             reply_to: (sub.mode == JobMode::Sync).then_some(state.reply_queue.as_str()),
             caps,
             rate_tokens: charged,
-            budget_tokens: &|| maas_core::models::token_bound(sub.model, sub.input),
+            budget_tokens: &|| sub.input.token_bound(),
         },
     )
     .await;
@@ -372,7 +375,7 @@ pub(crate) async fn completed(
                 "output_too_large" => ApiError::InvalidRequest {
                     message,
                     param: invalid_param.map(str::to_owned),
-                    code: "output_too_large",
+                    code: Code::OutputTooLarge,
                 },
                 // Its workers kept dying: nothing wrong with the request.
                 "worker_lost" => ApiError::Unavailable {
@@ -384,7 +387,7 @@ pub(crate) async fn completed(
         }
         JobStatus::Cancelled | JobStatus::Expired => Err(ApiError::Conflict {
             message: format!("the job was {}", job.status()),
-            code: "job_not_completed",
+            code: Code::JobNotCompleted,
         }),
         JobStatus::Queued | JobStatus::Dispatched | JobStatus::Running => {
             let _ = cancel(state, job.id, tenant_id).await;

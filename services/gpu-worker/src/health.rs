@@ -1,14 +1,19 @@
-//! `/healthz` (alive) and `/readyz` (models loaded and warmed up, broker connected).
+//! `/healthz` (alive) and `/readyz` (broker connected and every model
+//! healthy; an unhealthy model is named with its reason).
 
+use crate::runtime::{Health, Runtime};
 use actix_web::{web, HttpResponse};
 use maas_mq::Broker;
-use serde_json::json;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct HealthState {
     pub broker: Arc<Broker>,
     pub worker_id: String,
-    pub models: Vec<String>,
+    pub runtimes: HashMap<String, Arc<dyn Runtime>>,
+    /// `POST /debug/panic/{model}` is served (tests only).
+    pub faults: bool,
 }
 
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -17,6 +22,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
     )
     .route("/readyz", web::get().to(readyz))
+    .route("/debug/panic/{model}", web::post().to(inject_panic))
     .route(
         "/metrics",
         web::get().to(|| async {
@@ -29,15 +35,47 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
     let connected = state.broker.is_connected();
+    let mut models = Map::new();
+    let mut unhealthy = Vec::new();
+    let mut names: Vec<&String> = state.runtimes.keys().collect();
+    names.sort();
+    for name in names {
+        let health = state.runtimes[name].health().borrow().clone();
+        let view = match health {
+            Health::Ready => json!({"state": "ready"}),
+            Health::Failed(reason) => {
+                unhealthy.push(Value::String(format!("{name}: {reason}")));
+                json!({"state": "failed", "reason": reason})
+            }
+        };
+        models.insert(name.clone(), view);
+    }
+    let ready = connected && unhealthy.is_empty();
     let body = json!({
-        "status": if connected { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "worker_id": state.worker_id,
-        "models": state.models,
-        "checks": {"rabbitmq": connected, "models_warm": true},
+        "models": models,
+        "unhealthy": unhealthy,
+        "checks": {"rabbitmq": connected, "models_healthy": unhealthy.is_empty()},
     });
-    if connected {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Makes a model's thread panic on its next job (`MAAS_WORKER_FAULTS` only).
+async fn inject_panic(state: web::Data<HealthState>, model: web::Path<String>) -> HttpResponse {
+    if !state.faults {
+        return HttpResponse::NotFound().json(json!({"error": "fault injection is off"}));
+    }
+    match state.runtimes.get(model.as_str()) {
+        Some(r) => {
+            tracing::warn!(model = %model, "fault injected: the model's next job panics its thread");
+            r.panic_next();
+            HttpResponse::Accepted().json(json!({"model": model.as_str(), "panic_next": true}))
+        }
+        None => HttpResponse::NotFound().json(json!({"error": "no such model on this worker"})),
     }
 }

@@ -3,9 +3,9 @@
 //! - [`actors::supervisor::Supervisor`] registers with the scheduler and
 //!   heartbeats, receives dispatched jobs, records their transitions in
 //!   Postgres, reports results and frees slots; it never computes.
-//! - One [`actors::model::ModelRunner`] pool per model, started with
-//!   `SyncArbiter`: each slot is an OS thread owning its model instance, so
-//!   compute never runs on the async runtime.
+//! - One [`runtime::Runtime`] per served model (echo, the embedder's
+//!   dynamic batcher, the chat engine), each on its own device threads, so
+//!   compute never runs on the async runtime; each publishes its health.
 //!
 //! A cancel (fanout from the API) sets the job's flag; models check it between
 //! steps and stop.
@@ -14,6 +14,7 @@ pub mod actors;
 pub mod health;
 pub mod metrics;
 pub mod models;
+pub mod runtime;
 pub mod settings;
 pub mod startup;
 

@@ -1,5 +1,6 @@
 //! Typed settings of the worker.
 
+use maas_core::models::ModelKind;
 use maas_core::settings::CommonSettings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,6 +87,11 @@ pub struct WorkerSettings {
     /// is handed back to the scheduler.
     #[arg(long, env = "MAAS_WORKER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Tests only: serve `POST /debug/panic/{model}` on the health listener,
+    /// which makes that model's thread panic on its next job.
+    #[arg(long, env = "MAAS_WORKER_FAULTS", default_value_t = false)]
+    pub faults: bool,
 }
 
 /// 32 MiB: twice the largest embeddings output the API admits (2,048 vectors
@@ -128,11 +134,13 @@ impl Slots {
         Ok(out)
     }
 
-    pub fn for_model(&self, model: &str, chat_max_seqs: usize) -> u32 {
-        let builtin = match model {
-            maas_core::models::MINILM => 32,
-            maas_core::models::SMOLLM2 => chat_max_seqs.clamp(1, 256) as u32,
-            _ => 4,
+    /// Slots of `model` (of `kind`): its own setting, the default setting,
+    /// or the kind's default.
+    pub fn for_model(&self, model: &str, kind: ModelKind, chat_max_seqs: usize) -> u32 {
+        let builtin = match kind {
+            ModelKind::Embedder => 32,
+            ModelKind::Chat => chat_max_seqs.clamp(1, 256) as u32,
+            ModelKind::Echo => 4,
         };
         self.per_model
             .get(model)
@@ -149,14 +157,14 @@ mod tests {
     #[test]
     fn slots_accept_a_default_and_per_model_overrides() {
         let s = Slots::parse("2,echo=8").unwrap();
-        assert_eq!(s.for_model("echo", 16), 8);
-        assert_eq!(s.for_model("all-minilm-l6-v2", 16), 2);
+        assert_eq!(s.for_model("echo", ModelKind::Echo, 16), 8);
+        assert_eq!(s.for_model("all-minilm-l6-v2", ModelKind::Embedder, 16), 2);
         let d = Slots::parse("").unwrap();
         assert_eq!(
             (
-                d.for_model("echo", 16),
-                d.for_model("all-minilm-l6-v2", 16),
-                d.for_model("smollm2-135m-instruct", 12)
+                d.for_model("echo", ModelKind::Echo, 16),
+                d.for_model("all-minilm-l6-v2", ModelKind::Embedder, 16),
+                d.for_model("smollm2-135m-instruct", ModelKind::Chat, 12)
             ),
             (4, 32, 12)
         );

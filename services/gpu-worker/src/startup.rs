@@ -1,21 +1,17 @@
 //! Wires the worker: connections, model pools (warmed up before the first
 //! heartbeat), private queues, the supervisor, consumers and health endpoints.
 
-use crate::actors::batcher::{BatchConfig, EmbedderHandle};
-use crate::actors::model::{ModelRunner, RunJob};
 use crate::actors::supervisor::{
     CancelRequested, Deps, Dispatched, Drain, Heartbeat, InFlight, Supervisor,
 };
-use crate::actors::Pool;
 use crate::health::{self, HealthState};
-use crate::models::{echo::Echo, CancelFlag};
+use crate::runtime::Runtime;
 use crate::settings::{Slots, WorkerSettings};
-use actix::{Actor, Addr, SyncArbiter};
+use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use futures_util::StreamExt;
-use maas_core::messages::{CancelJob, ModelSlots, WorkerEvent};
-use maas_core::models::{MINILM, SMOLLM2};
+use maas_core::messages::{CancelJob, WorkerEvent};
 use maas_mq::lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use maas_mq::lapin::types::FieldTable;
 use maas_mq::{Broker, BrokerConfig, Link, MqError, PublishOpts};
@@ -30,16 +26,18 @@ pub struct Worker {
     settings: WorkerSettings,
     worker_id: String,
     deps: Deps,
-    slots: Vec<ModelSlots>,
-    embedder: Option<maas_models::Embedder>,
-    chat: Option<maas_models::chat::ChatModel>,
+    runtimes: HashMap<String, Arc<dyn Runtime>>,
     listener: TcpListener,
     port: u16,
 }
 
 impl Worker {
     pub async fn build(settings: WorkerSettings) -> anyhow::Result<Self> {
-        let device: maas_models::Device = settings.device.parse().map_err(anyhow::Error::msg)?;
+        // A device name that does not parse is a setup error, before anything starts.
+        settings
+            .device
+            .parse::<maas_models::Device>()
+            .map_err(anyhow::Error::msg)?;
         let slot_cfg = Slots::parse(&settings.slots).map_err(anyhow::Error::msg)?;
         let worker_id = settings
             .worker_id
@@ -64,92 +62,13 @@ impl Worker {
             &format!("maas-worker-{worker_id}"),
         ))
         .context("the RabbitMQ URL")?;
-        let mut slots = vec![ModelSlots {
-            model: maas_core::models::ECHO.into(),
-            slots: slot_cfg.for_model(maas_core::models::ECHO, settings.chat_max_seqs),
-        }];
-        let mut embedder = None;
-        let dir = settings.models_dir.join(MINILM);
-        if dir.join("model.safetensors").is_file() {
-            let t0 = Instant::now();
-            match tokio::task::spawn_blocking(move || maas_models::Embedder::load_on(&dir, device))
-                .await?
-            {
-                Ok(e) => {
-                    // Warm-up: one forward pass before we announce the model.
-                    let warm = e.embed(&[maas_models::EmbedInput::Text("warm up".into())]);
-                    match warm {
-                        Ok(_) => {
-                            tracing::info!(model = MINILM, device = %settings.device, load_ms = t0.elapsed().as_millis() as u64, "model loaded");
-                            slots.push(ModelSlots {
-                                model: MINILM.into(),
-                                slots: slot_cfg.for_model(MINILM, settings.chat_max_seqs),
-                            });
-                            embedder = Some(e);
-                        }
-                        Err(err) => anyhow::bail!(
-                            "warm-up of {MINILM} on {} failed: {err}",
-                            settings.device
-                        ),
-                    }
-                }
-                // A device that was asked for and does not work is a setup error, not a missing model.
-                Err(e) if device != maas_models::Device::Cpu => {
-                    anyhow::bail!("cannot load {MINILM} on {}: {e}", settings.device)
-                }
-                Err(e) => {
-                    tracing::error!(model = MINILM, error = %e, "model files present but unusable; not serving this model")
-                }
+        // Every catalogue model whose files are here, loaded and warmed up
+        // before the first heartbeat.
+        let mut runtimes: HashMap<String, Arc<dyn Runtime>> = HashMap::new();
+        for entry in &maas_core::models::CATALOGUE {
+            if let Some(r) = crate::runtime::load(entry, &settings, &slot_cfg).await? {
+                runtimes.insert(entry.name.to_owned(), r);
             }
-        } else {
-            tracing::warn!(model = MINILM, dir = %dir.display(), "model files missing; not serving this model (run scripts/fetch-models)");
-        }
-        let mut chat = None;
-        let gguf = settings
-            .models_dir
-            .join(SMOLLM2)
-            .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-        if gguf.is_file() {
-            let t0 = Instant::now();
-            match tokio::task::spawn_blocking(move || maas_models::chat::ChatModel::load(&gguf))
-                .await?
-            {
-                Ok(m) => {
-                    let prompt = m.raw_prompt("Hello").unwrap_or_default();
-                    let warm = m.generate(
-                        &prompt,
-                        maas_models::sampling::SamplingParams {
-                            temperature: 0.0,
-                            max_tokens: 1,
-                            ..Default::default()
-                        },
-                        &|| false,
-                    );
-                    match warm {
-                        Ok(_) => {
-                            tracing::info!(
-                                model = SMOLLM2,
-                                load_ms = t0.elapsed().as_millis() as u64,
-                                weights_mb = m.model.weight_bytes() / 1_000_000,
-                                "model loaded (CPU)"
-                            );
-                            slots.push(ModelSlots {
-                                model: SMOLLM2.into(),
-                                slots: slot_cfg.for_model(SMOLLM2, settings.chat_max_seqs),
-                            });
-                            chat = Some(m);
-                        }
-                        Err(e) => {
-                            tracing::error!(model = SMOLLM2, error = %e, "warm-up failed; not serving this model")
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(model = SMOLLM2, error = %e, "model file present but unusable; not serving this model")
-                }
-            }
-        } else {
-            tracing::warn!(model = SMOLLM2, file = %gguf.display(), "model file missing; not serving this model (run scripts/fetch-models)");
         }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -166,9 +85,7 @@ impl Worker {
             settings,
             worker_id,
             deps,
-            slots,
-            embedder,
-            chat,
+            runtimes,
             listener,
             port,
         })
@@ -185,63 +102,13 @@ impl Worker {
     /// Serves until SIGTERM/SIGINT, then drains: stops taking jobs, lets the
     /// running ones finish within the grace period, and deregisters so the
     /// scheduler hands anything left to other workers.
-    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let broker = self.deps.broker.clone();
         let names = broker.names.clone();
 
-        // Model pools: one thread per slot, warmed up before we announce ourselves.
-        let mut pools: HashMap<String, Pool> = HashMap::new();
-        for s in &self.slots {
-            if s.model == SMOLLM2 {
-                if let Some(m) = self.chat.take() {
-                    let cfg = maas_models::engine::EngineConfig {
-                        max_seqs: self.settings.chat_max_seqs.max(1),
-                        kv_budget_tokens: self.settings.chat_kv_budget_tokens,
-                        step_tokens: self.settings.chat_step_tokens,
-                    };
-                    tracing::info!(
-                        model = SMOLLM2,
-                        max_seqs = cfg.max_seqs,
-                        kv_budget_tokens = cfg.kv_budget_tokens,
-                        step_tokens = cfg.step_tokens,
-                        "chat engine"
-                    );
-                    pools.insert(
-                        s.model.clone(),
-                        Pool::Chat(crate::actors::chat::ChatHandle::start(m, cfg)),
-                    );
-                }
-                continue;
-            }
-            if s.model == MINILM {
-                if let Some(e) = self.embedder.take() {
-                    let cfg = BatchConfig {
-                        max_batch_tokens: self.settings.embed_max_batch_tokens.max(256),
-                        max_wait: Duration::from_millis(self.settings.embed_max_wait_ms),
-                    };
-                    pools.insert(
-                        s.model.clone(),
-                        Pool::Batched(EmbedderHandle::start(e, cfg)),
-                    );
-                }
-                continue;
-            }
-            let pool: Addr<ModelRunner> =
-                SyncArbiter::start(s.slots as usize, || ModelRunner::new(Box::new(Echo)));
-            pool.send(RunJob {
-                input: serde_json::json!({"text": "warm-up"}),
-                cancel: CancelFlag::default(),
-            })
-            .await
-            .context("model pool unreachable")?
-            .map_err(|e| anyhow::anyhow!("warm-up of {} failed: {e}", s.model))?;
-            pools.insert(s.model.clone(), Pool::Threads(pool));
-        }
-
         let supervisor = Supervisor::new(
             self.deps.clone(),
-            pools,
-            self.slots.clone(),
+            self.runtimes.clone(),
             Duration::from_millis(self.settings.heartbeat_ms),
         )
         .start();
@@ -250,7 +117,7 @@ impl Worker {
         // broker link; a heartbeat follows each setup at once, so the
         // scheduler sees this worker (and the attempts it still holds) as
         // soon as the queues exist.
-        let total_slots: u32 = self.slots.iter().map(|s| s.slots).sum();
+        let total_slots: u32 = self.runtimes.values().map(|r| r.slots()).sum();
         let prefetch = total_slots.clamp(1, u16::MAX as u32) as u16;
         let (drain_tx, drain_rx) = watch::channel(false);
         let consumer =
@@ -272,7 +139,8 @@ impl Worker {
         let health = web::Data::new(HealthState {
             broker: broker.clone(),
             worker_id: self.worker_id.clone(),
-            models: self.slots.iter().map(|s| s.model.clone()).collect(),
+            runtimes: self.runtimes.clone(),
+            faults: self.settings.faults,
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -5,6 +5,7 @@
 //! message is looked at, so no locks are needed. Postgres is consulted for
 //! every transition, so this state can always be thrown away and rebuilt.
 
+use maas_core::Code;
 use crate::fair::{FairQueue, QueuedJob};
 use crate::settings::SchedulerSettings;
 use chrono::{DateTime, Utc};
@@ -464,7 +465,7 @@ impl Core {
         };
         if job.status == "running" && job.starts >= self.settings.max_attempts {
             let error = json!({
-                "code": "worker_lost",
+                "code": Code::WorkerLost,
                 "message": format!("the job's worker was lost {} times; giving up", job.starts),
             });
             if let Some(failed) = jobs::fail_lost(&self.db, job_id, worker_id, &error).await? {

@@ -6,6 +6,7 @@
 //! form (chat: `logprobs.content[]`; completions: `tokens`, `token_logprobs`,
 //! `top_logprobs`, `text_offset`). `n` > 1 is refused with a 400.
 
+use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::routes::jobs::trace_context;
@@ -13,7 +14,7 @@ use crate::routes::resource;
 use crate::state::AppState;
 use crate::submit::{cancel, completed, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
-use maas_core::models::{validate_input, ChatMessage, Prompt, Stop, SMOLLM2};
+use maas_core::models::{ChatInput, ChatMessage, JobInput, Prompt, Stop};
 use maas_core::{JobMode, JobStatus, Lane};
 use maas_store::jobs::Job;
 use serde::Deserialize;
@@ -62,7 +63,7 @@ fn unsupported(what: &str, param: &str) -> ApiError {
     ApiError::InvalidRequest {
         message: format!("{what} is not supported yet"),
         param: Some(param.into()),
-        code: "unsupported_parameter",
+        code: Code::UnsupportedParameter,
     }
 }
 
@@ -90,11 +91,11 @@ async fn generate(
         .unwrap_or(false);
     let model = super::parse_model(&body.model)?;
     principal.require(family, Some(&model))?;
-    if model.as_str() != SMOLLM2 {
+    if !model.kind().capabilities().generates {
         return Err(ApiError::InvalidRequest {
             message: format!("the model '{}' does not generate text", model.as_str()),
             param: Some("model".into()),
-            code: "model_not_supported",
+            code: Code::ModelNotSupported,
         });
     }
     if body.n.is_some_and(|n| n != 1) {
@@ -112,13 +113,21 @@ async fn generate(
     } else {
         (None, Some(parse_prompt(body.prompt)?))
     };
-    let input = json!({
-        "messages": messages, "prompt": prompt,
-        "max_tokens": body.max_completion_tokens.or(body.max_tokens),
-        "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
-        "seed": body.seed, "stop": body.stop, "stream": stream, "logprobs": logprobs,
-    });
-    validate_input(&model, &input).map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
+    let chat = ChatInput {
+        messages,
+        prompt,
+        max_tokens: body.max_completion_tokens.or(body.max_tokens),
+        temperature: body.temperature,
+        top_p: body.top_p,
+        top_k: body.top_k,
+        seed: body.seed,
+        stop: body.stop,
+        stream,
+        logprobs,
+    };
+    chat.validate()
+        .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
+    let input = JobInput::Chat(chat);
     let sub = Submission {
         model: &model,
         input: &input,
@@ -199,7 +208,7 @@ fn parse_prompt(prompt: Option<Value>) -> Result<Prompt, ApiError> {
                 return Err(ApiError::InvalidRequest {
                     message: "several prompts in one request are not supported; send one request per prompt".into(),
                     param: Some("prompt".into()),
-                    code: "unsupported_parameter",
+                    code: Code::UnsupportedParameter,
                 });
             }
             one(a.into_iter().next().unwrap_or(Value::Null))
@@ -476,7 +485,7 @@ fn sse(
                         f.finished = true;
                         let _ = cancel(&f.state, f.job_id, f.tenant_id).await;
                         f.guard.disarm();
-                        f.pending.push_back(event(&json!({"error": {"message": "the worker generating this stream was lost and the output cannot be resumed; retry the request", "type": "server_error", "param": null, "code": "worker_lost"}})));
+                        f.pending.push_back(event(&json!({"error": {"message": "the worker generating this stream was lost and the output cannot be resumed; retry the request", "type": "server_error", "param": null, "code": Code::WorkerLost}})));
                         f.pending
                             .push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
                     }
@@ -536,7 +545,7 @@ fn sse(
                                     .and_then(|(_, _, e)| e)
                                     .and_then(|e| e["message"].as_str().map(str::to_owned))
                                     .unwrap_or_else(|| "the generation did not complete".into());
-                                f.pending.push_back(event(&json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation_failed"}})));
+                                f.pending.push_back(event(&json!({"error": {"message": message, "type": "server_error", "param": null, "code": Code::GenerationFailed}})));
                             }
                         }
                         f.pending
@@ -546,7 +555,7 @@ fn sse(
                         f.finished = true;
                         let _ = cancel(&f.state, f.job_id, f.tenant_id).await;
                         f.guard.disarm();
-                        f.pending.push_back(event(&json!({"error": {"message": "the generation took too long and was cancelled", "type": "timeout_error", "param": null, "code": "timeout"}})));
+                        f.pending.push_back(event(&json!({"error": {"message": "the generation took too long and was cancelled", "type": "timeout_error", "param": null, "code": Code::Timeout}})));
                         f.pending
                             .push_back(web::Bytes::from_static(b"data: [DONE]\n\n"));
                     }

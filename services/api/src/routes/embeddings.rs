@@ -2,6 +2,7 @@
 //! scheduler like every other job (fair share and limits apply); the worker
 //! batches concurrent requests together.
 
+use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::routes::jobs::trace_context;
@@ -10,7 +11,6 @@ use crate::state::AppState;
 use crate::submit::{completed, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
-use maas_core::models::{validate_input, MINILM};
 use maas_core::{JobMode, Lane};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -65,11 +65,11 @@ pub async fn create_embeddings(
     let body = body.into_inner();
     let model = super::parse_model(&body.model)?;
     principal.require("embeddings", Some(&model))?;
-    if model.as_str() != MINILM {
+    if !model.kind().capabilities().embeds {
         return Err(ApiError::InvalidRequest {
             message: format!("the model '{}' does not produce embeddings", model.as_str()),
             param: Some("model".into()),
-            code: "model_not_supported",
+            code: Code::ModelNotSupported,
         });
     }
     let base64 = match body.encoding_format.as_deref() {
@@ -88,8 +88,10 @@ pub async fn create_embeddings(
             Some("dimensions"),
         ));
     }
-    let input = json!({"input": body.input});
-    validate_input(&model, &input).map_err(|e| ApiError::invalid(e.message, Some("input")))?;
+    let input = model
+        .kind()
+        .parse_input(&json!({"input": body.input}))
+        .map_err(|e| ApiError::invalid(e.message, Some("input")))?;
     let sub = Submission {
         model: &model,
         input: &input,

@@ -1,5 +1,6 @@
 //! The native jobs API: submit (sync or async), get, list, cancel.
 
+use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::routes::{parse_id, resource};
@@ -8,7 +9,6 @@ use crate::submit::{cancel, load_job, submit, Submission, Submitted};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use maas_core::models::validate_input;
 use maas_core::trace::TraceParent;
 use maas_core::{JobMode, JobStatus, Lane};
 use maas_store::jobs::{self, Job};
@@ -159,8 +159,7 @@ pub async fn create_job(
     let body = body.into_inner();
     let model = super::parse_model(&body.model)?;
     principal.require("jobs", Some(&model))?;
-    validate_input(&model, &body.input)
-        .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
+    let input = super::parse_input(&model, &body.input)?;
     let timeout_ms = match (body.mode, body.timeout_ms) {
         (JobMode::Async, Some(_)) => {
             return Err(ApiError::invalid(
@@ -181,7 +180,7 @@ pub async fn create_job(
     };
     let sub = Submission {
         model: &model,
-        input: &body.input,
+        input: &input,
         mode: body.mode,
         lane: body.priority.unwrap_or(body.mode.default_lane()),
         idempotency_key: idempotency_key(&req)?,
@@ -317,7 +316,7 @@ pub async fn cancel_job(
                 "the job has already finished ({}) and cannot be cancelled",
                 job.status()
             ),
-            code: "job_not_cancellable",
+            code: Code::JobNotCancellable,
         }),
         None => Err(ApiError::not_found("job")),
     }

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod models;
 pub mod usage;
 
+use maas_core::Code;
 use crate::error::ApiError;
 use actix_web::{web, HttpRequest};
 
@@ -28,7 +29,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound {
         message: format!("no route for {} {}", req.method(), req.path()),
-        code: "unknown_route",
+        code: Code::UnknownRoute,
     })
 }
 
@@ -46,8 +47,19 @@ pub async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
 pub fn parse_model(name: &str) -> Result<maas_core::models::ModelName, ApiError> {
     maas_core::models::ModelName::parse(name).ok_or_else(|| ApiError::NotFound {
         message: format!("the model '{name}' does not exist; see GET /v1/models"),
-        code: "model_not_found",
+        code: Code::ModelNotFound,
     })
+}
+
+/// A job's input for its model's kind, parsed and checked once, here.
+pub fn parse_input(
+    model: &maas_core::models::ModelName,
+    input: &serde_json::Value,
+) -> Result<maas_core::models::JobInput, ApiError> {
+    model
+        .kind()
+        .parse_input(input)
+        .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))
 }
 
 /// A path id that is not a UUID names nothing: 404, like an unknown id.

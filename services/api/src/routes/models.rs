@@ -14,7 +14,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 pub async fn list_models(_principal: Principal) -> HttpResponse {
     let data: Vec<_> = CATALOGUE
         .iter()
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "maas"}))
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "maas"}))
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }

@@ -15,12 +15,15 @@
 //! the order of its inputs.
 
 use crate::models::{CancelFlag, ModelError, ModelOutput};
-use maas_models::{EmbedInput, Embedder};
-use serde_json::{json, Value};
+use crate::runtime::{wrong_input, DeviceThreads, Health, Inbox, JobContext, Runtime};
+use futures_util::future::BoxFuture;
+use maas_core::models::{EmbedInput, EmbeddingItem, JobInput, ModelKind};
+use maas_models::{EmbedInput as ModelInput, Embedder};
+use serde_json::json;
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
@@ -110,67 +113,107 @@ fn requeue<T>(
     pending.extend(unfinished);
 }
 
-/// The handle the supervisor sends work through.
+/// The embedder's runtime: the handle the supervisor sends work through.
 #[derive(Clone)]
 pub struct EmbedderHandle {
+    name: String,
+    slots: u32,
     tokenizer_side: std::sync::Arc<Embedder>,
-    tx: mpsc::SyncSender<Request>,
+    threads: DeviceThreads<Request>,
 }
 
 impl EmbedderHandle {
     /// Starts the model thread.
-    pub fn start(embedder: Embedder, cfg: BatchConfig) -> Self {
+    pub fn start(
+        name: String,
+        slots: u32,
+        embedder: Embedder,
+        cfg: BatchConfig,
+    ) -> std::io::Result<Self> {
         let embedder = std::sync::Arc::new(embedder);
-        let (tx, rx) = mpsc::sync_channel::<Request>(1024);
         let model = embedder.clone();
-        std::thread::Builder::new()
-            .name("embedder".into())
-            .spawn(move || run(&model, rx, cfg))
-            .expect("spawning the embedder thread");
-        Self {
+        let label = name.clone();
+        let threads = DeviceThreads::start("embedder", 1, 1024, move |inbox| {
+            run(&model, &label, inbox, cfg)
+        })?;
+        Ok(Self {
+            name,
+            slots,
             tokenizer_side: embedder,
-            tx,
-        }
+            threads,
+        })
     }
 
-    /// Embeds one job's input: `{"input": string | [string] | [int] | [[int]]}`.
-    pub async fn run(&self, input: &Value, cancel: CancelFlag) -> Result<ModelOutput, ModelError> {
-        let inputs = parse_input(input).map_err(ModelError::InvalidInput)?;
+    /// Embeds one job's inputs.
+    async fn embed(
+        tokenizer_side: std::sync::Arc<Embedder>,
+        threads: DeviceThreads<Request>,
+        input: EmbedInput,
+        ctx: JobContext,
+    ) -> Result<ModelOutput, ModelError> {
+        let inputs: Vec<ModelInput> = input
+            .items
+            .into_iter()
+            .map(|i| match i {
+                EmbeddingItem::Text(t) => ModelInput::Text(t),
+                EmbeddingItem::Ids(v) => ModelInput::Ids(v),
+            })
+            .collect();
         // Tokenizing here, off the model thread, keeps that thread on compute.
-        let embedder = self.tokenizer_side.clone();
-        let ids = tokio::task::spawn_blocking(move || embedder.tokenize(&inputs))
+        let ids = tokio::task::spawn_blocking(move || tokenizer_side.tokenize(&inputs))
             .await
             .map_err(|e| ModelError::Failed(e.to_string()))?
             .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Request {
-                vectors: Vec::with_capacity(ids.len()),
-                ids,
-                trace: maas_core::telemetry::context_of(&tracing::Span::current()),
-                cancel,
-                reply,
-            })
-            .map_err(|_| ModelError::Failed("the embedder queue is full".into()))?;
+        threads.send(Request {
+            vectors: Vec::with_capacity(ids.len()),
+            ids,
+            trace: ctx.trace,
+            cancel: ctx.cancel,
+            reply,
+        })?;
         rx.await
             .map_err(|_| ModelError::Failed("the embedder thread stopped".into()))?
     }
 }
 
-/// Parses a job's `{"input": ...}` (OpenAI's forms, checked by the API already).
-pub fn parse_input(input: &Value) -> Result<Vec<EmbedInput>, String> {
-    let v = input.get("input").ok_or("input.input is required")?;
-    let items = maas_core::models::parse_embedding_input(v).map_err(|e| e.message)?;
-    Ok(items
-        .into_iter()
-        .map(|i| match i {
-            maas_core::models::EmbeddingItem::Text(t) => EmbedInput::Text(t),
-            maas_core::models::EmbeddingItem::Ids(v) => EmbedInput::Ids(v),
+impl Runtime for EmbedderHandle {
+    fn model(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> ModelKind {
+        ModelKind::Embedder
+    }
+
+    fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.threads.health()
+    }
+
+    fn run(
+        &self,
+        input: JobInput,
+        ctx: JobContext,
+    ) -> BoxFuture<'static, Result<ModelOutput, ModelError>> {
+        let (tokenizer_side, threads) = (self.tokenizer_side.clone(), self.threads.clone());
+        Box::pin(async move {
+            match input {
+                JobInput::Embed(e) => Self::embed(tokenizer_side, threads, e, ctx).await,
+                other => Err(wrong_input(ModelKind::Embedder, &other)),
+            }
         })
-        .collect())
+    }
+
+    fn panic_next(&self) {
+        self.threads.panic_next();
+    }
 }
 
-fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
+fn run(model: &Embedder, label: &str, rx: &Inbox<Request>, cfg: BatchConfig) {
     let mut pending: VecDeque<Request> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -183,7 +226,7 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
         // more while the pass is below its budget. With max_wait 0 a lone
         // request starts at once; requests arriving during a forward pass
         // join the next one.
-        pending.extend(rx.try_iter());
+        pending.extend(rx.drain());
         let deadline = Instant::now() + cfg.max_wait;
         while pending.iter().map(Request::remaining_tokens).sum::<usize>() < cfg.max_batch_tokens {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -212,20 +255,20 @@ fn run(model: &Embedder, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
         if batch.is_empty() {
             continue;
         }
-        let unfinished = run_pass(model, batch);
-        requeue(&mut pending, rx.try_iter(), unfinished);
+        let unfinished = run_pass(model, label, batch);
+        requeue(&mut pending, rx.drain(), unfinished);
     }
 }
 
 /// Runs one forward pass over each request's share of `batch`, answers the
 /// requests it completes and returns the others (or none, if the pass failed).
-fn run_pass(model: &Embedder, batch: Vec<(Request, usize)>) -> Vec<Request> {
+fn run_pass(model: &Embedder, label: &str, batch: Vec<(Request, usize)>) -> Vec<Request> {
     let all: Vec<Vec<u32>> = batch
         .iter()
         .flat_map(|(r, n)| r.remaining()[..*n].iter().cloned())
         .collect();
     let total_tokens: usize = all.iter().map(Vec::len).sum();
-    let model_label = [maas_core::models::MINILM];
+    let model_label = [label];
     crate::metrics::BATCH_SIZE
         .with_label_values(&model_label)
         .observe(all.len() as f64);
@@ -288,7 +331,7 @@ fn run_pass(model: &Embedder, batch: Vec<(Request, usize)>) -> Vec<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
 
     /// Requests as their sequences' lengths; a pass takes from each in turn.
     fn pass(q: &mut VecDeque<Vec<usize>>, budget: usize) -> Vec<(Vec<usize>, usize)> {
@@ -375,14 +418,5 @@ mod tests {
     fn a_request_with_nothing_left_is_taken_and_answered() {
         let mut q: VecDeque<Vec<usize>> = [vec![], vec![3]].into();
         assert_eq!(pass(&mut q, 8), vec![(vec![], 0), (vec![3], 1)]);
-    }
-
-    #[test]
-    fn job_inputs_map_to_model_inputs() {
-        assert!(
-            matches!(parse_input(&json!({"input": [1, 2, 3]})).unwrap()[0], EmbedInput::Ids(ref v) if v.len() == 3)
-        );
-        assert_eq!(parse_input(&json!({"input": ["a", "b"]})).unwrap().len(), 2);
-        assert!(parse_input(&json!({})).is_err());
     }
 }

@@ -4,8 +4,10 @@
 //! job is cancelled, or when the job's waiter has gone.
 
 use crate::models::{CancelFlag, ModelError, ModelOutput};
+use crate::runtime::{wrong_input, DeviceThreads, Health, Inbox, JobContext, Runtime};
+use futures_util::future::BoxFuture;
 use maas_core::messages::Piece;
-use maas_core::models::{ChatInput, Prompt};
+use maas_core::models::{ChatInput, JobInput, ModelKind, Prompt};
 use maas_models::chat::{ChatError, ChatModel, FinishReason, Generation};
 use maas_models::chat_template::Message;
 use maas_models::chat_tokenizer::ChatTokenizer;
@@ -14,9 +16,8 @@ use maas_models::sampling::SamplingParams;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 struct Request {
     input: ChatInput,
@@ -30,65 +31,95 @@ struct Request {
 /// Where streamed text goes as it is generated.
 pub type TextSink = tokio::sync::mpsc::UnboundedSender<Piece>;
 
+/// The chat model's runtime: the handle the supervisor sends work through.
 #[derive(Clone)]
 pub struct ChatHandle {
-    tx: mpsc::SyncSender<Request>,
+    name: String,
+    slots: u32,
+    threads: DeviceThreads<Request>,
 }
 
 impl ChatHandle {
-    pub fn start(model: ChatModel, cfg: EngineConfig) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Request>(1024);
-        std::thread::Builder::new()
-            .name("chat".into())
-            .spawn(move || serve(&model, cfg, &rx))
-            .expect("spawning the chat thread");
-        Self { tx }
+    pub fn start(
+        name: String,
+        slots: u32,
+        model: ChatModel,
+        cfg: EngineConfig,
+    ) -> std::io::Result<Self> {
+        let label = name.clone();
+        let threads = DeviceThreads::start("chat", 1, 1024, move |inbox| {
+            serve(&model, &label, cfg.clone(), inbox)
+        })?;
+        Ok(Self {
+            name,
+            slots,
+            threads,
+        })
+    }
+}
+
+impl Runtime for ChatHandle {
+    fn model(&self) -> &str {
+        &self.name
     }
 
-    pub async fn run(
+    fn kind(&self) -> ModelKind {
+        ModelKind::Chat
+    }
+
+    fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.threads.health()
+    }
+
+    fn run(
         &self,
-        input: &Value,
-        cancel: CancelFlag,
-        sink: Option<TextSink>,
-        origin: Instant,
-    ) -> Result<ModelOutput, ModelError> {
-        let input: ChatInput = serde_json::from_value(input.clone())
-            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-        input
-            .validate()
-            .map_err(|e| ModelError::InvalidInput(e.message))?;
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Request {
+        input: JobInput,
+        ctx: JobContext,
+    ) -> BoxFuture<'static, Result<ModelOutput, ModelError>> {
+        let threads = self.threads.clone();
+        Box::pin(async move {
+            let JobInput::Chat(input) = input else {
+                return Err(wrong_input(ModelKind::Chat, &input));
+            };
+            let (reply, rx) = oneshot::channel();
+            threads.send(Request {
                 input,
-                origin,
-                cancel,
-                sink,
+                origin: ctx.origin,
+                cancel: ctx.cancel,
+                sink: ctx.sink,
                 reply,
-            })
-            .map_err(|_| ModelError::Failed("the chat queue is full".into()))?;
-        rx.await
-            .map_err(|_| ModelError::Failed("the chat thread stopped".into()))?
+            })?;
+            rx.await
+                .map_err(|_| ModelError::Failed("the chat thread stopped".into()))?
+        })
+    }
+
+    fn panic_next(&self) {
+        self.threads.panic_next();
     }
 }
 
 /// The model thread: waits while idle, otherwise takes whatever has arrived
 /// and runs one step.
-fn serve(model: &ChatModel, cfg: EngineConfig, rx: &mpsc::Receiver<Request>) {
+fn serve(model: &ChatModel, label: &str, cfg: EngineConfig, rx: &Inbox<Request>) {
     let mut engine = Engine::new(model, cfg);
     loop {
         if engine.is_idle() {
             match rx.recv() {
-                Ok(r) => admit(model, &mut engine, r),
+                Ok(r) => admit(model, label, &mut engine, r),
                 Err(_) => return,
             }
         }
         while let Ok(r) = rx.try_recv() {
-            admit(model, &mut engine, r);
+            admit(model, label, &mut engine, r);
         }
         if engine.step() {
             let size = engine.last_step();
-            let model = [maas_core::models::SMOLLM2];
+            let model = [label];
             crate::metrics::BATCH_SIZE
                 .with_label_values(&model)
                 .observe(size.sequences as f64);
@@ -99,7 +130,7 @@ fn serve(model: &ChatModel, cfg: EngineConfig, rx: &mpsc::Receiver<Request>) {
     }
 }
 
-fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
+fn admit<'m>(model: &'m ChatModel, label: &str, engine: &mut Engine<'m, 'm>, r: Request) {
     let Request {
         input,
         origin,
@@ -146,8 +177,8 @@ fn admit<'m>(model: &'m ChatModel, engine: &mut Engine<'m, 'm>, r: Request) {
     let waiter = reply.clone();
     let tok = &model.tokenizer;
     let mut last_token: Option<Instant> = None;
-    let ttft = crate::metrics::TIME_TO_FIRST_TOKEN.with_label_values(&[maas_core::models::SMOLLM2]);
-    let itl = crate::metrics::INTER_TOKEN.with_label_values(&[maas_core::models::SMOLLM2]);
+    let ttft = crate::metrics::TIME_TO_FIRST_TOKEN.with_label_values(&[label]);
+    let itl = crate::metrics::INTER_TOKEN.with_label_values(&[label]);
     engine.submit(EngineRequest {
         prompt,
         params,

@@ -3,7 +3,7 @@
 //!
 //! 1. `dispatched → running` in Postgres (conditional on this worker and
 //!    attempt; a redelivery of our own running attempt is accepted);
-//! 2. the model pool runs it on a slot thread;
+//! 2. the model's runtime runs it on its device threads;
 //! 3. `running → succeeded | failed` with its usage record, in one transaction;
 //! 4. hot status to Redis, a wake-up to the sync caller's API instance;
 //! 5. only then the delivery is acked and the slot reported free.
@@ -11,7 +11,8 @@
 //! A crash anywhere before 5 leaves the job on this worker in Postgres; the
 //! scheduler re-dispatches it once our heartbeats stop.
 
-use crate::actors::Pool;
+use maas_core::Code;
+use crate::runtime::{JobContext, Runtime};
 use crate::models::{CancelFlag, ModelError};
 use actix::prelude::*;
 use chrono::Utc;
@@ -45,8 +46,8 @@ pub struct Deps {
 
 pub struct Supervisor {
     deps: Deps,
-    pools: HashMap<String, Pool>,
-    slots: Vec<ModelSlots>,
+    /// The models this worker serves, by name.
+    runtimes: HashMap<String, Arc<dyn Runtime>>,
     /// Attempts received and not yet finished: job → (attempt, cancel flag).
     running: HashMap<Uuid, (i32, CancelFlag)>,
     draining: bool,
@@ -58,15 +59,13 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         deps: Deps,
-        pools: HashMap<String, Pool>,
-        slots: Vec<ModelSlots>,
+        runtimes: HashMap<String, Arc<dyn Runtime>>,
         heartbeat: Duration,
     ) -> Self {
         let incarnation = Uuid::new_v4().simple().to_string();
         Self {
             deps,
-            pools,
-            slots,
+            runtimes,
             running: HashMap::new(),
             draining: false,
             heartbeat,
@@ -74,16 +73,36 @@ impl Supervisor {
         }
     }
 
+    /// The slots this worker offers: those of every healthy model.
+    fn offered(&self) -> Vec<ModelSlots> {
+        let mut out: Vec<ModelSlots> = self
+            .runtimes
+            .values()
+            .filter(|r| r.health().borrow().is_ready())
+            .map(|r| ModelSlots {
+                model: r.model().to_owned(),
+                slots: r.slots(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.model.cmp(&b.model));
+        out
+    }
+
     fn send_heartbeat(&self, ctx: &mut Context<Self>) {
-        for s in &self.slots {
+        let offered = self.offered();
+        for r in self.runtimes.values() {
+            let slots = offered
+                .iter()
+                .find(|s| s.model == r.model())
+                .map_or(0, |s| s.slots);
             crate::metrics::SLOTS
-                .with_label_values(&[&s.model])
-                .set(i64::from(s.slots));
+                .with_label_values(&[r.model()])
+                .set(i64::from(slots));
         }
         let event = WorkerEvent::Heartbeat {
             worker_id: self.deps.worker_id.clone(),
             incarnation: self.incarnation.clone(),
-            models: self.slots.clone(),
+            models: offered,
             draining: self.draining,
             running: self
                 .running
@@ -132,7 +151,22 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.send_heartbeat(ctx);
         ctx.run_interval(self.heartbeat, |act, ctx| act.send_heartbeat(ctx));
-        tracing::info!(worker_id = %self.deps.worker_id, models = ?self.slots, "worker supervisor started");
+        // A model whose health changes is announced at once, not at the
+        // next period: the scheduler stops sending it work.
+        for r in self.runtimes.values() {
+            let (mut health, me, model) = (r.health(), ctx.address(), r.model().to_owned());
+            ctx.spawn(
+                async move {
+                    while health.changed().await.is_ok() {
+                        let now = health.borrow_and_update().clone();
+                        tracing::warn!(%model, health = ?now, "model health changed");
+                        me.do_send(Heartbeat);
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        tracing::info!(worker_id = %self.deps.worker_id, models = ?self.offered(), "worker supervisor started");
     }
 }
 
@@ -181,7 +215,7 @@ impl Handler<Dispatched> for Supervisor {
         let cancel = CancelFlag::default();
         self.running
             .insert(dispatch.job_id, (dispatch.attempt, cancel.clone()));
-        let pool = self.pools.get(&dispatch.model).cloned();
+        let runtime = self.runtimes.get(&dispatch.model).cloned();
         let deps = self.deps.clone();
         let incoming = maas_mq::traceparent_of(&delivery.properties);
         let job_id = dispatch.job_id;
@@ -202,7 +236,7 @@ impl Handler<Dispatched> for Supervisor {
             .map(|tp| tp.to_string())
             .or(incoming);
         ctx.spawn(
-            run_attempt(deps, pool, dispatch, delivery, cancel, traceparent)
+            run_attempt(deps, runtime, dispatch, delivery, cancel, traceparent)
                 .instrument(span)
                 .into_actor(self)
                 .map(move |_, act, _| {
@@ -356,7 +390,7 @@ async fn record_once(
             tracing::error!(%job_id, error = %e, "Postgres refused the result; failing the job");
             let failed = Outcome::Failed {
                 error: json!({
-                    "code": "result_rejected",
+                    "code": Code::ResultRejected,
                     "message": "the job's result could not be stored (the database refused it)",
                 }),
             };
@@ -379,13 +413,24 @@ async fn record_once(
 
 async fn run_attempt(
     deps: Deps,
-    pool: Option<Pool>,
+    runtime: Option<Arc<dyn Runtime>>,
     d: Dispatch,
     delivery: Delivery,
     cancel: CancelFlag,
     traceparent: Option<String>,
 ) {
     let (job_id, attempt) = (d.job_id, d.attempt);
+    // A model that is not here or not healthy runs nothing: the job goes
+    // back untouched (our heartbeat stops listing the attempt, and the
+    // scheduler queues it again for a worker that can run it).
+    let runtime = match runtime {
+        Some(r) if r.health().borrow().is_ready() => r,
+        _ => {
+            tracing::warn!(%job_id, model = %d.model, "model not served here (not loaded or unhealthy); handing the job back");
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
+    };
     let started = with_retries("mark running", START_PATIENCE, || {
         jobs::mark_running(&deps.db, job_id, &deps.worker_id, attempt)
     })
@@ -424,11 +469,12 @@ async fn run_attempt(
         tracing::info!(%job_id, attempt, model = %d.model, "job running");
         let t0 = Instant::now();
         // Streamed output goes, in order, to the API instance holding the caller.
-        let wants_stream = d
-            .input
-            .get("stream")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        // The input is decoded once, here, for the model's kind.
+        let input = runtime
+            .kind()
+            .parse_input(&d.input)
+            .map_err(|e| ModelError::InvalidInput(e.message));
+        let wants_stream = input.as_ref().is_ok_and(|i| i.streams());
         let (sink, forwarder) = match (&d.reply_to, wants_stream) {
             (Some(reply_to), true) => {
                 let (tx, mut rx) =
@@ -462,12 +508,17 @@ async fn run_attempt(
             .unwrap_or_else(Instant::now);
         let busy = crate::metrics::SLOTS_BUSY.with_label_values(&[&d.model]);
         busy.inc();
-        let result = match &pool {
-            Some(p) => p.run(d.input.clone(), cancel, sink, origin).await,
-            None => Err(ModelError::Failed(format!(
-                "model '{}' is not loaded on this worker",
-                d.model
-            ))),
+        let result = match input {
+            Ok(input) => {
+                let ctx = JobContext {
+                    cancel,
+                    sink,
+                    origin,
+                    trace: maas_core::telemetry::context_of(&tracing::Span::current()),
+                };
+                runtime.run(input, ctx).await
+            }
+            Err(e) => Err(e),
         };
         busy.dec();
         let compute_ms = t0.elapsed().as_millis() as i64;
@@ -484,7 +535,7 @@ async fn run_attempt(
         let outcome = match result {
             Ok(_) if size > cap => Some(Outcome::Failed {
                 error: json!({
-                    "code": "output_too_large",
+                    "code": Code::OutputTooLarge,
                     "message": format!("the output is {size} bytes as JSON, over the limit of {cap} bytes; split the request"),
                 }),
             }),
@@ -498,10 +549,10 @@ async fn run_attempt(
             }),
             Err(ModelError::Cancelled) => None,
             Err(ModelError::InvalidInput(m)) => Some(Outcome::Failed {
-                error: json!({"code": "invalid_input", "message": m}),
+                error: json!({"code": Code::InvalidInput, "message": m}),
             }),
             Err(ModelError::Failed(m)) => Some(Outcome::Failed {
-                error: json!({"code": "model_error", "message": m}),
+                error: json!({"code": Code::ModelError, "message": m}),
             }),
         };
         match outcome {

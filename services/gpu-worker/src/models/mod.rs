@@ -1,6 +1,5 @@
-//! Models a worker can serve, behind one small synchronous trait. Each
-//! instance lives on its own thread (a slot) and is called with one job at a
-//! time.
+//! What every runtime shares: the cancel flag, outputs and errors (the
+//! runtimes themselves are in [`crate::runtime`] and the actors).
 
 pub mod echo;
 
@@ -36,10 +35,4 @@ pub enum ModelError {
     InvalidInput(String),
     #[error("model failure: {0}")]
     Failed(String),
-}
-
-pub trait Model: Send + 'static {
-    fn name(&self) -> &'static str;
-    /// Runs one job; returns `Cancelled` soon after `cancel` is set.
-    fn run(&mut self, input: &Value, cancel: &CancelFlag) -> Result<ModelOutput, ModelError>;
 }
