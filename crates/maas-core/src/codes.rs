@@ -117,6 +117,9 @@ mod tests {
             .iter()
             .filter(|c| !doc.contains(&format!("`{}`", c.as_str())))
             .collect();
-        assert!(missing.is_empty(), "codes missing from docs/errors.md: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "codes missing from docs/errors.md: {missing:?}"
+        );
     }
 }

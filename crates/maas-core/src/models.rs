@@ -191,9 +191,7 @@ impl JobInput {
             JobInput::Chat(c) => {
                 let messages: i64 = c.messages.as_ref().map_or(0, |m| {
                     m.iter()
-                        .map(|m| {
-                            (m.role.len() + m.content.len()) as i64 + CHAT_MESSAGE_TOKENS
-                        })
+                        .map(|m| (m.role.len() + m.content.len()) as i64 + CHAT_MESSAGE_TOKENS)
                         .sum()
                 });
                 let prompt = match &c.prompt {
@@ -618,13 +616,19 @@ mod tests {
     fn echo_input_is_checked_field_by_field() {
         let echo = ModelKind::Echo;
         assert!(echo.parse_input(&json!({"text": "hi"})).is_ok());
-        assert!(echo.parse_input(&json!({"text": "hi", "delay_ms": 10})).is_ok());
+        assert!(echo
+            .parse_input(&json!({"text": "hi", "delay_ms": 10}))
+            .is_ok());
         assert_eq!(
             echo.parse_input(&json!({"text": 3})).unwrap_err().param,
             "input"
         );
-        assert!(echo.parse_input(&json!({"text": "a", "delay_ms": "x"})).is_err());
-        assert!(echo.parse_input(&json!({"text": "a", "delay_ms": -1})).is_err());
+        assert!(echo
+            .parse_input(&json!({"text": "a", "delay_ms": "x"}))
+            .is_err());
+        assert!(echo
+            .parse_input(&json!({"text": "a", "delay_ms": -1}))
+            .is_err());
         assert!(echo.parse_input(&json!({"text": "a", "extra": 1})).is_err());
         assert_eq!(
             echo.parse_input(&json!({"text": "a", "delay_ms": ECHO_MAX_DELAY_MS + 1}))
@@ -644,7 +648,10 @@ mod tests {
                 ModelKind::Chat,
                 json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
             ),
-            (ModelKind::Chat, json!({"prompt": [1, 2, 3], "stream": true})),
+            (
+                ModelKind::Chat,
+                json!({"prompt": [1, 2, 3], "stream": true}),
+            ),
         ] {
             let parsed = kind.parse_input(&v).unwrap();
             assert_eq!(parsed.kind(), kind);
@@ -660,7 +667,9 @@ mod tests {
 
     #[test]
     fn token_bounds_and_estimates_follow_each_kind() {
-        let echo = ModelKind::Echo.parse_input(&json!({"text": "a b c"})).unwrap();
+        let echo = ModelKind::Echo
+            .parse_input(&json!({"text": "a b c"}))
+            .unwrap();
         assert_eq!(echo.token_bound(), 6);
         let embed = ModelKind::Embedder
             .parse_input(&json!({"input": ["abcdefgh", "x".repeat(1000)]}))
@@ -675,7 +684,9 @@ mod tests {
             .unwrap();
         assert_eq!(chat.token_bound(), 4 + CHAT_TEMPLATE_TOKENS + 10);
         assert_eq!(chat.estimate_tokens(), 1 + 10);
-        let default = ModelKind::Chat.parse_input(&json!({"prompt": "abcd"})).unwrap();
+        let default = ModelKind::Chat
+            .parse_input(&json!({"prompt": "abcd"}))
+            .unwrap();
         assert_eq!(
             default.estimate_tokens(),
             1 + i64::from(CHAT_DEFAULT_MAX_TOKENS)

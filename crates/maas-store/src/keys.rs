@@ -38,6 +38,9 @@ pub struct KeyAuth {
     pub rpm: Option<i64>,
     #[serde(default)]
     pub tpm: Option<i64>,
+    /// The tenant's allowed models (`None`: every model).
+    #[serde(default)]
+    pub allowed_models: Option<Vec<String>>,
 }
 
 const COLS: &str = "id, tenant_id, name, prefix, scopes, created_at, expires_at, revoked_at, last_used_at, rpm, tpm";
@@ -113,7 +116,7 @@ pub async fn set_limits(pool: &PgPool, key_id: Uuid, limits: KeyLimits) -> Resul
 const AUTH_SELECT: &str =
     "SELECT k.prefix, k.id, k.tenant_id, k.secret_hash, k.scopes, k.expires_at,
         (k.revoked_at IS NOT NULL) AS revoked,
-        (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled, k.rpm, k.tpm
+        (t.disabled OR t.deleted_at IS NOT NULL) AS tenant_disabled, k.rpm, k.tpm, t.allowed_models
  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id";
 
 pub async fn auth_by_prefix(pool: &PgPool, prefix: &str) -> Result<Option<KeyAuth>> {

@@ -13,9 +13,11 @@ pub struct Tenant {
     pub weight: i32,
     pub disabled: bool,
     pub created_at: DateTime<Utc>,
+    /// The models it may use; `None`: every model.
+    pub allowed_models: Option<Vec<String>>,
 }
 
-const COLS: &str = "id, name, weight, disabled, created_at";
+const COLS: &str = "id, name, weight, disabled, created_at, allowed_models";
 
 pub async fn create(pool: &PgPool, name: &str, weight: i32) -> Result<Tenant> {
     sqlx::query_as::<_, Tenant>(&format!(
@@ -66,6 +68,22 @@ pub async fn update(
     .fetch_optional(pool)
     .await
     .map_err(|e| conflict_on_unique(e, "name"))
+}
+
+/// Sets which models the tenant may use (`None`: every model).
+pub async fn set_allowed_models(
+    pool: &PgPool,
+    id: Uuid,
+    allow: Option<&[String]>,
+) -> Result<Option<Tenant>> {
+    Ok(sqlx::query_as::<_, Tenant>(&format!(
+        "UPDATE tenants SET allowed_models = $2, updated_at = now()
+         WHERE id = $1 AND deleted_at IS NULL RETURNING {COLS}"
+    ))
+    .bind(id)
+    .bind(allow)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Soft delete: the tenant disappears from the admin API, its keys are

@@ -6,7 +6,6 @@
 //! then Postgres; the hash is compared in constant time. Revocation deletes the
 //! cache entry, so every replica sees it on the next request.
 
-use maas_core::Code;
 use crate::error::ApiError;
 use crate::state::AppState;
 use actix_web::dev::Payload;
@@ -17,6 +16,7 @@ use futures_util::future::LocalBoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use maas_core::apikey::PresentedKey;
 use maas_core::models::ModelName;
+use maas_core::Code;
 use maas_core::Secret;
 use maas_store::keys::{self, KeyAuth};
 use serde::{Deserialize, Serialize};
@@ -64,9 +64,19 @@ pub struct Principal {
     pub rate: crate::ratelimit::SharedRateHeaders,
     /// The key's own rate limits.
     pub limits: keys::KeyLimits,
+    /// The models the tenant may use (`None`: every model); any other is
+    /// answered as if it did not exist.
+    pub allowed_models: Option<Vec<String>>,
 }
 
 impl Principal {
+    /// Whether the tenant may see and use `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|allow| allow.iter().any(|m| m == model))
+    }
+
     /// Family scopes restrict families when present; `model:` scopes restrict
     /// models when present; a key without scopes may do everything.
     pub fn require(&self, family: &str, model: Option<&ModelName>) -> Result<(), ApiError> {
@@ -183,6 +193,7 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal
             rpm: auth.rpm,
             tpm: auth.tpm,
         },
+        allowed_models: auth.allowed_models,
     })
 }
 
@@ -307,6 +318,7 @@ mod tests {
             key_id: Uuid::nil(),
             scopes: scopes.map(|s| s.iter().map(|x| x.to_string()).collect()),
             rate: Default::default(),
+            allowed_models: None,
             limits: Default::default(),
         }
     }

@@ -2,9 +2,9 @@
 //! `{"error": {"message", "type", "param", "code"}}` with a stable `code`
 //! (the table is in `docs/errors.md`).
 
-use maas_core::Code;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use maas_core::Code;
 use serde::Serialize;
 use std::fmt;
 
@@ -87,15 +87,7 @@ impl ApiError {
         Self::Internal(e.to_string())
     }
 
-    fn parts(
-        &self,
-    ) -> (
-        StatusCode,
-        &'static str,
-        String,
-        Option<String>,
-        Code,
-    ) {
+    fn parts(&self) -> (StatusCode, &'static str, String, Option<String>, Code) {
         match self {
             Self::InvalidRequest { message, param, code } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", message.clone(), param.clone(), *code)

@@ -40,13 +40,13 @@ impl Modify for Security {
     paths(
         health::healthz, health::readyz,
         jobs::create_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job, jobs::queue_stats,
-        models::list_models, usage::tenant_usage, embeddings::create_embeddings, chat::chat_completions, chat::completions,
+        models::list_models, models::get_model, usage::tenant_usage, embeddings::create_embeddings, chat::chat_completions, chat::completions,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
-        admin::create_key, admin::list_keys, admin::revoke_key, admin::set_key_limits, admin::put_quota, admin::get_quota, admin::get_usage,
+        admin::create_key, admin::list_keys, admin::revoke_key, admin::set_key_limits, admin::put_quota, admin::get_quota, admin::get_usage, admin::put_tenant_models,
     ),
     components(schemas(
         jobs::CreateJob, jobs::JobView, maas_store::queue::Standing, maas_store::queue::QueueTime, embeddings::EmbeddingsRequest, embeddings::EmbeddingsResponse, chat::GenerationRequest, jobs::JobList, crate::error::ErrorBody, crate::error::ErrorObject,
-        admin::CreateTenant, admin::UpdateTenant, admin::CreateKey, maas_store::keys::KeyLimits, maas_store::quotas::Quota,
+        admin::CreateTenant, admin::UpdateTenant, admin::TenantModels, admin::CreateKey, maas_store::keys::KeyLimits, maas_store::quotas::Quota,
         maas_core::JobStatus, maas_core::JobMode, maas_core::Lane,
     )),
     modifiers(&Security),

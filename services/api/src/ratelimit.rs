@@ -194,9 +194,11 @@ pub async fn admit_tokens(
     if q.tpm.is_none() && principal.limits.tpm.is_none() {
         return Ok(0);
     }
-    Ok(take(state, principal, &q, "tokens", input.estimate_tokens())
-        .await?
-        .unwrap_or(0))
+    Ok(
+        take(state, principal, &q, "tokens", input.estimate_tokens())
+            .await?
+            .unwrap_or(0),
+    )
 }
 
 /// Gives back a charge whose job never ran (refused later in admission, or

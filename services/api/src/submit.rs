@@ -5,12 +5,12 @@
 //! publisher confirm; only then is the caller answered. A sync caller waits on
 //! this instance's reply queue; if it goes away, its job is cancelled.
 
-use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 use maas_core::messages::{CancelJob, JobSubmitted};
 use maas_core::models::{JobInput, ModelName};
+use maas_core::Code;
 use maas_core::{JobMode, Lane};
 use maas_mq::PublishOpts;
 use maas_store::jobs::{self, Job, NewJob};

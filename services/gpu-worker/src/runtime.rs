@@ -17,7 +17,9 @@ use crate::models::echo::EchoRuntime;
 use crate::models::{CancelFlag, ModelError, ModelOutput};
 use crate::settings::{Slots, WorkerSettings};
 use futures_util::future::BoxFuture;
-use maas_core::models::{CatalogueEntry, EchoInput, EmbedInput, EmbeddingItem, JobInput, ModelKind};
+use maas_core::models::{
+    CatalogueEntry, EchoInput, EmbedInput, EmbeddingItem, JobInput, ModelKind,
+};
 use maas_core::trace::TraceParent;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -322,7 +324,11 @@ pub async fn load(
             Ok(Some(runtime))
         }
         Err(e) if device != maas_models::Device::Cpu && entry.kind == ModelKind::Embedder => {
-            anyhow::bail!("warm-up of {} on {} failed: {e}", entry.name, settings.device)
+            anyhow::bail!(
+                "warm-up of {} on {} failed: {e}",
+                entry.name,
+                settings.device
+            )
         }
         Err(e) => {
             tracing::error!(model = entry.name, error = %e, "warm-up failed; not serving this model");
@@ -368,10 +374,8 @@ mod tests {
 
     #[test]
     fn an_injected_fault_panics_on_the_next_request() {
-        let threads = DeviceThreads::<u32>::start("f", 1, 8, |inbox| {
-            while inbox.recv().is_ok() {}
-        })
-        .unwrap();
+        let threads =
+            DeviceThreads::<u32>::start("f", 1, 8, |inbox| while inbox.recv().is_ok() {}).unwrap();
         let health = threads.health();
         threads.send(1).unwrap();
         threads.panic_next();

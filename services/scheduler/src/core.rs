@@ -5,13 +5,13 @@
 //! message is looked at, so no locks are needed. Postgres is consulted for
 //! every transition, so this state can always be thrown away and rebuilt.
 
-use maas_core::Code;
 use crate::fair::{FairQueue, QueuedJob};
 use crate::settings::SchedulerSettings;
 use chrono::{DateTime, Utc};
 use maas_core::messages::{Dispatch, JobSubmitted, ModelSlots, RunningAttempt, WorkerEvent};
 use maas_core::telemetry::KeyValue;
 use maas_core::trace::TraceParent;
+use maas_core::Code;
 use maas_core::Lane;
 use maas_mq::{Broker, PublishOpts};
 use maas_store::cache::Cache;

@@ -66,6 +66,21 @@ enum Tenants {
     Delete {
         id: String,
     },
+    /// Which models the tenant may use: `--allow a,b`, or `--all`.
+    Models {
+        id: String,
+        /// Model names, comma-separated (an empty value: none).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "all",
+            required_unless_present = "all"
+        )]
+        allow: Option<Vec<String>>,
+        /// Every model.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,6 +226,20 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
                 .await
             }
             Tenants::Delete { id } => c(M::DELETE, format!("/tenants/{id}"), None).await,
+            Tenants::Models { id, allow, all: _ } => {
+                let allow = allow.map(|v| {
+                    v.into_iter()
+                        .map(|m| m.trim().to_owned())
+                        .filter(|m| !m.is_empty())
+                        .collect::<Vec<_>>()
+                });
+                c(
+                    M::PUT,
+                    format!("/tenants/{id}/models"),
+                    Some(json!({ "allow": allow })),
+                )
+                .await
+            }
         },
         Command::Keys(k) => match k {
             Keys::Create {

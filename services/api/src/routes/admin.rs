@@ -41,6 +41,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
                     .route(web::get().to(get_quota)),
             )
             .service(resource("/tenants/{id}/usage").route(web::get().to(get_usage)))
+            .service(resource("/tenants/{id}/models").route(web::put().to(put_tenant_models)))
             .service(
                 resource("/keys/{key_id}")
                     .route(web::delete().to(revoke_key))
@@ -201,6 +202,62 @@ pub async fn update_tenant(
         json!({"name": body.name, "weight": body.weight, "disabled": body.disabled}),
     )
     .await;
+    Ok(HttpResponse::Ok().json(t))
+}
+
+/// Body of `PUT /admin/v1/tenants/{id}/models`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantModels {
+    /// The models the tenant may use; `null`: every model.
+    pub allow: Option<Vec<String>>,
+}
+
+/// Most entries in a tenant's allow list.
+const MAX_ALLOWED_MODELS: usize = 256;
+
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/models", tag = "admin", security(("admin_jwt" = [])),
+    request_body = TenantModels,
+    responses(
+        (status = 200, description = "The tenant, with its allowed models"),
+        (status = 400, description = "An unknown model", body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+    ))]
+pub async fn put_tenant_models(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<TenantModels>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "tenant")?;
+    let allow = match &body.allow {
+        None => None,
+        Some(list) => {
+            if list.len() > MAX_ALLOWED_MODELS {
+                return Err(ApiError::invalid(
+                    format!("at most {MAX_ALLOWED_MODELS} models in an allow list"),
+                    Some("allow"),
+                ));
+            }
+            let mut names: Vec<String> = Vec::with_capacity(list.len());
+            for m in list {
+                let model = maas_core::models::ModelName::parse(m).ok_or_else(|| {
+                    ApiError::invalid(format!("unknown model '{m}'"), Some("allow"))
+                })?;
+                if !names.iter().any(|n| n == model.as_str()) {
+                    names.push(model.as_str().to_owned());
+                }
+            }
+            Some(names)
+        }
+    };
+    let t = tenants::set_allowed_models(&state.db, id, allow.as_deref())
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    // Keys cache the tenant's allow list: every replica sees the change on
+    // the next request.
+    refresh_key_cache(&state, id).await?;
+    audit(&state, &admin, "tenant.models", id, json!({"allow": allow})).await;
     Ok(HttpResponse::Ok().json(t))
 }
 

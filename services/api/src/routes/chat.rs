@@ -6,7 +6,6 @@
 //! form (chat: `logprobs.content[]`; completions: `tokens`, `token_logprobs`,
 //! `top_logprobs`, `text_offset`). `n` > 1 is refused with a 400.
 
-use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::routes::jobs::trace_context;
@@ -15,6 +14,7 @@ use crate::state::AppState;
 use crate::submit::{cancel, completed, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
 use maas_core::models::{ChatInput, ChatMessage, JobInput, Prompt, Stop};
+use maas_core::Code;
 use maas_core::{JobMode, JobStatus, Lane};
 use maas_store::jobs::Job;
 use serde::Deserialize;
@@ -89,7 +89,7 @@ async fn generate(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let model = super::parse_model(&body.model)?;
+    let model = super::parse_model(principal, &body.model)?;
     principal.require(family, Some(&model))?;
     if !model.kind().capabilities().generates {
         return Err(ApiError::InvalidRequest {

@@ -2,7 +2,6 @@
 //! scheduler like every other job (fair share and limits apply); the worker
 //! batches concurrent requests together.
 
-use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::routes::jobs::trace_context;
@@ -11,6 +10,7 @@ use crate::state::AppState;
 use crate::submit::{completed, submit, Submission, Submitted};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
+use maas_core::Code;
 use maas_core::{JobMode, Lane};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -63,7 +63,7 @@ pub async fn create_embeddings(
     body: web::Json<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let model = super::parse_model(&body.model)?;
+    let model = super::parse_model(&principal, &body.model)?;
     principal.require("embeddings", Some(&model))?;
     if !model.kind().capabilities().embeds {
         return Err(ApiError::InvalidRequest {

@@ -1,6 +1,5 @@
 //! The native jobs API: submit (sync or async), get, list, cancel.
 
-use maas_core::Code;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::routes::{parse_id, resource};
@@ -10,6 +9,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use maas_core::trace::TraceParent;
+use maas_core::Code;
 use maas_core::{JobMode, JobStatus, Lane};
 use maas_store::jobs::{self, Job};
 use serde::{Deserialize, Serialize};
@@ -157,7 +157,7 @@ pub async fn create_job(
     body: web::Json<CreateJob>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let model = super::parse_model(&body.model)?;
+    let model = super::parse_model(&principal, &body.model)?;
     principal.require("jobs", Some(&model))?;
     let input = super::parse_input(&model, &body.input)?;
     let timeout_ms = match (body.mode, body.timeout_ms) {

@@ -8,9 +8,9 @@ pub mod jobs;
 pub mod models;
 pub mod usage;
 
-use maas_core::Code;
 use crate::error::ApiError;
 use actix_web::{web, HttpRequest};
+use maas_core::Code;
 
 /// Everything the API serves.
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -43,12 +43,19 @@ pub async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
-/// A model name from a request body: 404 `model_not_found` outside the catalogue.
-pub fn parse_model(name: &str) -> Result<maas_core::models::ModelName, ApiError> {
-    maas_core::models::ModelName::parse(name).ok_or_else(|| ApiError::NotFound {
-        message: format!("the model '{name}' does not exist; see GET /v1/models"),
-        code: Code::ModelNotFound,
-    })
+/// A model name from a request body: 404 `model_not_found` outside the
+/// catalogue, and for a model the tenant may not use (the same answer: to
+/// such a tenant the model does not exist).
+pub fn parse_model(
+    principal: &crate::auth::Principal,
+    name: &str,
+) -> Result<maas_core::models::ModelName, ApiError> {
+    maas_core::models::ModelName::parse(name)
+        .filter(|m| principal.may_use(m.as_str()))
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("the model '{name}' does not exist; see GET /v1/models"),
+            code: Code::ModelNotFound,
+        })
 }
 
 /// A job's input for its model's kind, parsed and checked once, here.

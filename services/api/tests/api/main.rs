@@ -12,4 +12,5 @@ mod faults;
 mod jobs;
 mod limits;
 mod maasctl;
+mod models;
 mod observability;

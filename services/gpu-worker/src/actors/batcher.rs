@@ -332,7 +332,6 @@ fn run_pass(model: &Embedder, label: &str, batch: Vec<(Request, usize)>) -> Vec<
 mod tests {
     use super::*;
 
-
     /// Requests as their sequences' lengths; a pass takes from each in turn.
     fn pass(q: &mut VecDeque<Vec<usize>>, budget: usize) -> Vec<(Vec<usize>, usize)> {
         take_pass(q, budget, |r, i| r.get(i).copied())

@@ -11,13 +11,13 @@
 //! A crash anywhere before 5 leaves the job on this worker in Postgres; the
 //! scheduler re-dispatches it once our heartbeats stop.
 
-use maas_core::Code;
-use crate::runtime::{JobContext, Runtime};
 use crate::models::{CancelFlag, ModelError};
+use crate::runtime::{JobContext, Runtime};
 use actix::prelude::*;
 use chrono::Utc;
 use maas_core::messages::{Dispatch, ModelSlots, Reply, RunningAttempt, WorkerEvent};
 use maas_core::trace::TraceParent;
+use maas_core::Code;
 use maas_mq::lapin::message::Delivery;
 use maas_mq::lapin::options::{BasicAckOptions, BasicRejectOptions};
 use maas_mq::{Broker, PublishOpts};

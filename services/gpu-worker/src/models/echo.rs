@@ -48,12 +48,13 @@ pub struct EchoRuntime {
 
 impl EchoRuntime {
     pub fn start(name: String, slots: u32) -> std::io::Result<Self> {
-        let threads = DeviceThreads::start("echo", slots as usize, 1024, |inbox: &Inbox<Request>| {
-            while let Ok(r) = inbox.recv() {
-                let out = echo(&r.input, &r.cancel);
-                let _ = r.reply.send(out);
-            }
-        })?;
+        let threads =
+            DeviceThreads::start("echo", slots as usize, 1024, |inbox: &Inbox<Request>| {
+                while let Ok(r) = inbox.recv() {
+                    let out = echo(&r.input, &r.cancel);
+                    let _ = r.reply.send(out);
+                }
+            })?;
         Ok(Self {
             name,
             slots,
