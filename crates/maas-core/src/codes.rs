@@ -54,6 +54,10 @@ codes! {
     Conflict => "conflict",
     JobNotCompleted => "job_not_completed",
     JobNotCancellable => "job_not_cancellable",
+    /// A label may only point at a version ready on some worker.
+    VersionNotReady => "version_not_ready",
+    /// A version a label points at cannot be unloaded.
+    VersionInUse => "version_in_use",
     // 413, 415
     PayloadTooLarge => "payload_too_large",
     UnsupportedMediaType => "unsupported_media_type",

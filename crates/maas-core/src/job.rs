@@ -61,6 +61,18 @@ impl fmt::Display for JobStatus {
     }
 }
 
+impl fmt::Display for JobMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How the caller waits for a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -167,4 +179,45 @@ mod tests {
         assert_eq!(JobMode::Sync.default_lane(), Lane::Interactive);
         assert_eq!(JobMode::Async.default_lane(), Lane::Batch);
     }
+}
+
+/// Job states, modes and lanes are `text` columns: each decodes from (and
+/// encodes to) its name, so a row is typed when it is read.
+#[cfg(feature = "sqlx")]
+mod sql {
+    use super::{JobMode, JobStatus, Lane};
+    use sqlx::encode::IsNull;
+    use sqlx::error::BoxDynError;
+    use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+    use sqlx::{Decode, Encode, Postgres, Type};
+
+    macro_rules! text_enum {
+        ($t:ty) => {
+            impl Type<Postgres> for $t {
+                fn type_info() -> PgTypeInfo {
+                    <&str as Type<Postgres>>::type_info()
+                }
+                fn compatible(ty: &PgTypeInfo) -> bool {
+                    <&str as Type<Postgres>>::compatible(ty)
+                }
+            }
+
+            impl<'r> Decode<'r, Postgres> for $t {
+                fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+                    let s = <&str as Decode<Postgres>>::decode(value)?;
+                    <$t>::parse(s).ok_or_else(|| format!("unknown {} '{s}'", stringify!($t)).into())
+                }
+            }
+
+            impl Encode<'_, Postgres> for $t {
+                fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                    <&str as Encode<Postgres>>::encode_by_ref(&self.as_str(), buf)
+                }
+            }
+        };
+    }
+
+    text_enum!(JobStatus);
+    text_enum!(JobMode);
+    text_enum!(Lane);
 }

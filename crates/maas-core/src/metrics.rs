@@ -49,6 +49,11 @@ fn max_tenants() -> usize {
     *MAX
 }
 
+/// A route key (`name@version`) as the `model` and `version` labels.
+pub fn model_labels(route: &str) -> (&str, &str) {
+    route.split_once('@').unwrap_or((route, ""))
+}
+
 /// The `tenant` label of `id`: its id while fewer than the cap have been
 /// seen, `other` past it.
 pub fn tenant_label(id: Uuid) -> String {

@@ -276,7 +276,7 @@ impl Cache {
     pub async fn put_job(&self, job: &Job) -> Result<()> {
         let mut c = self.conn().await?;
         let body = serde_json::to_string(job).unwrap_or_default();
-        let finished = maas_core::JobStatus::parse(&job.status).is_some_and(|s| s.is_terminal());
+        let finished = job.status.is_terminal();
         let ttl = if finished {
             FINISHED_JOB_TTL_SECS
         } else {

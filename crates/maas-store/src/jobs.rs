@@ -20,9 +20,9 @@ pub struct Job {
     pub tenant_id: Uuid,
     pub key_id: Option<Uuid>,
     pub model: String,
-    pub mode: String,
-    pub lane: String,
-    pub status: String,
+    pub mode: JobMode,
+    pub lane: Lane,
+    pub status: JobStatus,
     pub input: Option<Value>,
     pub output: Option<Value>,
     pub error: Option<Value>,
@@ -48,27 +48,32 @@ pub struct Job {
     /// The reply queue of the API instance holding a sync caller.
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// The exact version of `model` the job runs on (resolved at submission).
+    #[serde(default)]
+    pub model_version: Option<String>,
 }
 
 impl Job {
-    pub fn status(&self) -> JobStatus {
-        // The CHECK constraint guarantees a known value.
-        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
-    }
-
-    pub fn lane(&self) -> Lane {
-        Lane::parse(&self.lane).unwrap_or(Lane::Batch)
+    /// What the job is routed by: `model@version` (workers announce their
+    /// slots under it), or the bare model for a job from before versions.
+    pub fn route(&self) -> String {
+        match &self.model_version {
+            Some(v) => crate::registry::route_key(&self.model, v),
+            None => self.model.clone(),
+        }
     }
 }
 
 const COLS: &str = "id, tenant_id, key_id, model, mode, lane, status, input, output, error, usage, attempts, \
                     worker_id, idempotency_key, traceparent, version, created_at, dispatched_at, started_at, finished_at, \
-                    rate_tokens, budget_tokens, starts, reply_to";
+                    rate_tokens, budget_tokens, starts, reply_to, model_version";
 
 pub struct NewJob<'a> {
     pub tenant_id: Uuid,
     pub key_id: Option<Uuid>,
     pub model: &'a str,
+    /// The version it resolved to.
+    pub model_version: Option<&'a str>,
     pub mode: JobMode,
     pub lane: Lane,
     pub input: &'a Value,
@@ -182,8 +187,8 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     }
     let inserted = sqlx::query_as::<_, Job>(&format!(
         "INSERT INTO jobs (id, tenant_id, key_id, model, mode, lane, status, input, idempotency_key, traceparent,
-                           rate_tokens, budget_tokens, budget_period_start, reply_to)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13)
+                           rate_tokens, budget_tokens, budget_period_start, reply_to, model_version)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING {COLS}"
     ))
@@ -200,6 +205,7 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     .bind(budget_period.map_or(0, |(_, t)| t))
     .bind(budget_period.map(|(p, _)| p))
     .bind(j.reply_to)
+    .bind(j.model_version)
     .fetch_optional(&mut *tx)
     .await?;
     if let (Some(_), Some((period_start, tokens))) = (&inserted, budget_period) {
@@ -419,8 +425,8 @@ pub async fn complete(
              WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3
              RETURNING {COLS}
          ), counted AS (
-             INSERT INTO usage_records (job_id, tenant_id, key_id, model, prompt_tokens, completion_tokens, compute_ms, worker_id)
-             SELECT id, tenant_id, key_id, model, $8, $9, $10, $2 FROM done
+             INSERT INTO usage_records (job_id, tenant_id, key_id, model, model_version, prompt_tokens, completion_tokens, compute_ms, worker_id)
+             SELECT id, tenant_id, key_id, model, model_version, $8, $9, $10, $2 FROM done
              ON CONFLICT (job_id) DO NOTHING
          )
          SELECT {COLS} FROM done"
@@ -463,6 +469,7 @@ pub async fn flush_wal(pool: &PgPool) -> Result<()> {
 pub struct QueuedRef {
     pub id: Uuid,
     pub tenant_id: Uuid,
+    /// Its route (see [`Job::route`]).
     pub model: String,
     pub lane: String,
     pub created_at: DateTime<Utc>,
@@ -472,7 +479,7 @@ pub struct QueuedRef {
 /// Every queued job, oldest first: the scheduler's state after a restart.
 pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
     Ok(sqlx::query_as::<_, QueuedRef>(
-        "SELECT id, tenant_id, model, lane, created_at, reply_to FROM jobs WHERE status = 'queued' ORDER BY created_at, id",
+        "SELECT id, tenant_id, CASE WHEN model_version IS NULL THEN model ELSE model || '@' || model_version END AS model, lane, created_at, reply_to FROM jobs WHERE status = 'queued' ORDER BY created_at, id",
     )
     .fetch_all(pool)
     .await?)
@@ -492,7 +499,7 @@ pub struct ActiveRef {
 /// Every job held by a worker.
 pub async fn active(pool: &PgPool) -> Result<Vec<ActiveRef>> {
     Ok(sqlx::query_as::<_, ActiveRef>(
-        "SELECT id, tenant_id, worker_id, attempts, model, dispatched_at FROM jobs
+        "SELECT id, tenant_id, worker_id, attempts, CASE WHEN model_version IS NULL THEN model ELSE model || '@' || model_version END AS model, dispatched_at FROM jobs
          WHERE status IN ('dispatched', 'running') AND worker_id IS NOT NULL",
     )
     .fetch_all(pool)

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod keys;
 pub mod queue;
 pub mod quotas;
+pub mod registry;
 pub mod tenants;
 pub mod usage;
 pub mod workers;

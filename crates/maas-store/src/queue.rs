@@ -61,19 +61,26 @@ pub async fn standing(
     job_id: Uuid,
     tenant_id: Uuid,
     model: &str,
+    version: Option<&str>,
     lane: &str,
     created_at: DateTime<Utc>,
 ) -> Result<Standing> {
+    // The queue is the version's: its jobs, the slots offered for it.
+    let route = match version {
+        Some(v) => format!("{model}@{v}"),
+        None => model.to_owned(),
+    };
     let rows = sqlx::query_as::<_, LaneCount>(
         "SELECT j.tenant_id, j.lane, t.weight, count(*) AS queued,
                 count(*) FILTER (WHERE (j.created_at, j.id) < ($2, $3)) AS older
          FROM jobs j JOIN tenants t ON t.id = j.tenant_id
-         WHERE j.status = 'queued' AND j.model = $1
+         WHERE j.status = 'queued' AND j.model = $1 AND j.model_version IS NOT DISTINCT FROM $4
          GROUP BY j.tenant_id, j.lane, t.weight",
     )
     .bind(model)
     .bind(created_at)
     .bind(job_id)
+    .bind(version)
     .fetch_all(pool)
     .await?;
     let position = jobs_ahead(&rows, tenant_id, lane) + 1;
@@ -85,7 +92,7 @@ pub async fn standing(
         .into_iter()
         .filter_map(|m| serde_json::from_value::<Vec<ModelSlots>>(m).ok())
         .flatten()
-        .filter(|s| s.model == model)
+        .filter(|s| s.model == route)
         .map(|s| i64::from(s.slots))
         .sum();
     let mean_ms: Option<f64> = sqlx::query_scalar(

@@ -87,6 +87,7 @@ impl Application {
             reply_queue,
             outbox,
             served: Default::default(),
+            registry: Default::default(),
             quotas: Default::default(),
             key_touches: Default::default(),
         };

@@ -9,11 +9,12 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 use maas_core::messages::{CancelJob, JobSubmitted};
-use maas_core::models::{JobInput, ModelName};
+use maas_core::models::JobInput;
 use maas_core::Code;
 use maas_core::{JobMode, Lane};
 use maas_mq::PublishOpts;
 use maas_store::jobs::{self, Job, NewJob};
+use maas_store::registry::Resolved;
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
@@ -22,7 +23,8 @@ use uuid::Uuid;
 pub const ENQUEUE_FAILED: &str = "enqueue_failed";
 
 pub struct Submission<'a> {
-    pub model: &'a ModelName,
+    /// The exact version that will run it.
+    pub model: &'a Resolved,
     /// Parsed and checked against the model's kind already.
     pub input: &'a JobInput,
     pub mode: JobMode,
@@ -147,10 +149,13 @@ pub async fn submit(
     principal: &Principal,
     sub: Submission<'_>,
 ) -> Result<Submitted, ApiError> {
-    if !state.served.contains(&state.db, sub.model.as_str()).await? {
-        return Err(ApiError::ModelUnavailable {
-            model: sub.model.as_str().to_owned(),
-        });
+    let route = sub.model.route();
+    if !state
+        .served
+        .contains(&state.db, &route, state.registry.read_at())
+        .await?
+    {
+        return Err(ApiError::ModelUnavailable { model: route });
     }
     // A sync caller is answered by a worker through the broker: with the
     // broker away it gets a quick 503 instead of a wait that cannot end
@@ -171,7 +176,8 @@ pub async fn submit(
         NewJob {
             tenant_id: principal.tenant_id,
             key_id: Some(principal.key_id),
-            model: sub.model.as_str(),
+            model: &sub.model.model,
+            model_version: Some(&sub.model.version),
             mode: sub.mode,
             lane: sub.lane,
             input: &stored,
@@ -220,8 +226,8 @@ pub async fn submit(
     tracing::Span::current().record("job_id", job.id.to_string());
     crate::observe::JOBS_SUBMITTED
         .with_label_values(&[
-            &job.model,
-            &job.mode,
+            job.model.as_str(),
+            job.mode.as_str(),
             &maas_core::metrics::tenant_label(job.tenant_id),
         ])
         .inc();
@@ -239,7 +245,7 @@ pub async fn submit(
     let msg = JobSubmitted {
         job_id: job.id,
         tenant_id: job.tenant_id,
-        model: job.model.clone(),
+        model: job.route(),
         lane: sub.lane,
         created_at: job.created_at,
         reply_to: waiter.as_ref().map(|_| state.reply_queue.clone()),
@@ -321,12 +327,12 @@ pub async fn submit(
                 tracing::warn!(job_id = %current.id, error = %e, "could not read the job; still waiting")
             }
         }
-        if current.status().is_terminal() || tokio::time::Instant::now() >= deadline {
+        if current.status.is_terminal() || tokio::time::Instant::now() >= deadline {
             break;
         }
     }
     guard.state = None;
-    if !current.status().is_terminal() {
+    if !current.status.is_terminal() {
         // The caller leaves with a job id to poll: the row (inserted with a
         // relaxed commit) must outlive a crash of the database host now.
         if let Err(e) = jobs::flush_wal(&state.db).await {
@@ -355,7 +361,7 @@ pub(crate) async fn completed(
     invalid_param: Option<&str>,
 ) -> Result<Job, ApiError> {
     use maas_core::JobStatus;
-    match job.status() {
+    match job.status {
         JobStatus::Succeeded => Ok(job),
         JobStatus::Failed => {
             let code = job
@@ -386,7 +392,7 @@ pub(crate) async fn completed(
             })
         }
         JobStatus::Cancelled | JobStatus::Expired => Err(ApiError::Conflict {
-            message: format!("the job was {}", job.status()),
+            message: format!("the job was {}", job.status),
             code: Code::JobNotCompleted,
         }),
         JobStatus::Queued | JobStatus::Dispatched | JobStatus::Running => {

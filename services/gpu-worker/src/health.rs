@@ -1,17 +1,16 @@
 //! `/healthz` (alive) and `/readyz` (broker connected and every model
 //! healthy; an unhealthy model is named with its reason).
 
-use crate::runtime::{Health, Runtime};
+use crate::runtime::{Health, Loaded};
 use actix_web::{web, HttpResponse};
 use maas_mq::Broker;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct HealthState {
     pub broker: Arc<Broker>,
     pub worker_id: String,
-    pub runtimes: HashMap<String, Arc<dyn Runtime>>,
+    pub loaded: Loaded,
     /// `POST /debug/panic/{model}` is served (tests only).
     pub faults: bool,
 }
@@ -37,18 +36,16 @@ async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
     let connected = state.broker.is_connected();
     let mut models = Map::new();
     let mut unhealthy = Vec::new();
-    let mut names: Vec<&String> = state.runtimes.keys().collect();
-    names.sort();
-    for name in names {
-        let health = state.runtimes[name].health().borrow().clone();
-        let view = match health {
-            Health::Ready => json!({"state": "ready"}),
-            Health::Failed(reason) => {
-                unhealthy.push(Value::String(format!("{name}: {reason}")));
-                json!({"state": "failed", "reason": reason})
-            }
-        };
-        models.insert(name.clone(), view);
+    // Each version's state here (loading, warming, ready, draining, failed,
+    // unloaded); a runtime whose thread died is `failed` whatever it was.
+    for (key, st) in state.loaded.states() {
+        models.insert(key, json!({"state": st.state, "reason": st.reason}));
+    }
+    for (key, rt, _) in state.loaded.all() {
+        if let Health::Failed(reason) = rt.health().borrow().clone() {
+            unhealthy.push(Value::String(format!("{key}: {reason}")));
+            models.insert(key, json!({"state": "failed", "reason": reason}));
+        }
     }
     let ready = connected && unhealthy.is_empty();
     let body = json!({
@@ -70,7 +67,15 @@ async fn inject_panic(state: web::Data<HealthState>, model: web::Path<String>) -
     if !state.faults {
         return HttpResponse::NotFound().json(json!({"error": "fault injection is off"}));
     }
-    match state.runtimes.get(model.as_str()) {
+    // `name@version`, or a bare name for every version of it.
+    let targets: Vec<_> = state
+        .loaded
+        .all()
+        .into_iter()
+        .filter(|(k, _, _)| k == model.as_str() || k.split('@').next() == Some(model.as_str()))
+        .map(|(_, r, _)| r)
+        .collect();
+    match targets.first() {
         Some(r) => {
             tracing::warn!(model = %model, "fault injected: the model's next job panics its thread");
             r.panic_next();

@@ -12,6 +12,7 @@
 
 pub mod actors;
 pub mod health;
+pub mod loader;
 pub mod metrics;
 pub mod models;
 pub mod runtime;

@@ -58,8 +58,8 @@ pub static END_TO_END: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static INFERENCE: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram(
         "maas_job_inference_seconds",
-        "Time a job spent running on its worker, by model",
-        &["model"],
+        "Time a job spent running on its worker, by model and version",
+        &["model", "version"],
         metrics::LATENCY_BUCKETS,
     )
 });
@@ -67,8 +67,8 @@ pub static INFERENCE: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "maas_worker_jobs_total",
-        "Attempts that ended on this worker, by model and outcome (succeeded, failed, cancelled, dropped)",
-        &["model", "outcome"]
+        "Attempts that ended on this worker, by model, version and outcome (succeeded, failed, cancelled, dropped)",
+        &["model", "version", "outcome"]
     )
     .expect("metric registers once")
 });
@@ -85,8 +85,8 @@ pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static SLOTS_BUSY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "maas_worker_slots_busy",
-        "Jobs this worker is running now, by model",
-        &["model"]
+        "Jobs this worker is running now, by model and version",
+        &["model", "version"]
     )
     .expect("metric registers once")
 });
@@ -94,8 +94,8 @@ pub static SLOTS_BUSY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static SLOTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "maas_worker_slots",
-        "Slots this worker offers, by model",
-        &["model"]
+        "Slots this worker offers, by model and version",
+        &["model", "version"]
     )
     .expect("metric registers once")
 });

@@ -8,7 +8,7 @@
 //! advertising its slots at once and `/readyz` says why.
 //!
 //! Adding a model kind: a [`maas_core::models::ModelKind`] variant, its
-//! input type, and a runtime here; [`load`] and [`warm_up_input`] are the
+//! input type, and a runtime here; [`open`] and [`warm_up_input`] are the
 //! places in the worker that the compiler then points at.
 
 use crate::actors::batcher::{BatchConfig, EmbedderHandle};
@@ -17,11 +17,12 @@ use crate::models::echo::EchoRuntime;
 use crate::models::{CancelFlag, ModelError, ModelOutput};
 use crate::settings::{Slots, WorkerSettings};
 use futures_util::future::BoxFuture;
-use maas_core::models::{
-    CatalogueEntry, EchoInput, EmbedInput, EmbeddingItem, JobInput, ModelKind,
-};
+use maas_core::messages::ModelSlots;
+use maas_core::models::{EchoInput, EmbedInput, EmbeddingItem, JobInput, ModelKind};
 use maas_core::trace::TraceParent;
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvError, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -238,102 +239,277 @@ pub fn warm_up_input(kind: ModelKind) -> JobInput {
     }
 }
 
-/// Loads a catalogue model from `MAAS_MODELS_DIR` and warms it up. `Ok(None)`:
-/// its files are not there (a warning, not an error).
-pub async fn load(
-    entry: &CatalogueEntry,
+/// One registered version, as a worker needs it to load it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSpec {
+    pub model: String,
+    pub version: String,
+    pub kind: ModelKind,
+    /// Relative to `MAAS_MODELS_DIR`; `None`: built in.
+    pub path: Option<String>,
+    /// The pinned sha256 of its files, if any.
+    pub checksum: Option<String>,
+}
+
+impl VersionSpec {
+    /// `name@version`: what jobs are routed by and slots announced under.
+    pub fn key(&self) -> String {
+        maas_store::registry::route_key(&self.model, &self.version)
+    }
+}
+
+/// A version's path under the models folder: relative, without `..`.
+pub fn files_of(settings: &WorkerSettings, spec: &VersionSpec) -> Result<Option<PathBuf>, String> {
+    let Some(rel) = &spec.path else {
+        return Ok(None);
+    };
+    let p = Path::new(rel);
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "the path '{rel}' must be relative to MAAS_MODELS_DIR, without '..'"
+        ));
+    }
+    Ok(Some(settings.models_dir.join(p)))
+}
+
+/// sha256 over a version's files: a file's bytes, or for a folder every
+/// file under it in path order, each as its relative path, a NUL, its length
+/// and its bytes.
+pub fn checksum(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                files(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut list = Vec::new();
+    if path.is_dir() {
+        files(path, &mut list)?;
+        list.sort();
+    } else {
+        list.push(path.to_path_buf());
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in list {
+        if path.is_dir() {
+            let rel = f.strip_prefix(path).unwrap_or(&f);
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update([0]);
+            h.update(std::fs::metadata(&f)?.len().to_le_bytes());
+        }
+        let mut file = std::fs::File::open(&f)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Opens a version's files and starts its runtime (state `loading`). The
+/// error is the reason shown for a `failed` version.
+pub async fn open(
+    spec: &VersionSpec,
     settings: &WorkerSettings,
     slots: &Slots,
-) -> anyhow::Result<Option<Arc<dyn Runtime>>> {
-    let device: maas_models::Device = settings.device.parse().map_err(anyhow::Error::msg)?;
-    let path = entry.path.map(|p| settings.models_dir.join(p));
-    let present = match (&path, entry.kind) {
-        (None, _) => true,
-        (Some(p), ModelKind::Embedder) => p.join("model.safetensors").is_file(),
-        (Some(p), _) => p.is_file(),
+) -> Result<Arc<dyn Runtime>, String> {
+    let device: maas_models::Device = settings.device.parse().map_err(|e: String| e)?;
+    let path = files_of(settings, spec)?;
+    let key = spec.key();
+    let n = slots.for_model(&spec.model, spec.kind, settings.chat_max_seqs);
+    let blocking = |f: Box<dyn FnOnce() -> Result<Arc<dyn Runtime>, String> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| format!("the loading thread failed: {e}"))?
     };
-    if !present {
-        tracing::warn!(model = entry.name, path = ?path, "model files missing; not serving this model (run scripts/fetch-models)");
-        return Ok(None);
-    }
-    let name = entry.name.to_owned();
-    let n = slots.for_model(entry.name, entry.kind, settings.chat_max_seqs);
-    let t0 = Instant::now();
-    let runtime: Arc<dyn Runtime> = match entry.kind {
-        ModelKind::Echo => Arc::new(EchoRuntime::start(name, n)?),
+    match spec.kind {
+        ModelKind::Echo => EchoRuntime::start(key, n)
+            .map(|r| Arc::new(r) as Arc<dyn Runtime>)
+            .map_err(|e| e.to_string()),
         ModelKind::Embedder => {
-            let dir = path.clone().unwrap_or_default();
-            let embedder =
-                tokio::task::spawn_blocking(move || maas_models::Embedder::load_on(&dir, device))
-                    .await?;
-            let embedder = match embedder {
-                Ok(e) => e,
-                // A device that was asked for and does not work is a setup error.
-                Err(e) if device != maas_models::Device::Cpu => {
-                    anyhow::bail!("cannot load {} on {}: {e}", entry.name, settings.device)
-                }
-                Err(e) => {
-                    tracing::error!(model = entry.name, error = %e, "model files present but unusable; not serving this model");
-                    return Ok(None);
-                }
-            };
+            let dir = path.ok_or("an embedder version needs a path")?;
+            if !dir.join("model.safetensors").is_file() {
+                return Err(format!(
+                    "no model.safetensors in {} (run scripts/fetch-models)",
+                    dir.display()
+                ));
+            }
             let cfg = BatchConfig {
                 max_batch_tokens: settings.embed_max_batch_tokens.max(256),
                 max_wait: Duration::from_millis(settings.embed_max_wait_ms),
             };
-            Arc::new(EmbedderHandle::start(name, n, embedder, cfg)?)
+            blocking(Box::new(move || {
+                let e = maas_models::Embedder::load_on(&dir, device)
+                    .map_err(|e| format!("cannot load the embedder: {e}"))?;
+                EmbedderHandle::start(key, n, e, cfg)
+                    .map(|r| Arc::new(r) as Arc<dyn Runtime>)
+                    .map_err(|e| e.to_string())
+            }))
+            .await
         }
         ModelKind::Chat => {
-            let file = path.clone().unwrap_or_default();
-            let model =
-                tokio::task::spawn_blocking(move || maas_models::chat::ChatModel::load(&file))
-                    .await?;
-            let model = match model {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(model = entry.name, error = %e, "model file present but unusable; not serving this model");
-                    return Ok(None);
-                }
-            };
+            let file = path.ok_or("a chat version needs a path")?;
+            if !file.is_file() {
+                return Err(format!(
+                    "no model file at {} (run scripts/fetch-models)",
+                    file.display()
+                ));
+            }
             let cfg = maas_models::engine::EngineConfig {
                 max_seqs: settings.chat_max_seqs.max(1),
                 kv_budget_tokens: settings.chat_kv_budget_tokens,
                 step_tokens: settings.chat_step_tokens,
             };
-            tracing::info!(
-                model = entry.name,
-                max_seqs = cfg.max_seqs,
-                kv_budget_tokens = cfg.kv_budget_tokens,
-                step_tokens = cfg.step_tokens,
-                weights_mb = model.model.weight_bytes() / 1_000_000,
-                "chat engine"
-            );
-            Arc::new(ChatHandle::start(name, n, model, cfg)?)
+            blocking(Box::new(move || {
+                let m = maas_models::chat::ChatModel::load(&file)
+                    .map_err(|e| format!("cannot load the chat model: {e}"))?;
+                tracing::info!(
+                    model = %key,
+                    max_seqs = cfg.max_seqs,
+                    kv_budget_tokens = cfg.kv_budget_tokens,
+                    step_tokens = cfg.step_tokens,
+                    weights_mb = m.model.weight_bytes() / 1_000_000,
+                    "chat engine"
+                );
+                ChatHandle::start(key, n, m, cfg)
+                    .map(|r| Arc::new(r) as Arc<dyn Runtime>)
+                    .map_err(|e| e.to_string())
+            }))
+            .await
         }
-    };
-    // Warm-up: one job through the runtime itself before it is announced.
-    match runtime
+    }
+}
+
+/// Warm-up (state `warming`): one job through the runtime itself, before
+/// its slots are offered.
+pub async fn warm_up(runtime: &Arc<dyn Runtime>) -> Result<(), String> {
+    runtime
         .run(
-            warm_up_input(entry.kind),
+            warm_up_input(runtime.kind()),
             JobContext::new(CancelFlag::default()),
         )
         .await
-    {
-        Ok(_) => {
-            tracing::info!(model = entry.name, kind = entry.kind.as_str(), device = %settings.device, slots = n, load_ms = t0.elapsed().as_millis() as u64, "model loaded and warmed up");
-            Ok(Some(runtime))
+        .map(|_| ())
+        .map_err(|e| format!("warm-up failed: {e}"))
+}
+
+/// A version's state on this worker, as the index shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionState {
+    pub state: &'static str,
+    pub reason: Option<String>,
+}
+
+/// The runtimes this worker holds, shared by the supervisor (dispatch and
+/// heartbeats), the loader (load, drain, unload) and the health endpoints.
+#[derive(Clone, Default)]
+pub struct Loaded {
+    inner: Arc<std::sync::RwLock<LoadedInner>>,
+    /// Something changed that the next heartbeat should say (a version
+    /// became ready or draining, a runtime's health changed).
+    pub changed: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct LoadedInner {
+    runtimes: HashMap<String, (Arc<dyn Runtime>, bool)>,
+    states: HashMap<String, VersionState>,
+}
+
+impl Loaded {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, LoadedInner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, LoadedInner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runtime of `key`, draining or not (dispatched jobs still run).
+    pub fn get(&self, key: &str) -> Option<Arc<dyn Runtime>> {
+        self.read().runtimes.get(key).map(|(r, _)| r.clone())
+    }
+
+    /// Every runtime with whether it drains.
+    pub fn all(&self) -> Vec<(String, Arc<dyn Runtime>, bool)> {
+        self.read()
+            .runtimes
+            .iter()
+            .map(|(k, (r, d))| (k.clone(), r.clone(), *d))
+            .collect()
+    }
+
+    /// Slots offered: those of every healthy runtime that is not draining.
+    pub fn offered(&self) -> Vec<ModelSlots> {
+        let mut out: Vec<ModelSlots> = self
+            .read()
+            .runtimes
+            .iter()
+            .filter(|(_, (r, draining))| !draining && r.health().borrow().is_ready())
+            .map(|(k, (r, _))| ModelSlots {
+                model: k.clone(),
+                slots: r.slots(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.model.cmp(&b.model));
+        out
+    }
+
+    pub fn insert(&self, key: String, runtime: Arc<dyn Runtime>) {
+        // Its health changes reach the next heartbeat at once.
+        let (mut health, changed) = (runtime.health(), self.changed.clone());
+        tokio::spawn(async move {
+            while health.changed().await.is_ok() {
+                tracing::warn!(health = ?*health.borrow_and_update(), "model health changed");
+                changed.notify_one();
+            }
+        });
+        self.write().runtimes.insert(key, (runtime, false));
+        self.changed.notify_one();
+    }
+
+    /// Stops offering `key`; jobs already dispatched still run.
+    pub fn drain(&self, key: &str) {
+        if let Some((_, d)) = self.write().runtimes.get_mut(key) {
+            *d = true;
         }
-        Err(e) if device != maas_models::Device::Cpu && entry.kind == ModelKind::Embedder => {
-            anyhow::bail!(
-                "warm-up of {} on {} failed: {e}",
-                entry.name,
-                settings.device
-            )
-        }
-        Err(e) => {
-            tracing::error!(model = entry.name, error = %e, "warm-up failed; not serving this model");
-            Ok(None)
-        }
+        self.changed.notify_one();
+    }
+
+    pub fn remove(&self, key: &str) {
+        self.write().runtimes.remove(key);
+        self.changed.notify_one();
+    }
+
+    pub fn set_state(&self, key: &str, state: &'static str, reason: Option<String>) {
+        self.write()
+            .states
+            .insert(key.to_owned(), VersionState { state, reason });
+    }
+
+    pub fn states(&self) -> Vec<(String, VersionState)> {
+        let mut v: Vec<_> = self
+            .read()
+            .states
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 }
 

@@ -92,6 +92,11 @@ pub struct WorkerSettings {
     /// which makes that model's thread panic on its next job.
     #[arg(long, env = "MAAS_WORKER_FAULTS", default_value_t = false)]
     pub faults: bool,
+
+    /// How often the worker compares what it has loaded with the registry
+    /// (versions to load, to drain, to unload).
+    #[arg(long, env = "MAAS_WORKER_RECONCILE_MS", default_value_t = 1_000)]
+    pub reconcile_ms: u64,
 }
 
 /// 32 MiB: twice the largest embeddings output the API admits (2,048 vectors

@@ -5,7 +5,8 @@ use crate::actors::supervisor::{
     CancelRequested, Deps, Dispatched, Drain, Heartbeat, InFlight, Supervisor,
 };
 use crate::health::{self, HealthState};
-use crate::runtime::Runtime;
+use crate::loader::Loader;
+use crate::runtime::Loaded;
 use crate::settings::{Slots, WorkerSettings};
 use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
@@ -16,7 +17,6 @@ use maas_mq::lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use maas_mq::lapin::types::FieldTable;
 use maas_mq::{Broker, BrokerConfig, Link, MqError, PublishOpts};
 use maas_store::cache::Cache;
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,8 @@ pub struct Worker {
     settings: WorkerSettings,
     worker_id: String,
     deps: Deps,
-    runtimes: HashMap<String, Arc<dyn Runtime>>,
+    slots: Slots,
+    loaded: Loaded,
     listener: TcpListener,
     port: u16,
 }
@@ -62,14 +63,6 @@ impl Worker {
             &format!("maas-worker-{worker_id}"),
         ))
         .context("the RabbitMQ URL")?;
-        // Every catalogue model whose files are here, loaded and warmed up
-        // before the first heartbeat.
-        let mut runtimes: HashMap<String, Arc<dyn Runtime>> = HashMap::new();
-        for entry in &maas_core::models::CATALOGUE {
-            if let Some(r) = crate::runtime::load(entry, &settings, &slot_cfg).await? {
-                runtimes.insert(entry.name.to_owned(), r);
-            }
-        }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -85,7 +78,8 @@ impl Worker {
             settings,
             worker_id,
             deps,
-            runtimes,
+            slots: slot_cfg,
+            loaded: Loaded::default(),
             listener,
             port,
         })
@@ -106,19 +100,52 @@ impl Worker {
         let broker = self.deps.broker.clone();
         let names = broker.names.clone();
 
+        // Health first: the endpoints answer while models load.
+        let health = web::Data::new(HealthState {
+            broker: broker.clone(),
+            worker_id: self.worker_id.clone(),
+            loaded: self.loaded.clone(),
+            faults: self.settings.faults,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(health.clone())
+                .configure(health::config)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(self.listener)?
+        .run();
+        let server_handle = server.handle();
+        actix_web::rt::spawn(server);
+
+        // What the registry asks for is loaded and warmed up before the
+        // worker announces itself (waiting for Postgres if need be); from
+        // then on, loads and unloads happen while it serves.
+        let mut loader = Loader::new(
+            self.deps.db.clone(),
+            self.worker_id.clone(),
+            self.settings.clone(),
+            self.slots.clone(),
+            self.loaded.clone(),
+        );
+        loader.initial().await;
+
         let supervisor = Supervisor::new(
             self.deps.clone(),
-            self.runtimes.clone(),
+            self.loaded.clone(),
             Duration::from_millis(self.settings.heartbeat_ms),
         )
         .start();
+        actix_web::rt::spawn(loader.run_forever(supervisor.clone()));
 
         // The private queues and their consumers, set up again on every
         // broker link; a heartbeat follows each setup at once, so the
         // scheduler sees this worker (and the attempts it still holds) as
         // soon as the queues exist.
-        let total_slots: u32 = self.runtimes.values().map(|r| r.slots()).sum();
-        let prefetch = total_slots.clamp(1, u16::MAX as u32) as u16;
+        // Versions loaded later add slots: leave room for them.
+        let total_slots: u32 = self.loaded.offered().iter().map(|s| s.slots).sum();
+        let prefetch = total_slots.clamp(256, u16::MAX as u32) as u16;
         let (drain_tx, drain_rx) = watch::channel(false);
         let consumer =
             actix_web::rt::spawn(maas_mq::consume_forever(broker.clone(), "dispatches", {
@@ -135,24 +162,6 @@ impl Worker {
                     )
                 }
             }));
-
-        let health = web::Data::new(HealthState {
-            broker: broker.clone(),
-            worker_id: self.worker_id.clone(),
-            runtimes: self.runtimes.clone(),
-            faults: self.settings.faults,
-        });
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(health.clone())
-                .configure(health::config)
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(self.listener)?
-        .run();
-        let server_handle = server.handle();
-        actix_web::rt::spawn(server);
 
         maas_core::shutdown::signal().await;
         tracing::info!("draining: no new jobs; running ones may finish");

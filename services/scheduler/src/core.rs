@@ -431,7 +431,7 @@ impl Core {
                 continue;
             };
             let ours = job.worker_id.as_deref() == Some(worker_id) && job.attempts == attempt;
-            if ours && !job.status().is_terminal() {
+            if ours && !job.status.is_terminal() {
                 tracing::warn!(%job_id, worker_id, "dispatch never reached its worker; queued again");
                 if let Some(back) = jobs::requeue(&self.db, job_id, worker_id).await? {
                     self.cache_put(&back);
@@ -463,7 +463,7 @@ impl Core {
         let Some(job) = jobs::get(&self.db, job_id).await? else {
             return Ok(());
         };
-        if job.status == "running" && job.starts >= self.settings.max_attempts {
+        if job.status == maas_core::JobStatus::Running && job.starts >= self.settings.max_attempts {
             let error = json!({
                 "code": Code::WorkerLost,
                 "message": format!("the job's worker was lost {} times; giving up", job.starts),
@@ -494,11 +494,11 @@ impl Core {
         let q = QueuedJob {
             id: job.id,
             tenant_id: job.tenant_id,
-            lane: job.lane(),
+            lane: job.lane,
             enqueued_at: Self::instant_of(job.created_at),
             reply_to: job.reply_to.clone(),
         };
-        self.enqueue(q, &job.model, front);
+        self.enqueue(q, &job.route(), front);
     }
 
     async fn dead_letter(&self, job: &Job) {
@@ -580,12 +580,14 @@ impl Core {
                 // worker's spans follow from the dispatch.
                 let now = SystemTime::now();
                 let waited = (Utc::now() - job.created_at).to_std().unwrap_or_default();
+                let version = job.model_version.as_deref().unwrap_or("");
                 crate::metrics::QUEUE_WAIT
-                    .with_label_values(&[&job.model, &job.lane])
+                    .with_label_values(&[job.model.as_str(), version, job.lane.as_str()])
                     .observe(waited.as_secs_f64());
                 crate::metrics::DISPATCHES
                     .with_label_values(&[
-                        &job.model,
+                        job.model.as_str(),
+                        version,
                         &maas_core::metrics::tenant_label(job.tenant_id),
                     ])
                     .inc();
@@ -595,6 +597,10 @@ impl Core {
                             vec![
                                 KeyValue::new("job.id", job.id.to_string()),
                                 KeyValue::new("model", job.model.clone()),
+                                KeyValue::new(
+                                    "model.version",
+                                    job.model_version.clone().unwrap_or_default(),
+                                ),
                             ]
                         };
                         let created = now.checked_sub(waited).unwrap_or(now);
@@ -624,7 +630,7 @@ impl Core {
                     tenant_id: job.tenant_id,
                     key_id: job.key_id,
                     attempt: job.attempts,
-                    model: job.model.clone(),
+                    model: job.route(),
                     input: job.input.clone().unwrap_or_default(),
                     reply_to: next.reply_to.clone(),
                 };
@@ -634,7 +640,7 @@ impl Core {
                         job.id,
                         Assigned {
                             tenant_id: job.tenant_id,
-                            model: job.model.clone(),
+                            model: job.route(),
                             attempt: job.attempts,
                             at: Utc::now(),
                         },
@@ -671,10 +677,11 @@ impl Core {
 
     /// Queue depth and slot use, as of now.
     fn publish_gauges(&self) {
-        for (model, q) in &self.queues {
+        for (route, q) in &self.queues {
+            let (model, version) = maas_core::metrics::model_labels(route);
             for lane in [Lane::Interactive, Lane::Batch] {
                 crate::metrics::QUEUE_DEPTH
-                    .with_label_values(&[model, lane.as_str()])
+                    .with_label_values(&[model, version, lane.as_str()])
                     .set(q.lane_len(lane) as i64);
             }
         }
@@ -687,12 +694,13 @@ impl Core {
                 slots.entry(&a.model).or_default().1 += 1;
             }
         }
-        for (model, (total, used)) in slots {
+        for (route, (total, used)) in slots {
+            let (model, version) = maas_core::metrics::model_labels(route);
             crate::metrics::SLOTS
-                .with_label_values(&[model, "total"])
+                .with_label_values(&[model, version, "total"])
                 .set(total);
             crate::metrics::SLOTS
-                .with_label_values(&[model, "used"])
+                .with_label_values(&[model, version, "used"])
                 .set(used);
         }
     }
@@ -718,7 +726,7 @@ impl Core {
         for job in jobs::expire_stale(&self.db, self.settings.job_expiry_secs).await? {
             tracing::info!(job_id = %job.id, "job expired before it started");
             crate::metrics::EXPIRED
-                .with_label_values(&[&job.model])
+                .with_label_values(&[&job.model, job.model_version.as_deref().unwrap_or("")])
                 .inc();
             self.cache_put(&job);
         }

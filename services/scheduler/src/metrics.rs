@@ -10,7 +10,7 @@ pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "maas_queue_depth",
         "Jobs waiting in the scheduler's queues, by model and lane",
-        &["model", "lane"]
+        &["model", "version", "lane"]
     )
     .expect("metric registers once")
 });
@@ -19,7 +19,7 @@ pub static QUEUE_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "maas_queue_wait_seconds",
         "From a job's creation to its dispatch to a worker, by model and lane",
-        &["model", "lane"],
+        &["model", "version", "lane"],
         metrics::LATENCY_BUCKETS.to_vec()
     )
     .expect("metric registers once")
@@ -29,7 +29,7 @@ pub static DISPATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "maas_dispatches_total",
         "Jobs dispatched to workers, by model and tenant",
-        &["model", "tenant"]
+        &["model", "version", "tenant"]
     )
     .expect("metric registers once")
 });
@@ -38,7 +38,7 @@ pub static SLOTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "maas_scheduler_slots",
         "Worker slots the scheduler knows of, by model and state (total, used)",
-        &["model", "state"]
+        &["model", "version", "state"]
     )
     .expect("metric registers once")
 });
@@ -56,7 +56,7 @@ pub static EXPIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "maas_jobs_expired_total",
         "Jobs that expired in the queue, by model",
-        &["model"]
+        &["model", "version"]
     )
     .expect("metric registers once")
 });

@@ -50,7 +50,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn audit(
+pub(crate) async fn audit(
     state: &AppState,
     admin: &Admin,
     action: &str,
@@ -239,13 +239,14 @@ pub async fn put_tenant_models(
                     Some("allow"),
                 ));
             }
+            let snap = state.registry.get(&state.db).await?;
             let mut names: Vec<String> = Vec::with_capacity(list.len());
             for m in list {
-                let model = maas_core::models::ModelName::parse(m).ok_or_else(|| {
+                let model = snap.model(m).ok_or_else(|| {
                     ApiError::invalid(format!("unknown model '{m}'"), Some("allow"))
                 })?;
-                if !names.iter().any(|n| n == model.as_str()) {
-                    names.push(model.as_str().to_owned());
+                if !names.contains(&model.name) {
+                    names.push(model.name.clone());
                 }
             }
             Some(names)
@@ -329,7 +330,8 @@ pub async fn create_key(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant_or_404(&state, &path).await?;
     if let Some(s) = &body.scopes {
-        validate_scopes(s)?;
+        let snap = state.registry.get(&state.db).await?;
+        validate_scopes(s, &|m| snap.model(m).is_some())?;
     }
     if body.expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::invalid(

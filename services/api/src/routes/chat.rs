@@ -89,11 +89,14 @@ async fn generate(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let model = super::parse_model(principal, &body.model)?;
-    principal.require(family, Some(&model))?;
-    if !model.kind().capabilities().generates {
+    let model = super::resolve_model(state, principal, &body.model).await?;
+    principal.require(family, Some(&model.model))?;
+    if !model.kind.capabilities().generates {
         return Err(ApiError::InvalidRequest {
-            message: format!("the model '{}' does not generate text", model.as_str()),
+            message: format!(
+                "the model '{}' does not generate text",
+                model.model.as_str()
+            ),
             param: Some("model".into()),
             code: Code::ModelNotSupported,
         });
@@ -142,14 +145,14 @@ async fn generate(
         s @ Submitted::Streaming { .. } => {
             return Ok(Generated::Streaming(
                 s,
-                model.as_str().to_owned(),
+                model.model.as_str().to_owned(),
                 include_usage,
             ))
         }
         Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
     };
     let job = completed(state, principal.tenant_id, job, None).await?;
-    Ok(Generated::Done(job, model.as_str().to_owned()))
+    Ok(Generated::Done(job, model.model.as_str().to_owned()))
 }
 
 /// How many alternatives per token the request asks logprobs for, if any.
@@ -369,11 +372,11 @@ async fn stream_check(
         // A passing read error says nothing about the job: keep waiting.
         Err(_) => return StreamCheck::Going,
     };
-    if job.status().is_terminal() {
+    if job.status.is_terminal() {
         return StreamCheck::Ended;
     }
     match streamed {
-        Some(a) if job.attempts != a || job.status() == JobStatus::Queued => StreamCheck::Restarted,
+        Some(a) if job.attempts != a || job.status == JobStatus::Queued => StreamCheck::Restarted,
         _ => StreamCheck::Going,
     }
 }
@@ -522,7 +525,7 @@ fn sse(
                             .flatten();
                         match job.as_ref().map(|j| {
                             (
-                                j.status(),
+                                j.status,
                                 j.output.clone().unwrap_or_default(),
                                 j.error.clone(),
                             )

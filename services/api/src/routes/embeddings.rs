@@ -63,11 +63,14 @@ pub async fn create_embeddings(
     body: web::Json<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let model = super::parse_model(&principal, &body.model)?;
-    principal.require("embeddings", Some(&model))?;
-    if !model.kind().capabilities().embeds {
+    let model = super::resolve_model(&state, &principal, &body.model).await?;
+    principal.require("embeddings", Some(&model.model))?;
+    if !model.kind.capabilities().embeds {
         return Err(ApiError::InvalidRequest {
-            message: format!("the model '{}' does not produce embeddings", model.as_str()),
+            message: format!(
+                "the model '{}' does not produce embeddings",
+                model.model.as_str()
+            ),
             param: Some("model".into()),
             code: Code::ModelNotSupported,
         });
@@ -89,7 +92,7 @@ pub async fn create_embeddings(
         ));
     }
     let input = model
-        .kind()
+        .kind
         .parse_input(&json!({"input": body.input}))
         .map_err(|e| ApiError::invalid(e.message, Some("input")))?;
     let sub = Submission {
@@ -135,7 +138,7 @@ pub async fn create_embeddings(
     Ok(HttpResponse::Ok().json(EmbeddingsResponse {
         object: "list",
         data,
-        model: model.as_str().to_owned(),
+        model: model.model.as_str().to_owned(),
         usage: json!({"prompt_tokens": tokens, "total_tokens": tokens}),
     }))
 }

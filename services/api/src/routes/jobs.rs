@@ -52,9 +52,11 @@ pub struct JobView {
     /// Always `job`.
     pub object: &'static str,
     pub model: String,
+    /// The exact version of the model that runs (ran) the job.
+    pub model_version: Option<String>,
     pub status: JobStatus,
-    pub mode: String,
-    pub priority: String,
+    pub mode: JobMode,
+    pub priority: Lane,
     #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
     #[schema(value_type = Option<Object>)]
@@ -79,9 +81,10 @@ impl From<&Job> for JobView {
             id: j.id,
             object: "job",
             model: j.model.clone(),
-            status: j.status(),
-            mode: j.mode.clone(),
-            priority: j.lane.clone(),
+            model_version: j.model_version.clone(),
+            status: j.status,
+            mode: j.mode,
+            priority: j.lane,
             input: j.input.clone(),
             output: j.output.clone(),
             error: j.error.clone(),
@@ -106,7 +109,7 @@ pub(crate) fn accepted(job: &Job) -> HttpResponse {
 }
 
 pub(crate) fn finished_or_accepted(job: &Job) -> HttpResponse {
-    if job.status().is_terminal() {
+    if job.status.is_terminal() {
         HttpResponse::Ok().json(JobView::from(job))
     } else {
         accepted(job)
@@ -157,8 +160,8 @@ pub async fn create_job(
     body: web::Json<CreateJob>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let model = super::parse_model(&principal, &body.model)?;
-    principal.require("jobs", Some(&model))?;
+    let model = super::resolve_model(&state, &principal, &body.model).await?;
+    principal.require("jobs", Some(&model.model))?;
     let input = super::parse_input(&model, &body.input)?;
     let timeout_ms = match (body.mode, body.timeout_ms) {
         (JobMode::Async, Some(_)) => {
@@ -190,7 +193,7 @@ pub async fn create_job(
     };
     Ok(match submit(&state, &principal, sub).await? {
         // Same Idempotency-Key: replay the first answer from the job as it stands.
-        Submitted::Replayed(job) => match JobMode::parse(&job.mode) {
+        Submitted::Replayed(job) => match Some(job.mode) {
             Some(JobMode::Sync) => finished_or_accepted(&job),
             _ => accepted(&job),
         },
@@ -213,14 +216,15 @@ pub async fn get_job(
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
     let mut view = JobView::from(&job);
-    if job.status() == JobStatus::Queued {
+    if job.status == JobStatus::Queued {
         view.queue = Some(
             maas_store::queue::standing(
                 &state.db,
                 job.id,
                 job.tenant_id,
                 &job.model,
-                &job.lane,
+                job.model_version.as_deref(),
+                job.lane.as_str(),
                 job.created_at,
             )
             .await?,
@@ -308,13 +312,13 @@ pub async fn cancel_job(
     let id = parse_id(&path, "job")?;
     match cancel(&state, id, principal.tenant_id).await? {
         Some(Ok(job)) => Ok(HttpResponse::Ok().json(JobView::from(&job))),
-        Some(Err(job)) if job.status() == JobStatus::Cancelled => {
+        Some(Err(job)) if job.status == JobStatus::Cancelled => {
             Ok(HttpResponse::Ok().json(JobView::from(&job)))
         }
         Some(Err(job)) => Err(ApiError::Conflict {
             message: format!(
                 "the job has already finished ({}) and cannot be cancelled",
-                job.status()
+                job.status
             ),
             code: Code::JobNotCancellable,
         }),

@@ -6,6 +6,7 @@ pub mod embeddings;
 pub mod health;
 pub mod jobs;
 pub mod models;
+pub mod registry;
 pub mod usage;
 
 use crate::error::ApiError;
@@ -20,6 +21,9 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     chat::config(cfg);
     models::config(cfg);
     usage::config(cfg);
+    // The registry's scope is longer than the admin scope's and must come first:
+    // a scope matches by prefix, so `/admin/v1` would otherwise answer for it.
+    registry::config(cfg);
     admin::config(cfg);
     cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::serve)));
     cfg.service(resource("/metrics").route(web::get().to(crate::observe::serve_metrics)));
@@ -43,28 +47,44 @@ pub async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
-/// A model name from a request body: 404 `model_not_found` outside the
-/// catalogue, and for a model the tenant may not use (the same answer: to
-/// such a tenant the model does not exist).
-pub fn parse_model(
+/// The 404 of a model string that names nothing this tenant may use.
+pub fn model_not_found(name: &str) -> ApiError {
+    ApiError::NotFound {
+        message: format!("the model '{name}' does not exist; see GET /v1/models"),
+        code: Code::ModelNotFound,
+    }
+}
+
+/// A model string from a request (`name`, `name:label` or `name@version`),
+/// resolved through the registry to the exact version that will run it:
+/// 404 `model_not_found` when it names nothing, and for a model the tenant
+/// may not use (the same answer: to such a tenant the model does not exist).
+pub async fn resolve_model(
+    state: &crate::state::AppState,
     principal: &crate::auth::Principal,
     name: &str,
-) -> Result<maas_core::models::ModelName, ApiError> {
-    maas_core::models::ModelName::parse(name)
-        .filter(|m| principal.may_use(m.as_str()))
-        .ok_or_else(|| ApiError::NotFound {
-            message: format!("the model '{name}' does not exist; see GET /v1/models"),
-            code: Code::ModelNotFound,
-        })
+) -> Result<maas_store::registry::Resolved, ApiError> {
+    let snap = state.registry.get(&state.db).await?;
+    let resolved = snap
+        .resolve(name)
+        .filter(|m| principal.may_use(&m.model))
+        .ok_or_else(|| model_not_found(name))?;
+    // A version named exactly but not loaded (any more) runs nowhere.
+    if !snap.is_loaded(&resolved.model, &resolved.version) {
+        return Err(ApiError::ModelUnavailable {
+            model: resolved.route(),
+        });
+    }
+    Ok(resolved)
 }
 
 /// A job's input for its model's kind, parsed and checked once, here.
 pub fn parse_input(
-    model: &maas_core::models::ModelName,
+    model: &maas_store::registry::Resolved,
     input: &serde_json::Value,
 ) -> Result<maas_core::models::JobInput, ApiError> {
     model
-        .kind()
+        .kind
         .parse_input(input)
         .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))
 }

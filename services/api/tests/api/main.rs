@@ -14,3 +14,4 @@ mod limits;
 mod maasctl;
 mod models;
 mod observability;
+mod registry;

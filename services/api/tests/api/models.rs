@@ -177,7 +177,7 @@ async fn a_model_thread_that_dies_is_reported_unhealthy_and_gets_no_more_work() 
     // Its readiness says why, and the registry no longer offers its echo slots.
     let (status, body) = readyz(&p, 0).await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["models"]["echo"]["state"], "failed", "{body}");
+    assert_eq!(body["models"]["echo@builtin"]["state"], "failed", "{body}");
     assert!(
         body["unhealthy"][0]
             .as_str()

@@ -327,7 +327,11 @@ async fn metrics_move_by_exactly_what_was_done() {
             &sched0,
             &sched1,
             "maas_queue_wait_seconds_count",
-            &[("model", "echo"), ("lane", "interactive")]
+            &[
+                ("model", "echo"),
+                ("version", "builtin"),
+                ("lane", "interactive")
+            ]
         ),
         6.0
     );
@@ -336,7 +340,7 @@ async fn metrics_move_by_exactly_what_was_done() {
             &sched0,
             &sched1,
             "maas_dispatches_total",
-            &[("model", "echo"), ("tenant", &a.id)]
+            &[("model", "echo"), ("version", "builtin"), ("tenant", &a.id)]
         ),
         5.0
     );
@@ -344,7 +348,11 @@ async fn metrics_move_by_exactly_what_was_done() {
         value(
             &sched1,
             "maas_queue_depth",
-            &[("model", "echo"), ("lane", "interactive")]
+            &[
+                ("model", "echo"),
+                ("version", "builtin"),
+                ("lane", "interactive")
+            ]
         ),
         0.0
     );
@@ -352,7 +360,11 @@ async fn metrics_move_by_exactly_what_was_done() {
         value(
             &sched1,
             "maas_scheduler_slots",
-            &[("model", "echo"), ("state", "total")]
+            &[
+                ("model", "echo"),
+                ("version", "builtin"),
+                ("state", "total")
+            ]
         ),
         4.0
     );
@@ -361,7 +373,11 @@ async fn metrics_move_by_exactly_what_was_done() {
             &worker0,
             &worker1,
             "maas_worker_jobs_total",
-            &[("model", "echo"), ("outcome", "succeeded")]
+            &[
+                ("model", "echo"),
+                ("version", "builtin"),
+                ("outcome", "succeeded")
+            ]
         ),
         6.0
     );
@@ -397,7 +413,11 @@ async fn metrics_move_by_exactly_what_was_done() {
         1.0
     );
     assert_eq!(
-        value(&worker1, "maas_worker_slots_busy", &[("model", "echo")]),
+        value(
+            &worker1,
+            "maas_worker_slots_busy",
+            &[("model", "echo"), ("version", "builtin")]
+        ),
         0.0
     );
     // No raw key appears in any series.

@@ -12,7 +12,7 @@
 //! scheduler re-dispatches it once our heartbeats stop.
 
 use crate::models::{CancelFlag, ModelError};
-use crate::runtime::{JobContext, Runtime};
+use crate::runtime::{JobContext, Loaded, Runtime};
 use actix::prelude::*;
 use chrono::Utc;
 use maas_core::messages::{Dispatch, ModelSlots, Reply, RunningAttempt, WorkerEvent};
@@ -46,10 +46,10 @@ pub struct Deps {
 
 pub struct Supervisor {
     deps: Deps,
-    /// The models this worker serves, by name.
-    runtimes: HashMap<String, Arc<dyn Runtime>>,
-    /// Attempts received and not yet finished: job → (attempt, cancel flag).
-    running: HashMap<Uuid, (i32, CancelFlag)>,
+    /// The model versions this worker holds, by route (`name@version`).
+    loaded: Loaded,
+    /// Attempts received and not yet finished: job → (attempt, cancel flag, route).
+    running: HashMap<Uuid, (i32, CancelFlag, String)>,
     draining: bool,
     heartbeat: Duration,
     /// New for every process, so a restart under a fixed worker id is visible.
@@ -57,15 +57,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
-        deps: Deps,
-        runtimes: HashMap<String, Arc<dyn Runtime>>,
-        heartbeat: Duration,
-    ) -> Self {
+    pub fn new(deps: Deps, loaded: Loaded, heartbeat: Duration) -> Self {
         let incarnation = Uuid::new_v4().simple().to_string();
         Self {
             deps,
-            runtimes,
+            loaded,
             running: HashMap::new(),
             draining: false,
             heartbeat,
@@ -73,30 +69,22 @@ impl Supervisor {
         }
     }
 
-    /// The slots this worker offers: those of every healthy model.
+    /// The slots this worker offers: those of every healthy version that
+    /// is not draining.
     fn offered(&self) -> Vec<ModelSlots> {
-        let mut out: Vec<ModelSlots> = self
-            .runtimes
-            .values()
-            .filter(|r| r.health().borrow().is_ready())
-            .map(|r| ModelSlots {
-                model: r.model().to_owned(),
-                slots: r.slots(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.model.cmp(&b.model));
-        out
+        self.loaded.offered()
     }
 
     fn send_heartbeat(&self, ctx: &mut Context<Self>) {
         let offered = self.offered();
-        for r in self.runtimes.values() {
+        for (key, _, _) in self.loaded.all() {
             let slots = offered
                 .iter()
-                .find(|s| s.model == r.model())
+                .find(|s| s.model == key)
                 .map_or(0, |s| s.slots);
+            let (model, version) = maas_core::metrics::model_labels(&key);
             crate::metrics::SLOTS
-                .with_label_values(&[r.model()])
+                .with_label_values(&[model, version])
                 .set(i64::from(slots));
         }
         let event = WorkerEvent::Heartbeat {
@@ -107,7 +95,7 @@ impl Supervisor {
             running: self
                 .running
                 .iter()
-                .map(|(id, (attempt, _))| RunningAttempt {
+                .map(|(id, (attempt, _, _))| RunningAttempt {
                     job_id: *id,
                     attempt: *attempt,
                 })
@@ -151,21 +139,19 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.send_heartbeat(ctx);
         ctx.run_interval(self.heartbeat, |act, ctx| act.send_heartbeat(ctx));
-        // A model whose health changes is announced at once, not at the
-        // next period: the scheduler stops sending it work.
-        for r in self.runtimes.values() {
-            let (mut health, me, model) = (r.health(), ctx.address(), r.model().to_owned());
-            ctx.spawn(
-                async move {
-                    while health.changed().await.is_ok() {
-                        let now = health.borrow_and_update().clone();
-                        tracing::warn!(%model, health = ?now, "model health changed");
-                        me.do_send(Heartbeat);
-                    }
+        // A version that becomes ready or draining, or whose health
+        // changes, is announced at once, not at the next period: the
+        // scheduler starts or stops sending it work.
+        let (changed, me) = (self.loaded.changed.clone(), ctx.address());
+        ctx.spawn(
+            async move {
+                loop {
+                    changed.notified().await;
+                    me.do_send(Heartbeat);
                 }
-                .into_actor(self),
-            );
-        }
+            }
+            .into_actor(self),
+        );
         tracing::info!(worker_id = %self.deps.worker_id, models = ?self.offered(), "worker supervisor started");
     }
 }
@@ -213,9 +199,11 @@ impl Handler<Dispatched> for Supervisor {
             }
         };
         let cancel = CancelFlag::default();
-        self.running
-            .insert(dispatch.job_id, (dispatch.attempt, cancel.clone()));
-        let runtime = self.runtimes.get(&dispatch.model).cloned();
+        self.running.insert(
+            dispatch.job_id,
+            (dispatch.attempt, cancel.clone(), dispatch.model.clone()),
+        );
+        let runtime = self.loaded.get(&dispatch.model);
         let deps = self.deps.clone();
         let incoming = maas_mq::traceparent_of(&delivery.properties);
         let job_id = dispatch.job_id;
@@ -250,7 +238,7 @@ impl Handler<CancelRequested> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, CancelRequested(job_id): CancelRequested, _: &mut Context<Self>) {
-        if let Some((_, flag)) = self.running.get(&job_id) {
+        if let Some((_, flag, _)) = self.running.get(&job_id) {
             tracing::info!(%job_id, "cancelling running job");
             flag.cancel();
         }
@@ -279,6 +267,19 @@ impl Handler<InFlight> for Supervisor {
 
     fn handle(&mut self, _: InFlight, _: &mut Context<Self>) -> usize {
         self.running.len()
+    }
+}
+
+/// How many jobs of one version (`name@version`) are in progress here.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct RunningFor(pub String);
+
+impl Handler<RunningFor> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, RunningFor(key): RunningFor, _: &mut Context<Self>) -> usize {
+        self.running.values().filter(|(_, _, k)| *k == key).count()
     }
 }
 
@@ -442,7 +443,7 @@ async fn run_attempt(
             // own earlier delivery of this attempt that is already running.
             match jobs::get(&deps.db, job_id).await {
                 Ok(Some(j))
-                    if j.status == "running"
+                    if j.status == maas_core::JobStatus::Running
                         && j.worker_id.as_deref() == Some(&deps.worker_id)
                         && j.attempts == attempt =>
                 {
@@ -506,7 +507,8 @@ async fn run_attempt(
         let origin = Instant::now()
             .checked_sub((Utc::now() - job.created_at).to_std().unwrap_or_default())
             .unwrap_or_else(Instant::now);
-        let busy = crate::metrics::SLOTS_BUSY.with_label_values(&[&d.model]);
+        let (model_label, version_label) = maas_core::metrics::model_labels(&d.model);
+        let busy = crate::metrics::SLOTS_BUSY.with_label_values(&[model_label, version_label]);
         busy.inc();
         let result = match input {
             Ok(input) => {
@@ -523,7 +525,7 @@ async fn run_attempt(
         busy.dec();
         let compute_ms = t0.elapsed().as_millis() as i64;
         crate::metrics::INFERENCE
-            .with_label_values(&[&d.model])
+            .with_label_values(&[model_label, version_label])
             .observe(t0.elapsed().as_secs_f64());
         if let Some(task) = forwarder {
             // Every chunk is out before the result is recorded and announced.
@@ -558,7 +560,7 @@ async fn run_attempt(
         match outcome {
             None => {
                 crate::metrics::JOBS
-                    .with_label_values(&[&d.model, "cancelled"])
+                    .with_label_values(&[model_label, version_label, "cancelled"])
                     .inc();
                 tracing::info!(%job_id, "job stopped by cancel");
             }
@@ -574,7 +576,7 @@ async fn run_attempt(
                     }
                     Ok((None, _)) => {
                         crate::metrics::JOBS
-                            .with_label_values(&[&d.model, "dropped"])
+                            .with_label_values(&[model_label, version_label, "dropped"])
                             .inc();
                         tracing::info!(%job_id, "result dropped: the job was cancelled or reassigned meanwhile");
                     }
@@ -652,10 +654,12 @@ async fn settle_rate(deps: &Deps, job: &jobs::Job, outcome: &Outcome) {
 /// The metrics of a job whose result was recorded.
 fn record_finished(job: &jobs::Job, outcome: &Outcome) {
     use crate::metrics::{END_TO_END, JOBS, TOKENS};
-    JOBS.with_label_values(&[&job.model, &job.status]).inc();
+    let version = job.model_version.as_deref().unwrap_or("");
+    JOBS.with_label_values(&[job.model.as_str(), version, job.status.as_str()])
+        .inc();
     if let Some(end) = job.finished_at {
         END_TO_END
-            .with_label_values(&[&job.model, &job.status])
+            .with_label_values(&[job.model.as_str(), job.status.as_str()])
             .observe((end - job.created_at).num_milliseconds().max(0) as f64 / 1000.0);
     }
     if let Outcome::Succeeded { usage, .. } = outcome {
