@@ -84,61 +84,82 @@ impl ModelKind {
     }
 }
 
-/// A model the platform ships: its name, its kind and where its files are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CatalogueEntry {
-    pub name: &'static str,
-    pub kind: ModelKind,
-    /// Its files, relative to `MAAS_MODELS_DIR` (`None`: built in).
-    pub path: Option<&'static str>,
+/// A version's runtime settings, as registered with it (immutable, like the
+/// version). Unknown fields are refused, so a typo is a 400, not a setting
+/// silently ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSettings {
+    /// Concurrent jobs per worker. A worker's own per-model entry in
+    /// `MAAS_WORKER_SLOTS` still wins (it knows its hardware).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// An embedder's batch budget, in tokens per forward pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<usize>,
+    /// An embedder's weight precision: `f16` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
-/// Every model the platform serves, as fetched by `scripts/fetch-models`.
-/// Nothing else matches a model by its name.
-pub const CATALOGUE: [CatalogueEntry; 3] = [
-    CatalogueEntry {
-        name: "echo",
-        kind: ModelKind::Echo,
-        path: None,
-    },
-    CatalogueEntry {
-        name: "all-minilm-l6-v2",
-        kind: ModelKind::Embedder,
-        path: Some("all-minilm-l6-v2"),
-    },
-    CatalogueEntry {
-        name: "smollm2-135m-instruct",
-        kind: ModelKind::Chat,
-        path: Some("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    },
-];
+impl VersionSettings {
+    /// The precisions an embedder version may ask for.
+    pub const EMBEDDER_PRECISIONS: [&'static str; 1] = ["f16"];
+
+    /// Parses and checks a version's settings for a model of `kind`; the
+    /// error names the offending field.
+    pub fn parse(kind: ModelKind, v: &Value) -> Result<Self, InputError> {
+        if !v.is_object() {
+            return Err(InputError {
+                message: "settings must be an object".into(),
+                param: "settings".into(),
+            });
+        }
+        let s: VersionSettings = serde_json::from_value(v.clone()).map_err(|e| InputError {
+            message: format!("settings: {e}"),
+            param: "settings".into(),
+        })?;
+        let bad = |field: &str, message: String| InputError {
+            message,
+            param: format!("settings.{field}"),
+        };
+        if s.slots.is_some_and(|n| !(1..=1024).contains(&n)) {
+            return Err(bad("slots", "slots must be between 1 and 1024".into()));
+        }
+        if let Some(t) = s.max_batch_tokens {
+            if kind != ModelKind::Embedder {
+                return Err(bad(
+                    "max_batch_tokens",
+                    format!("a {} model has no batch budget", kind.as_str()),
+                ));
+            }
+            if !(256..=1_048_576).contains(&t) {
+                return Err(bad(
+                    "max_batch_tokens",
+                    "max_batch_tokens must be between 256 and 1048576".into(),
+                ));
+            }
+        }
+        if let Some(p) = &s.precision {
+            if kind != ModelKind::Embedder {
+                return Err(bad(
+                    "precision",
+                    format!("a {} model's precision is that of its files", kind.as_str()),
+                ));
+            }
+            if !Self::EMBEDDER_PRECISIONS.contains(&p.as_str()) {
+                return Err(bad(
+                    "precision",
+                    format!("precision must be one of {:?}", Self::EMBEDDER_PRECISIONS),
+                ));
+            }
+        }
+        Ok(s)
+    }
+}
 
 /// The longest delay an `echo` job may ask for (10 minutes).
 pub const ECHO_MAX_DELAY_MS: u64 = 600_000;
-
-/// A model of the catalogue, with its kind.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModelName {
-    name: String,
-    kind: ModelKind,
-}
-
-impl ModelName {
-    pub fn parse(s: &str) -> Option<Self> {
-        CATALOGUE.iter().find(|e| e.name == s).map(|e| Self {
-            name: e.name.to_owned(),
-            kind: e.kind,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.name
-    }
-
-    pub fn kind(&self) -> ModelKind {
-        self.kind
-    }
-}
 
 /// A job's input, typed by its model's kind.
 #[derive(Debug, Clone)]
@@ -597,13 +618,51 @@ mod tests {
     }
 
     #[test]
-    fn only_catalogue_models_parse_and_each_has_its_kind() {
-        assert_eq!(ModelName::parse("echo").unwrap().kind(), ModelKind::Echo);
+    fn version_settings_are_checked_for_their_kind() {
+        let ok = VersionSettings::parse(
+            ModelKind::Embedder,
+            &json!({"slots": 8, "max_batch_tokens": 4096, "precision": "f16"}),
+        )
+        .unwrap();
+        assert_eq!(ok.slots, Some(8));
+        assert_eq!(ok.max_batch_tokens, Some(4096));
         assert_eq!(
-            ModelName::parse("all-minilm-l6-v2").unwrap().kind(),
-            ModelKind::Embedder
+            VersionSettings::parse(ModelKind::Echo, &json!({})).unwrap(),
+            VersionSettings::default()
         );
-        assert!(ModelName::parse("gpt-4").is_none());
+        for (kind, bad, param) in [
+            (ModelKind::Embedder, json!({"slot": 8}), "settings"),
+            (ModelKind::Embedder, json!([]), "settings"),
+            (ModelKind::Embedder, json!({"slots": 0}), "settings.slots"),
+            (
+                ModelKind::Embedder,
+                json!({"max_batch_tokens": 10}),
+                "settings.max_batch_tokens",
+            ),
+            (
+                ModelKind::Chat,
+                json!({"max_batch_tokens": 4096}),
+                "settings.max_batch_tokens",
+            ),
+            (
+                ModelKind::Embedder,
+                json!({"precision": "f8"}),
+                "settings.precision",
+            ),
+            (
+                ModelKind::Chat,
+                json!({"precision": "f16"}),
+                "settings.precision",
+            ),
+        ] {
+            let e = VersionSettings::parse(kind, &bad).unwrap_err();
+            assert_eq!(e.param, param, "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn kinds_parse_by_name_and_each_has_its_capabilities() {
+        assert_eq!(ModelKind::parse("gpt-4"), None);
         for k in ModelKind::ALL {
             assert_eq!(ModelKind::parse(k.as_str()), Some(k));
         }

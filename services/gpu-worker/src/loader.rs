@@ -41,6 +41,8 @@ const DRAIN_QUIET: Duration = Duration::from_secs(3);
 /// A version this worker should hold, with when that was asked.
 struct Wanted {
     spec: VersionSpec,
+    /// Why its registered settings are unusable, if they are.
+    invalid: Option<String>,
     requested_at: DateTime<Utc>,
     replicas: Option<i32>,
 }
@@ -99,13 +101,18 @@ impl Loader {
                 continue;
             };
             let Some(kind) = m.kind() else { continue };
+            // Checked at registration; a row that still does not parse fails
+            // its load with the reason rather than loading with defaults.
+            let settings = maas_core::models::VersionSettings::parse(kind, &v.settings);
             out.push(Wanted {
+                invalid: settings.as_ref().err().map(|e| e.message.clone()),
                 spec: VersionSpec {
                     model: l.model.clone(),
                     version: l.version.clone(),
                     kind,
                     path: v.path.clone(),
                     checksum: v.checksum.clone(),
+                    settings: settings.unwrap_or_default(),
                 },
                 requested_at: l.requested_at,
                 replicas: l.replicas,
@@ -228,6 +235,7 @@ impl Loader {
             kind: r.kind(),
             path: None,
             checksum: None,
+            settings: Default::default(),
         })
     }
 
@@ -236,6 +244,9 @@ impl Loader {
         let key = spec.key();
         let t0 = std::time::Instant::now();
         self.state(spec, "loading", None).await;
+        if let Some(reason) = &w.invalid {
+            return self.fail(w, reason.clone()).await;
+        }
         match self.verify(spec).await {
             Ok(()) => {}
             Err(reason) => return self.fail(w, reason).await,

@@ -249,6 +249,8 @@ pub struct VersionSpec {
     pub path: Option<String>,
     /// The pinned sha256 of its files, if any.
     pub checksum: Option<String>,
+    /// Its runtime settings, as registered.
+    pub settings: maas_core::models::VersionSettings,
 }
 
 impl VersionSpec {
@@ -330,7 +332,7 @@ pub async fn open(
     let device: maas_models::Device = settings.device.parse().map_err(|e: String| e)?;
     let path = files_of(settings, spec)?;
     let key = spec.key();
-    let n = slots.for_model(&spec.model, spec.kind, settings.chat_max_seqs);
+    let n = slots.for_version(spec, settings.chat_max_seqs);
     let blocking = |f: Box<dyn FnOnce() -> Result<Arc<dyn Runtime>, String> + Send>| async move {
         tokio::task::spawn_blocking(f)
             .await
@@ -349,7 +351,11 @@ pub async fn open(
                 ));
             }
             let cfg = BatchConfig {
-                max_batch_tokens: settings.embed_max_batch_tokens.max(256),
+                max_batch_tokens: spec
+                    .settings
+                    .max_batch_tokens
+                    .unwrap_or(settings.embed_max_batch_tokens)
+                    .max(256),
                 max_wait: Duration::from_millis(settings.embed_max_wait_ms),
             };
             blocking(Box::new(move || {

@@ -141,6 +141,18 @@ impl Slots {
 
     /// Slots of `model` (of `kind`): its own setting, the default setting,
     /// or the kind's default.
+    /// A version's slots: this worker's entry for the model, else the
+    /// version's own setting, else this worker's default, else the kind's.
+    pub fn for_version(&self, spec: &crate::runtime::VersionSpec, chat_max_seqs: usize) -> u32 {
+        if let Some(n) = self.per_model.get(&spec.model) {
+            return *n;
+        }
+        spec.settings
+            .slots
+            .or(self.default)
+            .unwrap_or_else(|| self.for_model(&spec.model, spec.kind, chat_max_seqs))
+    }
+
     pub fn for_model(&self, model: &str, kind: ModelKind, chat_max_seqs: usize) -> u32 {
         let builtin = match kind {
             ModelKind::Embedder => 32,

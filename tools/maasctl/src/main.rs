@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 #[command(
     name = "maasctl",
     version,
-    about = "Manage tenants, keys, quotas and usage through the admin API"
+    about = "Manage tenants, keys, quotas, usage and models through the admin API"
 )]
 struct Cli {
     /// Base URL of the API.
@@ -33,11 +33,52 @@ enum Command {
     /// A tenant's limits.
     #[command(subcommand)]
     Quota(QuotaCmd),
+    /// The model registry: list, register, load, unload, label.
+    #[command(subcommand)]
+    Models(ModelsCmd),
     /// A tenant's usage per day, key and model.
     Usage {
         tenant: String,
         #[arg(long, default_value_t = 30)]
         days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Every model with its labels, versions and each version's state per worker.
+    List,
+    /// Registers a new, immutable version of a model from files under MAAS_MODELS_DIR.
+    Register {
+        model: String,
+        version: String,
+        /// The files (a folder or a file), relative to the workers' MAAS_MODELS_DIR.
+        #[arg(long)]
+        path: String,
+        /// sha256 of the files (see docs/models.md); absent: pinned at first load.
+        #[arg(long)]
+        checksum: Option<String>,
+        /// Runtime settings as JSON, e.g. '{"slots": 16}'.
+        #[arg(long)]
+        settings: Option<String>,
+    },
+    /// Asks workers to load a version (all of them, or --replicas of them).
+    Load {
+        model: String,
+        version: String,
+        #[arg(long)]
+        replicas: Option<i32>,
+        /// Wait up to this many seconds for the version to be ready (or fail).
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// Withdraws a version: it drains its jobs, then unloads.
+    Unload { model: String, version: String },
+    /// Points a label (stable, canary, ...) at a version that is ready.
+    Label {
+        model: String,
+        label: String,
+        version: String,
     },
 }
 
@@ -150,6 +191,18 @@ fn fields(pairs: &[(&str, Value)]) -> Value {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect::<Map<_, _>>(),
     )
+}
+
+/// One version's entry in the registry index.
+fn version_of(index: &Value, model: &str, version: &str) -> Option<Value> {
+    index["data"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == model)?["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["version"] == version)
+        .cloned()
 }
 
 async fn call(
@@ -291,6 +344,98 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
                     ("budget_period", json!(budget_period)),
                 ]);
                 c(M::PUT, format!("/tenants/{tenant}/quota"), Some(body)).await
+            }
+        },
+        Command::Models(m) => match m {
+            ModelsCmd::List => c(M::GET, "/models".into(), None).await,
+            ModelsCmd::Register {
+                model,
+                version,
+                path,
+                checksum,
+                settings,
+            } => {
+                let settings = settings
+                    .map(|s| serde_json::from_str::<Value>(&s))
+                    .transpose()
+                    .context("--settings must be a JSON object")?;
+                let body = fields(&[
+                    ("version", json!(version)),
+                    ("path", json!(path)),
+                    ("checksum", json!(checksum)),
+                    ("settings", json!(settings)),
+                ]);
+                c(M::POST, format!("/models/{model}/versions"), Some(body)).await
+            }
+            ModelsCmd::Load {
+                model,
+                version,
+                replicas,
+                wait,
+            } => {
+                let body = fields(&[("replicas", json!(replicas))]);
+                let asked = c(
+                    M::POST,
+                    format!("/models/{model}/versions/{version}/load"),
+                    Some(body),
+                )
+                .await?;
+                let Some(secs) = wait else { return Ok(asked) };
+                let want = replicas.unwrap_or(1).max(1) as u64;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+                loop {
+                    let index = c(M::GET, "/models".into(), None).await?;
+                    let v = version_of(&index, &model, &version)
+                        .with_context(|| format!("{model}@{version} is not in the registry"))?;
+                    if v["ready_workers"].as_u64().unwrap_or(0) >= want {
+                        return Ok(v);
+                    }
+                    let workers: Vec<Value> = v["workers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|w| w["worker_alive"] == true)
+                        .cloned()
+                        .collect();
+                    let failed: Vec<String> = workers
+                        .iter()
+                        .filter(|w| w["state"] == "failed")
+                        .map(|w| {
+                            format!(
+                                "{}: {}",
+                                w["worker_id"].as_str().unwrap_or("?"),
+                                w["reason"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    if !workers.is_empty() && failed.len() == workers.len() {
+                        bail!("{model}@{version} failed to load: {}", failed.join("; "));
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        bail!("{model}@{version} is not ready after {secs} s: {v}");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+            ModelsCmd::Unload { model, version } => {
+                c(
+                    M::POST,
+                    format!("/models/{model}/versions/{version}/unload"),
+                    None,
+                )
+                .await
+            }
+            ModelsCmd::Label {
+                model,
+                label,
+                version,
+            } => {
+                c(
+                    M::PUT,
+                    format!("/models/{model}/labels/{label}"),
+                    Some(json!({ "version": version })),
+                )
+                .await
             }
         },
         Command::Usage { tenant, days } => {

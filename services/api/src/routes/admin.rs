@@ -515,7 +515,7 @@ pub struct UsageQuery {
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage", tag = "admin", security(("admin_jwt" = [])), params(UsageQuery),
-    responses((status = 200, description = "Requests, tokens and compute time per day, key and model")))]
+    responses((status = 200, description = "Requests, tokens and compute time per day, key and model version")))]
 pub async fn get_usage(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -526,7 +526,7 @@ pub async fn get_usage(
     usage_report(&state, tenant.id, query.days).await
 }
 
-/// Usage per day, key and model over the last `days` days (1–366, default 30).
+/// Usage per day, key and model version over the last `days` days (1–366, default 30).
 pub async fn usage_report(
     state: &AppState,
     tenant_id: uuid::Uuid,

@@ -125,7 +125,8 @@ pub struct RegisterVersion {
     /// The files' sha256 as `docs/models.md` defines it; when absent, the
     /// first worker to load the version pins it.
     pub checksum: Option<String>,
-    /// Runtime settings (free-form JSON object).
+    /// Runtime settings: `slots`, and for an embedder `max_batch_tokens` and
+    /// `precision` (see docs/models.md); unknown fields are a 400.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<Value>,
 }
@@ -166,13 +167,14 @@ pub async fn register(
             ));
         }
     }
+    let kind = snap
+        .model(&name)
+        .and_then(|m| m.kind())
+        .ok_or_else(|| model_404(&name))?;
     let settings = body.settings.clone().unwrap_or_else(|| json!({}));
-    if !settings.is_object() {
-        return Err(ApiError::invalid(
-            "settings must be an object",
-            Some("settings"),
-        ));
-    }
+    let typed = maas_core::models::VersionSettings::parse(kind, &settings)
+        .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
+    let settings = serde_json::to_value(typed).unwrap_or_else(|_| json!({}));
     let v = registry::register_version(
         &state.db,
         &name,

@@ -1,4 +1,4 @@
-//! `GET /v1/usage`: the calling tenant's own usage per day, key and model
+//! `GET /v1/usage`: the calling tenant's own usage per day, key and model version
 //! (requests, prompt and completion tokens, compute time), from the usage
 //! record every finished job leaves.
 
@@ -13,7 +13,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 }
 
 #[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("api_key" = [])), params(UsageQuery),
-    responses((status = 200, description = "Requests, tokens and compute time per day, key and model"), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Requests, tokens and compute time per day, key and model version"), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn tenant_usage(
     state: web::Data<AppState>,
     principal: Principal,

@@ -132,3 +132,93 @@ async fn maasctl_manages_tenants_keys_quotas_and_usage() {
     let (ok, _, err) = run(&p, Some("not-a-token"), &["tenants", "list"]).await;
     assert!(!ok && err.contains("401"), "{err}");
 }
+
+#[tokio::test]
+async fn maasctl_registers_loads_labels_and_unloads_a_model_version() {
+    let p = Platform::start(Options {
+        with_models: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    p.wait_for_live_workers(1).await.unwrap();
+    let token = p.admin_token();
+    let t = Some(token.as_str());
+    let m = "all-minilm-l6-v2";
+    let (ok, list, err) = run(&p, t, &["models", "list"]).await;
+    assert!(ok, "{err}");
+    let minilm = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == m)
+        .unwrap();
+    assert_eq!(minilm["labels"]["stable"], "f16", "{list}");
+    // Settings are typed: an unknown or out-of-range one is refused by name.
+    let (ok, _, err) = run(
+        &p,
+        t,
+        &[
+            "models",
+            "register",
+            m,
+            "small",
+            "--path",
+            m,
+            "--settings",
+            r#"{"slots": 0}"#,
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("400") && err.contains("slots"), "{err}");
+    let (ok, v, err) = run(
+        &p,
+        t,
+        &[
+            "models",
+            "register",
+            m,
+            "small",
+            "--path",
+            m,
+            "--settings",
+            r#"{"slots": 3, "max_batch_tokens": 2048}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        v["settings"],
+        serde_json::json!({"slots": 3, "max_batch_tokens": 2048})
+    );
+    let (ok, v, err) = run(&p, t, &["models", "load", m, "small", "--wait", "120"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["ready_workers"], 1, "{v}");
+    // The version's slots are what the worker offers for it.
+    let slots: i64 = sqlx::query_scalar(
+        "SELECT (m->>'slots')::bigint FROM workers, jsonb_array_elements(models) m
+         WHERE m->>'model' = 'all-minilm-l6-v2@small'",
+    )
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
+    assert_eq!(slots, 3);
+    let (ok, l, err) = run(&p, t, &["models", "label", m, "canary", "small"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        (l["label"].as_str(), l["version"].as_str()),
+        (Some("canary"), Some("small"))
+    );
+    let (ok, _, err) = run(&p, t, &["models", "unload", m, "small"]).await;
+    assert!(
+        !ok && err.contains("409") && err.contains("version_in_use") && err.contains("canary"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&p, t, &["models", "label", m, "canary", "f16"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&p, t, &["models", "unload", m, "small"]).await;
+    assert!(ok, "{err}");
+    // A label cannot point at a version that is not loaded.
+    let (ok, _, err) = run(&p, t, &["models", "label", m, "stable", "nope"]).await;
+    assert!(!ok && err.contains("404"), "{err}");
+}

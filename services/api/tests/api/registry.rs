@@ -268,6 +268,31 @@ async fn stable_moves_to_a_new_version_under_load_and_the_old_one_unloads_with_n
             (Some("v2".to_owned()), on("v2") as i64)
         ]
     );
+    // The tenant's own usage report splits the two versions the same way.
+    let report: Value = p
+        .http
+        .get(p.url("/v1/usage?days=1"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let per_version = |v: &str| -> i64 {
+        report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["model"] == MINILM && r["model_version"] == v)
+            .map(|r| r["requests"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (per_version("f16"), per_version("v2")),
+        (on("f16") as i64, on("v2") as i64),
+        "{report}"
+    );
     // The tenant sees the job's version.
     let job: Value = p
         .submit(

@@ -209,11 +209,13 @@ impl Handler<Dispatched> for Supervisor {
         let job_id = dispatch.job_id;
         // The job's span on this worker, continuing the trace from the scheduler.
         let parent = incoming.as_deref().and_then(TraceParent::parse);
+        let (model_name, model_version) = maas_core::metrics::model_labels(&dispatch.model);
         let span = tracing::info_span!(
             "run job",
             job_id = %job_id,
             tenant_id = %dispatch.tenant_id,
-            model = %dispatch.model,
+            model = %model_name,
+            model.version = %model_version,
             attempt = dispatch.attempt,
             trace_id = parent.as_ref().map(TraceParent::trace_id_hex).unwrap_or_default(),
         );
