@@ -54,6 +54,39 @@ fn main() {
             });
         }
     }
+    // The same layers with packed f16 weights (the f16 version's path) and
+    // with int8 weights and activations.
+    for (name, k, n) in [
+        ("qkv 384->1152", h, 3 * h),
+        ("out 384->384", h, h),
+        ("ff1 384->1536", h, f),
+        ("ff2 1536->384", f, h),
+    ] {
+        let f16 = cpu::PackedF16::pack(&w[..n * k], n, k);
+        let i8w = cpu::PackedI8::quantize(&w[..n * k], n, k);
+        let flop = 2.0 * (t * k * n) as f64;
+        time(&format!("{name} f16 All"), flop, || {
+            cpu::linear_packed(
+                &x[..t * k],
+                &f16,
+                Some(&b[..n]),
+                t,
+                &mut out[..t * n],
+                Threads::All,
+            )
+        });
+        time(&format!("{name} int8 All"), flop, || {
+            cpu::linear_i8(
+                &x[..t * k],
+                &i8w,
+                Some(&b[..n]),
+                t,
+                &mut out[..t * n],
+                Threads::All,
+            )
+        });
+    }
+    println!("int8 kernel: {:?}", cpu::i8_kernel());
     let seqs: Vec<(usize, usize)> = (0..t / len).map(|i| (i * len, len)).collect();
     let qkv = &x[..t * 3 * h];
     let mut ctx = vec![0f32; t * h];

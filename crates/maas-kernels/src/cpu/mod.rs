@@ -2,6 +2,7 @@
 
 mod attention;
 mod elementwise;
+mod int8;
 mod kv_attention;
 mod linear;
 mod mathf;
@@ -15,6 +16,7 @@ mod team;
 
 pub use attention::attention;
 pub use elementwise::{add_inplace, gelu_inplace, gelu_scalar};
+pub use int8::{i8_kernel, i8_kernels, linear_i8, linear_i8_with, I8Kernel, PackedI8};
 pub use kv_attention::{causal_attention, push_f16, KvSegment};
 pub use linear::{linear, Threads, SMALL_M};
 pub use mathf::{exp_scaled_inplace, f16_bits, f16_value};

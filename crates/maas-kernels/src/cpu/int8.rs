@@ -1,0 +1,455 @@
+//! `y = x·Wᵀ + b` in int8: weights quantised once at load, per output
+//! channel (`w ≈ sw[j]·qw`, `qw` in −127..=127), activations per input row
+//! at run time (`x ≈ sx[i]·qx`), and every dot product summed exactly in
+//! 32-bit integers, so `y[i][j] = sx[i]·sw[j]·Σ qx·qw + b[j]`.
+//!
+//! The weights are packed in panels of 16 output columns, each stored as
+//! groups of 4 consecutive k values per column (`[k/4][16][4]`): one 64-byte
+//! load is 4 k steps of 16 columns, which is exactly what `vpdpbusd` takes.
+//! Three kernels, chosen at run time, give identical integer sums:
+//! - AVX-512 VNNI: `vpdpbusd` multiplies unsigned by signed bytes, so the
+//!   activations go in offset by 128 (`qx + 128` as u8) and `128·Σqw` per
+//!   column (kept at packing) is subtracted afterwards; 8 rows × 2 panels of
+//!   accumulators stay in registers;
+//! - AVX2: `vpsignb` moves each activation's sign onto the weight, so
+//!   `vpmaddubsw` multiplies `|qx|` by the signed weight (at most
+//!   2·127·127, no saturation) and `vpmaddwd` sums the pairs;
+//! - portable Rust.
+
+use super::linear::Threads;
+use std::sync::OnceLock;
+
+/// Output columns per panel.
+const PANEL: usize = 16;
+/// k values per group.
+const KG: usize = 4;
+/// Rows per task (a task's activations stay in cache).
+const TASK_ROWS: usize = 64;
+/// Panels per task.
+const TASK_PANELS: usize = 4;
+/// Rows of the register block.
+const MR: usize = 8;
+
+/// An n×k weight matrix (rows = output features) in int8, packed.
+#[derive(Debug, Clone)]
+pub struct PackedI8 {
+    n: usize,
+    k: usize,
+    /// k rounded up to a multiple of 4 (the padding is zero).
+    kp: usize,
+    /// `n / 16` panels of `kp / 4` groups of 16 columns × 4 values.
+    data: Vec<i8>,
+    /// Per output column: its scale.
+    scale: Vec<f32>,
+    /// Per output column: 128·Σ qw (the VNNI kernel's offset).
+    offset: Vec<i32>,
+}
+
+impl PackedI8 {
+    /// Quantises `w` (n×k, row-major) per row. `n` must be a multiple of 16.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "PackedI8: w is not n×k");
+        assert_eq!(n % PANEL, 0, "PackedI8: n must be a multiple of {PANEL}");
+        let kp = k.div_ceil(KG) * KG;
+        let mut data = vec![0i8; n * kp];
+        let (mut scale, mut offset) = (vec![0f32; n], vec![0i32; n]);
+        for j in 0..n {
+            let row = &w[j * k..(j + 1) * k];
+            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            scale[j] = s;
+            let (panel, c) = (j / PANEL, j % PANEL);
+            let mut sum = 0i32;
+            for (p, &v) in row.iter().enumerate() {
+                let q = (v / s).round().clamp(-127.0, 127.0) as i8;
+                sum += i32::from(q);
+                data[Self::at(kp, panel, p / KG, c, p % KG)] = q;
+            }
+            offset[j] = 128 * sum;
+        }
+        Self {
+            n,
+            k,
+            kp,
+            data,
+            scale,
+            offset,
+        }
+    }
+
+    fn at(kp: usize, panel: usize, group: usize, col: usize, t: usize) -> usize {
+        ((panel * (kp / KG) + group) * PANEL + col) * KG + t
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes the weights take (values and per-column scales).
+    pub fn bytes(&self) -> usize {
+        self.data.len() + self.scale.len() * 8
+    }
+
+    /// The weights as they are used (n×k, row-major).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n * self.k];
+        for j in 0..self.n {
+            for p in 0..self.k {
+                let q = self.data[Self::at(self.kp, j / PANEL, p / KG, j % PANEL, p % KG)];
+                out[j * self.k + p] = self.scale[j] * f32::from(q);
+            }
+        }
+        out
+    }
+
+    fn panel(&self, i: usize) -> &[i8] {
+        let len = self.kp * PANEL;
+        &self.data[i * len..(i + 1) * len]
+    }
+}
+
+/// Activations quantised per row, zero-padded to `kp`.
+struct Rows {
+    kp: usize,
+    q: Vec<i8>,
+    scale: Vec<f32>,
+}
+
+fn quantize_rows(x: &[f32], m: usize, k: usize, kp: usize) -> Rows {
+    let mut q = vec![0i8; m * kp];
+    let mut scale = vec![0f32; m];
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        scale[i] = s;
+        let inv = 1.0 / s;
+        for (d, &v) in q[i * kp..i * kp + k].iter_mut().zip(row) {
+            *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    Rows { kp, q, scale }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum I8Kernel {
+    Avx512Vnni,
+    Avx2,
+    Portable,
+}
+
+/// The kernel this CPU runs (detected once).
+pub fn i8_kernel() -> I8Kernel {
+    static K: OnceLock<I8Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                return I8Kernel::Avx512Vnni;
+            }
+            if is_x86_feature_detected!("avx2") {
+                return I8Kernel::Avx2;
+            }
+        }
+        I8Kernel::Portable
+    })
+}
+
+/// Every kernel this CPU can run (tests compare them).
+pub fn i8_kernels() -> Vec<I8Kernel> {
+    let best = i8_kernel();
+    [I8Kernel::Avx512Vnni, I8Kernel::Avx2, I8Kernel::Portable]
+        .into_iter()
+        .filter(|k| {
+            matches!(
+                (best, k),
+                (_, I8Kernel::Portable)
+                    | (I8Kernel::Avx512Vnni, _)
+                    | (I8Kernel::Avx2, I8Kernel::Avx2)
+            )
+        })
+        .collect()
+}
+
+/// `out[m×n] = x[m×k] · Wᵀ + bias[n]` on this CPU's best kernel.
+pub fn linear_i8(
+    x: &[f32],
+    w: &PackedI8,
+    bias: Option<&[f32]>,
+    m: usize,
+    out: &mut [f32],
+    threads: Threads,
+) {
+    linear_i8_with(i8_kernel(), x, w, bias, m, out, threads)
+}
+
+/// [`linear_i8`] on a chosen kernel (one this CPU has: see [`i8_kernels`]).
+pub fn linear_i8_with(
+    kernel: I8Kernel,
+    x: &[f32],
+    w: &PackedI8,
+    bias: Option<&[f32]>,
+    m: usize,
+    out: &mut [f32],
+    threads: Threads,
+) {
+    let (n, k) = (w.n, w.k);
+    assert_eq!(x.len(), m * k, "linear_i8: x is not m×k");
+    assert_eq!(out.len(), m * n, "linear_i8: out is not m×n");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear_i8: bias is not n");
+    }
+    assert!(
+        i8_kernels().contains(&kernel),
+        "linear_i8: this CPU cannot run {kernel:?}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let rows = quantize_rows(x, m, k, w.kp);
+    // The VNNI kernel takes the activations as unsigned bytes, offset by 128.
+    let unsigned: Vec<u8> = match kernel {
+        I8Kernel::Avx512Vnni => rows.q.iter().map(|&v| (v as u8) ^ 0x80).collect(),
+        _ => Vec::new(),
+    };
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    // SAFETY: each task writes only its own rows × columns of out.
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
+    let ptr = OutPtr(out.as_mut_ptr());
+    let panels = n / PANEL;
+    let col_tasks = panels.div_ceil(TASK_PANELS);
+    let row_tasks = m.div_ceil(TASK_ROWS);
+    let task = |t: usize| {
+        let ptr = ptr;
+        let (rt, ct) = (t / col_tasks, t % col_tasks);
+        let (r0, r1) = (rt * TASK_ROWS, ((rt + 1) * TASK_ROWS).min(m));
+        let (p0, p1) = (ct * TASK_PANELS, ((ct + 1) * TASK_PANELS).min(panels));
+        let mut sums = [[0i32; PANEL]; MR];
+        for p in p0..p1 {
+            let mut r = r0;
+            while r < r1 {
+                let mr = (r1 - r).min(MR);
+                block(kernel, &rows, &unsigned, w, r, mr, p, &mut sums);
+                for (i, s) in sums.iter().enumerate().take(mr) {
+                    let sx = rows.scale[r + i];
+                    for (c, &v) in s.iter().enumerate() {
+                        let j = p * PANEL + c;
+                        let b = bias.map_or(0.0, |b| b[j]);
+                        // SAFETY: row r + i < m and column j < n: inside out
+                        // (m×n), and only this task writes it.
+                        unsafe { *ptr.0.add((r + i) * n + j) = sx * w.scale[j] * v as f32 + b };
+                    }
+                }
+                r += mr;
+            }
+        }
+    };
+    let tasks = row_tasks * col_tasks;
+    match threads {
+        Threads::All if m * n * k >= 1 << 20 => super::Team::global().run(tasks, &task),
+        _ => (0..tasks).for_each(task),
+    }
+}
+
+/// Exact `Σ qx·qw` of rows `r..r+mr` against panel `p`, into `sums`.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    kernel: I8Kernel,
+    rows: &Rows,
+    unsigned: &[u8],
+    w: &PackedI8,
+    r: usize,
+    mr: usize,
+    p: usize,
+    sums: &mut [[i32; PANEL]; MR],
+) {
+    let panel = w.panel(p);
+    let kp = rows.kp;
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: linear_i8_with checked that this CPU has the features;
+        // every load below is inside `unsigned` (m × kp) and `panel` (kp × 16).
+        I8Kernel::Avx512Vnni => unsafe {
+            x86::block_vnni(&unsigned[r * kp..(r + mr) * kp], kp, mr, panel, sums);
+            for s in sums.iter_mut().take(mr) {
+                for (c, v) in s.iter_mut().enumerate() {
+                    *v -= w.offset[p * PANEL + c];
+                }
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and `rows.q`.
+        I8Kernel::Avx2 => unsafe {
+            x86::block_avx2(&rows.q[r * kp..(r + mr) * kp], kp, mr, panel, sums)
+        },
+        _ => {
+            let _ = unsigned;
+            for (i, s) in sums.iter_mut().enumerate().take(mr) {
+                let x = &rows.q[(r + i) * kp..(r + i + 1) * kp];
+                *s = [0; PANEL];
+                for g in 0..kp / KG {
+                    let wg = &panel[g * PANEL * KG..(g + 1) * PANEL * KG];
+                    for (c, acc) in s.iter_mut().enumerate() {
+                        for t in 0..KG {
+                            *acc += i32::from(x[g * KG + t]) * i32::from(wg[c * KG + t]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{KG, MR, PANEL};
+    use std::arch::x86_64::*;
+
+    /// `sums[i][c] = Σ x[i]·panel[c]` with `x` offset unsigned bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn block_vnni(
+        x: &[u8],
+        kp: usize,
+        mr: usize,
+        panel: &[i8],
+        sums: &mut [[i32; PANEL]; MR],
+    ) {
+        debug_assert!(x.len() == mr * kp && panel.len() == kp * PANEL);
+        let mut acc = [_mm512_setzero_si512(); MR];
+        for g in 0..kp / KG {
+            let wv = _mm512_loadu_si512(panel.as_ptr().add(g * PANEL * KG) as *const _);
+            for (i, a) in acc.iter_mut().enumerate().take(mr) {
+                let xi = (x.as_ptr().add(i * kp + g * KG) as *const i32).read_unaligned();
+                *a = _mm512_dpbusd_epi32(*a, _mm512_set1_epi32(xi), wv);
+            }
+        }
+        for (s, a) in sums.iter_mut().zip(acc).take(mr) {
+            _mm512_storeu_si512(s.as_mut_ptr() as *mut _, a);
+        }
+    }
+
+    /// `sums[i][c] = Σ x[i]·panel[c]` with signed bytes.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block_avx2(
+        x: &[i8],
+        kp: usize,
+        mr: usize,
+        panel: &[i8],
+        sums: &mut [[i32; PANEL]; MR],
+    ) {
+        debug_assert!(x.len() == mr * kp && panel.len() == kp * PANEL);
+        let ones = _mm256_set1_epi16(1);
+        let mut lo = [_mm256_setzero_si256(); MR];
+        let mut hi = [_mm256_setzero_si256(); MR];
+        for g in 0..kp / KG {
+            let base = panel.as_ptr().add(g * PANEL * KG);
+            let w0 = _mm256_loadu_si256(base as *const __m256i);
+            let w1 = _mm256_loadu_si256(base.add(32) as *const __m256i);
+            for i in 0..mr {
+                let xi = (x.as_ptr().add(i * kp + g * KG) as *const i32).read_unaligned();
+                let xv = _mm256_set1_epi32(xi);
+                let ax = _mm256_abs_epi8(xv);
+                let p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xv));
+                let p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xv));
+                lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(p0, ones));
+                hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(p1, ones));
+            }
+        }
+        for i in 0..mr {
+            _mm256_storeu_si256(sums[i].as_mut_ptr() as *mut __m256i, lo[i]);
+            _mm256_storeu_si256(sums[i].as_mut_ptr().add(8) as *mut __m256i, hi[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::testutil::{assert_close, random};
+
+    fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| f64::from(x[i * k + p]) * f64::from(w[j * k + p]))
+                    .sum();
+                out[i * n + j] = dot + f64::from(b[j]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kernel_gives_the_same_sums_and_they_match_f32_within_int8_error() {
+        // MiniLM's shapes, odd row counts and a k that is not a multiple of 4.
+        for (m, k, n) in [(1, 384, 1152), (13, 384, 384), (70, 1536, 384), (9, 30, 32)] {
+            let x = random(m * k, 1);
+            let w = random(n * k, 2);
+            let b = random(n, 3);
+            let packed = PackedI8::quantize(&w, n, k);
+            let mut first: Option<Vec<f32>> = None;
+            for kernel in i8_kernels() {
+                for threads in [Threads::One, Threads::All] {
+                    let mut out = vec![0f32; m * n];
+                    linear_i8_with(kernel, &x, &packed, Some(&b), m, &mut out, threads);
+                    match &first {
+                        None => first = Some(out),
+                        Some(f) => assert_eq!(f, &out, "{kernel:?} {threads:?} at {m}×{k}×{n}"),
+                    }
+                }
+            }
+            let got = first.unwrap();
+            // Exact against the dequantised weights and activations' error
+            // bound; within 2 % of the scale against f32.
+            assert_close(&got, &reference(&x, &w, &b, m, k, n), 0.02, "int8 vs f32");
+        }
+    }
+
+    #[test]
+    fn the_weights_round_trip_within_half_a_step_per_channel() {
+        let (n, k) = (32, 50);
+        let mut w = random(n * k, 4);
+        // One channel much larger than the rest keeps its own scale.
+        for v in &mut w[..k] {
+            *v *= 100.0;
+        }
+        let p = PackedI8::quantize(&w, n, k);
+        let d = p.dequantize();
+        for j in 0..n {
+            let amax = w[j * k..(j + 1) * k]
+                .iter()
+                .fold(0f32, |a, v| a.max(v.abs()));
+            for q in 0..k {
+                let err = (d[j * k + q] - w[j * k + q]).abs();
+                assert!(err <= amax / 127.0 * 0.5 + 1e-6, "channel {j}: {err}");
+            }
+        }
+        assert!(p.bytes() < n * k * 2, "int8 is smaller than f16");
+    }
+
+    #[test]
+    fn zero_rows_and_zero_weights_give_the_bias() {
+        let (m, k, n) = (3, 8, 16);
+        let x = vec![0f32; m * k];
+        let w = vec![0f32; n * k];
+        let b: Vec<f32> = (0..n).map(|j| j as f32).collect();
+        let p = PackedI8::quantize(&w, n, k);
+        for kernel in i8_kernels() {
+            let mut out = vec![1f32; m * n];
+            linear_i8_with(kernel, &x, &p, Some(&b), m, &mut out, Threads::One);
+            for i in 0..m {
+                assert_eq!(&out[i * n..(i + 1) * n], &b[..], "{kernel:?}");
+            }
+        }
+    }
+}
