@@ -27,8 +27,9 @@ const KG: usize = 4;
 const TASK_ROWS: usize = 64;
 /// Panels per task.
 const TASK_PANELS: usize = 4;
-/// Rows of the register block.
+/// Rows and panels of the register block (16 accumulators of 16 lanes).
 const MR: usize = 8;
+const NP: usize = 2;
 
 /// An n×k weight matrix (rows = output features) in int8, packed.
 #[derive(Debug, Clone)]
@@ -112,27 +113,87 @@ impl PackedI8 {
     }
 }
 
-/// Activations quantised per row, zero-padded to `kp`.
+/// Activations quantised per row, zero-padded to `kp`: signed bytes, or
+/// for the VNNI kernel the same offset by 128 as unsigned bytes.
 struct Rows {
     kp: usize,
-    q: Vec<i8>,
+    q: Vec<u8>,
     scale: Vec<f32>,
 }
 
-fn quantize_rows(x: &[f32], m: usize, k: usize, kp: usize) -> Rows {
-    let mut q = vec![0i8; m * kp];
+/// Pointer shared by tasks that write disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedPtr<T>(*mut T);
+// SAFETY: every task writes only its own elements (see each use).
+unsafe impl<T> Send for SharedPtr<T> {}
+unsafe impl<T> Sync for SharedPtr<T> {}
+
+fn quantize_rows(
+    kernel: I8Kernel,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    threads: Threads,
+) -> Rows {
+    // The VNNI kernel takes the activations offset by 128, as unsigned bytes.
+    let offset = kernel == I8Kernel::Avx512Vnni;
+    let mut q = vec![if offset { 0x80u8 } else { 0 }; m * kp];
     let mut scale = vec![0f32; m];
-    for i in 0..m {
-        let row = &x[i * k..(i + 1) * k];
-        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-        scale[i] = s;
-        let inv = 1.0 / s;
-        for (d, &v) in q[i * kp..i * kp + k].iter_mut().zip(row) {
-            *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    let flip = if offset { 0x80u8 } else { 0 };
+    let (qp, sp) = (SharedPtr(q.as_mut_ptr()), SharedPtr(scale.as_mut_ptr()));
+    let task = |t: usize| {
+        let (qp, sp) = (qp, sp);
+        for i in t * TASK_ROWS..((t + 1) * TASK_ROWS).min(m) {
+            let row = &x[i * k..(i + 1) * k];
+            // SAFETY: row i < m of q (m × kp) and of scale (m) belongs to
+            // this task alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(qp.0.add(i * kp), k) };
+            let s = quantize_row(kernel, row, dst, flip);
+            unsafe { *sp.0.add(i) = s };
         }
+    };
+    let tasks = m.div_ceil(TASK_ROWS);
+    match threads {
+        Threads::All if m * k >= 1 << 16 => super::Team::global().run(tasks, &task),
+        _ => (0..tasks).for_each(task),
     }
     Rows { kp, q, scale }
+}
+
+/// Quantises one row into `dst` (`qx` as bytes, xor `flip`) and returns its
+/// scale. Every path rounds half to even, so all give the same bytes.
+fn quantize_row(kernel: I8Kernel, row: &[f32], dst: &mut [u8], flip: u8) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if kernel == I8Kernel::Avx512Vnni {
+            // SAFETY: the caller checked that the CPU has AVX-512.
+            return unsafe { x86::quantize_row_avx512(row, dst, flip) };
+        }
+        if kernel == I8Kernel::Avx2 {
+            // SAFETY: the caller checked that the CPU has AVX2.
+            return unsafe { x86::quantize_row_avx2(row, dst, flip) };
+        }
+    }
+    let s = row_scale(row.iter().fold(0f32, |a, v| a.max(v.abs())));
+    quantize_tail(row, dst, 1.0 / s, flip);
+    s
+}
+
+/// The scale of a row whose largest magnitude is `amax`.
+fn row_scale(amax: f32) -> f32 {
+    if amax > 0.0 {
+        amax / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// The scalar quantisation (also the vector paths' tail).
+fn quantize_tail(row: &[f32], dst: &mut [u8], inv: f32, flip: u8) {
+    for (d, &v) in dst.iter_mut().zip(row) {
+        *d = ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8) ^ flip;
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,18 +274,8 @@ pub fn linear_i8_with(
     if m == 0 || n == 0 {
         return;
     }
-    let rows = quantize_rows(x, m, k, w.kp);
-    // The VNNI kernel takes the activations as unsigned bytes, offset by 128.
-    let unsigned: Vec<u8> = match kernel {
-        I8Kernel::Avx512Vnni => rows.q.iter().map(|&v| (v as u8) ^ 0x80).collect(),
-        _ => Vec::new(),
-    };
-    #[derive(Clone, Copy)]
-    struct OutPtr(*mut f32);
-    // SAFETY: each task writes only its own rows × columns of out.
-    unsafe impl Send for OutPtr {}
-    unsafe impl Sync for OutPtr {}
-    let ptr = OutPtr(out.as_mut_ptr());
+    let rows = quantize_rows(kernel, x, m, k, w.kp, threads);
+    let ptr = SharedPtr(out.as_mut_ptr());
     let panels = n / PANEL;
     let col_tasks = panels.div_ceil(TASK_PANELS);
     let row_tasks = m.div_ceil(TASK_ROWS);
@@ -233,24 +284,45 @@ pub fn linear_i8_with(
         let (rt, ct) = (t / col_tasks, t % col_tasks);
         let (r0, r1) = (rt * TASK_ROWS, ((rt + 1) * TASK_ROWS).min(m));
         let (p0, p1) = (ct * TASK_PANELS, ((ct + 1) * TASK_PANELS).min(panels));
-        let mut sums = [[0i32; PANEL]; MR];
-        for p in p0..p1 {
+        let mut sums = [[0i32; PANEL * NP]; MR];
+        let mut p = p0;
+        while p < p1 {
+            let np = (p1 - p).min(NP);
+            let cols = np * PANEL;
             let mut r = r0;
             while r < r1 {
                 let mr = (r1 - r).min(MR);
-                block(kernel, &rows, &unsigned, w, r, mr, p, &mut sums);
+                block(kernel, &rows, w, r, mr, p, np, &mut sums);
                 for (i, s) in sums.iter().enumerate().take(mr) {
                     let sx = rows.scale[r + i];
-                    for (c, &v) in s.iter().enumerate() {
-                        let j = p * PANEL + c;
-                        let b = bias.map_or(0.0, |b| b[j]);
-                        // SAFETY: row r + i < m and column j < n: inside out
-                        // (m×n), and only this task writes it.
-                        unsafe { *ptr.0.add((r + i) * n + j) = sx * w.scale[j] * v as f32 + b };
+                    let j0 = p * PANEL;
+                    // SAFETY: row r + i < m, columns j0..j0 + cols ≤ n: inside
+                    // out (m×n), and only this task writes them.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(ptr.0.add((r + i) * n + j0), cols)
+                    };
+                    let sw = &w.scale[j0..j0 + cols];
+                    match bias {
+                        Some(b) => {
+                            for (((d, &v), &sw), &b) in dst
+                                .iter_mut()
+                                .zip(&s[..cols])
+                                .zip(sw)
+                                .zip(&b[j0..j0 + cols])
+                            {
+                                *d = sx * sw * v as f32 + b;
+                            }
+                        }
+                        None => {
+                            for ((d, &v), &sw) in dst.iter_mut().zip(&s[..cols]).zip(sw) {
+                                *d = sx * sw * v as f32;
+                            }
+                        }
                     }
                 }
                 r += mr;
             }
+            p += np;
         }
     };
     let tasks = row_tasks * col_tasks;
@@ -260,47 +332,59 @@ pub fn linear_i8_with(
     }
 }
 
-/// Exact `Σ qx·qw` of rows `r..r+mr` against panel `p`, into `sums`.
+/// Exact `Σ qx·qw` of rows `r..r+mr` against panels `p..p+np`, into `sums`.
 #[allow(clippy::too_many_arguments)]
 fn block(
     kernel: I8Kernel,
     rows: &Rows,
-    unsigned: &[u8],
     w: &PackedI8,
     r: usize,
     mr: usize,
     p: usize,
-    sums: &mut [[i32; PANEL]; MR],
+    np: usize,
+    sums: &mut [[i32; PANEL * NP]; MR],
 ) {
-    let panel = w.panel(p);
     let kp = rows.kp;
+    let x = &rows.q[r * kp..(r + mr) * kp];
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: linear_i8_with checked that this CPU has the features;
-        // every load below is inside `unsigned` (m × kp) and `panel` (kp × 16).
+        // every load is inside `x` (mr × kp) and the panels (kp × 16 each).
         I8Kernel::Avx512Vnni => unsafe {
-            x86::block_vnni(&unsigned[r * kp..(r + mr) * kp], kp, mr, panel, sums);
+            x86::block_vnni(
+                x,
+                kp,
+                mr,
+                w.panel(p),
+                (np == 2).then(|| w.panel(p + 1)),
+                sums,
+            );
             for s in sums.iter_mut().take(mr) {
-                for (c, v) in s.iter_mut().enumerate() {
-                    *v -= w.offset[p * PANEL + c];
+                for (v, o) in s.iter_mut().zip(&w.offset[p * PANEL..(p + np) * PANEL]) {
+                    *v -= o;
                 }
             }
         },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2 and `rows.q`.
+        // SAFETY: as above, for AVX2.
         I8Kernel::Avx2 => unsafe {
-            x86::block_avx2(&rows.q[r * kp..(r + mr) * kp], kp, mr, panel, sums)
+            for q in 0..np {
+                x86::block_avx2(x, kp, mr, w.panel(p + q), q * PANEL, sums)
+            }
         },
         _ => {
-            let _ = unsigned;
-            for (i, s) in sums.iter_mut().enumerate().take(mr) {
-                let x = &rows.q[(r + i) * kp..(r + i + 1) * kp];
-                *s = [0; PANEL];
-                for g in 0..kp / KG {
-                    let wg = &panel[g * PANEL * KG..(g + 1) * PANEL * KG];
-                    for (c, acc) in s.iter_mut().enumerate() {
-                        for t in 0..KG {
-                            *acc += i32::from(x[g * KG + t]) * i32::from(wg[c * KG + t]);
+            for q in 0..np {
+                let panel = w.panel(p + q);
+                for (i, s) in sums.iter_mut().enumerate().take(mr) {
+                    let xi = &x[i * kp..(i + 1) * kp];
+                    let s = &mut s[q * PANEL..(q + 1) * PANEL];
+                    s.fill(0);
+                    for g in 0..kp / KG {
+                        let wg = &panel[g * PANEL * KG..(g + 1) * PANEL * KG];
+                        for (c, acc) in s.iter_mut().enumerate() {
+                            for t in 0..KG {
+                                *acc += i32::from(xi[g * KG + t] as i8) * i32::from(wg[c * KG + t]);
+                            }
                         }
                     }
                 }
@@ -311,40 +395,129 @@ fn block(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{KG, MR, PANEL};
+    use super::{KG, MR, NP, PANEL};
     use std::arch::x86_64::*;
 
-    /// `sums[i][c] = Σ x[i]·panel[c]` with `x` offset unsigned bytes.
+    /// [`super::quantize_row`] with AVX-512: 16 values per step.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_row_avx512(row: &[f32], dst: &mut [u8], flip: u8) -> f32 {
+        let k = row.len().min(dst.len());
+        let body = k / 16 * 16;
+        let mut m = _mm512_setzero_ps();
+        for i in (0..body).step_by(16) {
+            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row.as_ptr().add(i))));
+        }
+        let amax = row[body..k]
+            .iter()
+            .fold(_mm512_reduce_max_ps(m), |a, v| a.max(v.abs()));
+        let s = super::row_scale(amax);
+        let inv = 1.0 / s;
+        let (vinv, fl) = (_mm512_set1_ps(inv), _mm_set1_epi8(flip as i8));
+        for i in (0..body).step_by(16) {
+            // Round to nearest even (the default mode), saturate to i8.
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i)), vinv));
+            let b = _mm_xor_si128(_mm512_cvtsepi32_epi8(q), fl);
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, b);
+        }
+        super::quantize_tail(&row[body..k], &mut dst[body..k], inv, flip);
+        s
+    }
+
+    /// [`super::quantize_row`] with AVX2: 32 values per step.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_row_avx2(row: &[f32], dst: &mut [u8], flip: u8) -> f32 {
+        let k = row.len().min(dst.len());
+        let body = k / 32 * 32;
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut m = _mm256_setzero_ps();
+        for i in (0..body).step_by(8) {
+            m = _mm256_max_ps(m, _mm256_and_ps(abs, _mm256_loadu_ps(row.as_ptr().add(i))));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let amax = row[body..k]
+            .iter()
+            .chain(&lanes)
+            .fold(0f32, |a, v| a.max(v.abs()));
+        let s = super::row_scale(amax);
+        let inv = 1.0 / s;
+        let (vinv, fl) = (_mm256_set1_ps(inv), _mm256_set1_epi8(flip as i8));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for i in (0..body).step_by(32) {
+            let q = |j: usize| {
+                _mm256_cvtps_epi32(_mm256_mul_ps(
+                    _mm256_loadu_ps(row.as_ptr().add(i + j)),
+                    vinv,
+                ))
+            };
+            let w01 = _mm256_packs_epi32(q(0), q(8));
+            let w23 = _mm256_packs_epi32(q(16), q(24));
+            // packs works per 128-bit lane: put the 4-byte groups back in order.
+            let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i) as *mut __m256i,
+                _mm256_xor_si256(b, fl),
+            );
+        }
+        super::quantize_tail(&row[body..k], &mut dst[body..k], inv, flip);
+        s
+    }
+
+    /// `sums[i][c] = Σ x[i]·panel[c]` for one or two panels, with `x` as
+    /// unsigned bytes offset by 128 (the caller removes the offset).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn block_vnni(
         x: &[u8],
         kp: usize,
         mr: usize,
-        panel: &[i8],
-        sums: &mut [[i32; PANEL]; MR],
+        p0: &[i8],
+        p1: Option<&[i8]>,
+        sums: &mut [[i32; PANEL * NP]; MR],
     ) {
-        debug_assert!(x.len() == mr * kp && panel.len() == kp * PANEL);
-        let mut acc = [_mm512_setzero_si512(); MR];
-        for g in 0..kp / KG {
-            let wv = _mm512_loadu_si512(panel.as_ptr().add(g * PANEL * KG) as *const _);
-            for (i, a) in acc.iter_mut().enumerate().take(mr) {
-                let xi = (x.as_ptr().add(i * kp + g * KG) as *const i32).read_unaligned();
-                *a = _mm512_dpbusd_epi32(*a, _mm512_set1_epi32(xi), wv);
+        debug_assert!(x.len() == mr * kp && p0.len() == kp * PANEL);
+        let mut a0 = [_mm512_setzero_si512(); MR];
+        let mut a1 = [_mm512_setzero_si512(); MR];
+        match p1 {
+            Some(p1) => {
+                for g in 0..kp / KG {
+                    let w0 = _mm512_loadu_si512(p0.as_ptr().add(g * PANEL * KG) as *const _);
+                    let w1 = _mm512_loadu_si512(p1.as_ptr().add(g * PANEL * KG) as *const _);
+                    for i in 0..mr {
+                        let xi = (x.as_ptr().add(i * kp + g * KG) as *const i32).read_unaligned();
+                        let xv = _mm512_set1_epi32(xi);
+                        a0[i] = _mm512_dpbusd_epi32(a0[i], xv, w0);
+                        a1[i] = _mm512_dpbusd_epi32(a1[i], xv, w1);
+                    }
+                }
+                for i in 0..mr {
+                    _mm512_storeu_si512(sums[i].as_mut_ptr() as *mut _, a0[i]);
+                    _mm512_storeu_si512(sums[i].as_mut_ptr().add(PANEL) as *mut _, a1[i]);
+                }
             }
-        }
-        for (s, a) in sums.iter_mut().zip(acc).take(mr) {
-            _mm512_storeu_si512(s.as_mut_ptr() as *mut _, a);
+            None => {
+                for g in 0..kp / KG {
+                    let w0 = _mm512_loadu_si512(p0.as_ptr().add(g * PANEL * KG) as *const _);
+                    for i in 0..mr {
+                        let xi = (x.as_ptr().add(i * kp + g * KG) as *const i32).read_unaligned();
+                        a0[i] = _mm512_dpbusd_epi32(a0[i], _mm512_set1_epi32(xi), w0);
+                    }
+                }
+                for i in 0..mr {
+                    _mm512_storeu_si512(sums[i].as_mut_ptr() as *mut _, a0[i]);
+                }
+            }
         }
     }
 
-    /// `sums[i][c] = Σ x[i]·panel[c]` with signed bytes.
+    /// `sums[i][at..at + 16] = Σ x[i]·panel[c]` with signed bytes.
     #[target_feature(enable = "avx2")]
     pub unsafe fn block_avx2(
-        x: &[i8],
+        x: &[u8],
         kp: usize,
         mr: usize,
         panel: &[i8],
-        sums: &mut [[i32; PANEL]; MR],
+        at: usize,
+        sums: &mut [[i32; PANEL * NP]; MR],
     ) {
         debug_assert!(x.len() == mr * kp && panel.len() == kp * PANEL);
         let ones = _mm256_set1_epi16(1);
@@ -358,15 +531,15 @@ mod x86 {
                 let xi = (x.as_ptr().add(i * kp + g * KG) as *const i32).read_unaligned();
                 let xv = _mm256_set1_epi32(xi);
                 let ax = _mm256_abs_epi8(xv);
-                let p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xv));
-                let p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xv));
-                lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(p0, ones));
-                hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(p1, ones));
+                let q0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xv));
+                let q1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xv));
+                lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(q0, ones));
+                hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(q1, ones));
             }
         }
         for i in 0..mr {
-            _mm256_storeu_si256(sums[i].as_mut_ptr() as *mut __m256i, lo[i]);
-            _mm256_storeu_si256(sums[i].as_mut_ptr().add(8) as *mut __m256i, hi[i]);
+            _mm256_storeu_si256(sums[i].as_mut_ptr().add(at) as *mut __m256i, lo[i]);
+            _mm256_storeu_si256(sums[i].as_mut_ptr().add(at + 8) as *mut __m256i, hi[i]);
         }
     }
 }
@@ -391,8 +564,15 @@ mod tests {
 
     #[test]
     fn every_kernel_gives_the_same_sums_and_they_match_f32_within_int8_error() {
-        // MiniLM's shapes, odd row counts and a k that is not a multiple of 4.
-        for (m, k, n) in [(1, 384, 1152), (13, 384, 384), (70, 1536, 384), (9, 30, 32)] {
+        // MiniLM's shapes, odd row counts, and k values that leave tails for
+        // the 4-, 16- and 32-wide steps.
+        for (m, k, n) in [
+            (1, 384, 1152),
+            (13, 384, 384),
+            (70, 1536, 384),
+            (9, 30, 32),
+            (5, 77, 48),
+        ] {
             let x = random(m * k, 1);
             let w = random(n * k, 2);
             let b = random(n, 3);
