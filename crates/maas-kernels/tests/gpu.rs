@@ -57,6 +57,63 @@ fn every_cuda_kernel_matches_its_cpu_twin() {
         close(&g.download(&out).unwrap()[..m * n], &want, 1e-5, "linear");
     }
 
+    // The int8 twin: the same quantisation (half to even) and exact integer
+    // sums, so only the float epilogue may differ.
+    for (m, k, n) in [
+        (1, 384, 1152),
+        (37, 384, 384),
+        (130, 1536, 384),
+        (5, 77, 48),
+    ] {
+        let (mut x, w, b) = (random(m * k, 8), random(n * k, 9), random(n, 10));
+        // Half the rows mostly positive: zero points other than the centre.
+        for v in x.iter_mut().skip(m * k / 2) {
+            *v = v.abs() * 2.0 - 0.1;
+        }
+        let packed = cpu::PackedI8::quantize(&w, n, k);
+        let mut want = vec![0.0; m * n];
+        cpu::linear_i8(&x, &packed, Some(&b), m, &mut want, Threads::All);
+        let kp = packed.kp();
+        let (mut q, mut sx, mut zx) = (
+            g.zeros_i8(m * kp).unwrap(),
+            g.zeros(m).unwrap(),
+            g.zeros_i32(m).unwrap(),
+        );
+        let ones = g.upload(&vec![1.0f32; k]).unwrap();
+        g.quantize_rows_i8(
+            &g.upload(&x).unwrap(),
+            &ones,
+            m,
+            k,
+            kp,
+            &mut q,
+            &mut sx,
+            &mut zx,
+        )
+        .unwrap();
+        let mut out = g.zeros(m * n).unwrap();
+        g.linear_i8(
+            &q,
+            &sx,
+            &zx,
+            &g.upload(&packed.rows()).unwrap(),
+            &g.upload(packed.scales()).unwrap(),
+            &g.upload(packed.colsums()).unwrap(),
+            &g.upload(&b).unwrap(),
+            m,
+            kp,
+            n,
+            &mut out,
+        )
+        .unwrap();
+        close(
+            &g.download(&out).unwrap()[..m * n],
+            &want,
+            1e-5,
+            "linear_i8",
+        );
+    }
+
     let (rows, cols) = (33, 384);
     let (x, y, gm, bt) = (
         random(rows * cols, 4),

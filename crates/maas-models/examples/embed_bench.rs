@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use maas_models::Embedder;
+use maas_models::Precision;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -33,12 +34,31 @@ fn main() {
         .get(3)
         .map(|s| s.parse().unwrap())
         .unwrap_or(maas_models::Device::Cpu);
-    let e = Embedder::load_on(&dir, device).unwrap();
-    let engine = if device == maas_models::Device::Cpu {
-        "maas"
-    } else {
-        "maas-cuda"
-    };
+    // Optional fifth argument: the precisions to run, each case in turn on
+    // each (`f16,int8`; f16 alone by default). f16 reports as `maas`, int8
+    // as `maas-int8` (`maas-cuda…` on a GPU).
+    let precisions: Vec<Precision> = args
+        .get(5)
+        .map(String::as_str)
+        .unwrap_or("f16")
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let engines: Vec<(String, Embedder)> = precisions
+        .iter()
+        .map(|&p| {
+            let base = if device == maas_models::Device::Cpu {
+                "maas"
+            } else {
+                "maas-cuda"
+            };
+            let name = match p {
+                Precision::F16 => base.to_string(),
+                _ => format!("{base}-{}", p.as_str()),
+            };
+            (name, Embedder::load_with(&dir, device, p).unwrap())
+        })
+        .collect();
     let peak = maas_kernels::cpu::peak_fma_gflops(Duration::from_millis(500));
     if device == maas_models::Device::Cpu {
         println!(
@@ -67,24 +87,26 @@ fn main() {
                     v
                 })
                 .collect();
-            e.forward(&ids).unwrap(); // warm-up
-            let mut times = Vec::new();
-            let start = Instant::now();
-            while start.elapsed().as_secs_f64() < secs || times.len() < 3 {
-                let t = Instant::now();
-                std::hint::black_box(e.forward(&ids).unwrap());
-                times.push(t.elapsed().as_secs_f64());
-            }
-            times.sort_by(f64::total_cmp);
-            let med = times[times.len() / 2];
-            let gflops = flops(batch, len) / med / 1e9;
-            println!(
+            for (engine, e) in &engines {
+                e.forward(&ids).unwrap(); // warm-up
+                let mut times = Vec::new();
+                let start = Instant::now();
+                while start.elapsed().as_secs_f64() < secs || times.len() < 3 {
+                    let t = Instant::now();
+                    std::hint::black_box(e.forward(&ids).unwrap());
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                times.sort_by(f64::total_cmp);
+                let med = times[times.len() / 2];
+                let gflops = flops(batch, len) / med / 1e9;
+                println!(
                 "{{\"engine\": \"{engine}\", \"batch\": {batch}, \"tokens\": {len}, \"sentences_per_s\": {:.1}, \"tokens_per_s\": {:.0}, \"median_ms\": {:.3}, \"gflops\": {gflops:.1}, \"share_of_peak\": {:.3}}}",
                 batch as f64 / med,
                 (batch * len) as f64 / med,
                 med * 1e3,
                 gflops / peak
             );
+            }
         }
     }
 }

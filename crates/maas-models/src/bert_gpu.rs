@@ -2,8 +2,9 @@
 //! kernel per op (see `maas-kernels/cuda`), the same packed, unpadded batch
 //! layout as on the CPU. Only the pooled vectors come back to the host.
 
-use crate::bert::{EmbedError, Layer};
+use crate::bert::{EmbedError, Layer, LayerRanges};
 use cudarc::driver::CudaSlice;
+use maas_kernels::cpu::PackedI8;
 use maas_kernels::cuda::{Gpu, GpuError};
 
 impl From<GpuError> for EmbedError {
@@ -32,6 +33,34 @@ struct GpuLayer {
     ff2_b: CudaSlice<f32>,
     ln2_g: CudaSlice<f32>,
     ln2_b: CudaSlice<f32>,
+    /// With int8 precision: those of qkv, out, ff1 and ff2 that run in int8
+    /// (their f32 copies above are then unused).
+    int8: [Option<GpuI8>; 4],
+}
+
+/// One int8 weight matrix on the device: n × kp bytes and n scales.
+struct GpuI8 {
+    w: CudaSlice<i8>,
+    scale: CudaSlice<f32>,
+    /// Per input channel: the activations' factor (see `PackedI8::quantize_smoothed`).
+    smooth: CudaSlice<f32>,
+    /// Per output channel: Σ qw.
+    colsum: CudaSlice<i32>,
+    kp: usize,
+}
+
+impl GpuI8 {
+    fn upload(gpu: &Gpu, w: &[f32], n: usize, k: usize, amax: &[f32]) -> Result<Self, GpuError> {
+        let p = PackedI8::quantize_smoothed(w, n, k, amax, crate::bert::SMOOTHING);
+        let ones = vec![1.0; k];
+        Ok(Self {
+            w: gpu.upload(&p.rows())?,
+            scale: gpu.upload(p.scales())?,
+            smooth: gpu.upload(p.smoothing().unwrap_or(&ones))?,
+            colsum: gpu.upload(p.colsums())?,
+            kp: p.kp(),
+        })
+    }
 }
 
 pub(crate) struct GpuWeights {
@@ -49,6 +78,7 @@ impl GpuWeights {
     #[allow(clippy::too_many_arguments)]
     pub fn upload(
         ordinal: usize,
+        int8_ranges: Option<&[LayerRanges]>,
         word: &[f32],
         pos: &[f32],
         type0: &[f32],
@@ -58,8 +88,25 @@ impl GpuWeights {
     ) -> Result<Self, EmbedError> {
         let gpu = Gpu::new(ordinal)?;
         let mut up = Vec::with_capacity(layers.len());
-        for l in layers {
+        for (n, l) in layers.iter().enumerate() {
+            let (h, f) = (l.out_b.len(), l.ff1_b.len());
+            // The same matrices in int8 as on the CPU (bert::INT8_MATRICES).
+            let shapes = [
+                (&l.qkv_w, 3 * h, h),
+                (&l.out_w, h, h),
+                (&l.ff1_w, f, h),
+                (&l.ff2_w, h, f),
+            ];
+            let mut int8: [Option<GpuI8>; 4] = Default::default();
+            if let Some(r) = int8_ranges.map(|r| &r[n]) {
+                for (i, &(w, n, k)) in shapes.iter().enumerate() {
+                    if crate::bert::INT8_MATRICES[i] {
+                        int8[i] = Some(GpuI8::upload(&gpu, w, n, k, &r[i])?);
+                    }
+                }
+            }
             up.push(GpuLayer {
+                int8,
                 qkv_w: gpu.upload(&l.qkv_w)?,
                 qkv_b: gpu.upload(&l.qkv_b)?,
                 out_w: gpu.upload(&l.out_w)?,
@@ -121,14 +168,48 @@ impl GpuWeights {
         let mut proj = g.zeros(t * h)?;
         let mut ff = g.zeros(t * f)?;
         let scale = 1.0 / ((h / heads) as f32).sqrt();
+        // int8 activations: the widest input (ff2's k) rounded up to 4.
+        let int8 = self
+            .layers
+            .iter()
+            .any(|l| l.int8.iter().any(Option::is_some));
+        let (mut q, mut sx, mut zx) = if int8 {
+            (
+                g.zeros_i8(t * f.max(h).div_ceil(4) * 4)?,
+                g.zeros(t)?,
+                g.zeros_i32(t)?,
+            )
+        } else {
+            (g.zeros_i8(1)?, g.zeros(1)?, g.zeros_i32(1)?)
+        };
+        // out = x · W[i]ᵀ + b, in f32 or int8 as the layer was uploaded.
+        let mut lin = |l: &GpuLayer,
+                       i: usize,
+                       x: &CudaSlice<f32>,
+                       b: &CudaSlice<f32>,
+                       k: usize,
+                       n: usize,
+                       out: &mut CudaSlice<f32>|
+         -> Result<(), GpuError> {
+            match &l.int8[i] {
+                Some(w) => {
+                    g.quantize_rows_i8(x, &w.smooth, t, k, w.kp, &mut q, &mut sx, &mut zx)?;
+                    g.linear_i8(&q, &sx, &zx, &w.w, &w.scale, &w.colsum, b, t, w.kp, n, out)
+                }
+                None => {
+                    let w = [&l.qkv_w, &l.out_w, &l.ff1_w, &l.ff2_w][i];
+                    g.linear(x, w, b, t, k, n, out)
+                }
+            }
+        };
         for l in &self.layers {
-            g.linear(&x, &l.qkv_w, &l.qkv_b, t, h, 3 * h, &mut qkv)?;
+            lin(l, 0, &x, &l.qkv_b, h, 3 * h, &mut qkv)?;
             g.attention(&qkv, &d_starts, &d_lens, &mut ctx, ids.len(), heads, scale)?;
-            g.linear(&ctx, &l.out_w, &l.out_b, t, h, h, &mut proj)?;
+            lin(l, 1, &ctx, &l.out_b, h, h, &mut proj)?;
             g.add_layer_norm(&mut x, &proj, &l.ln1_g, &l.ln1_b, t, h, s.eps)?;
-            g.linear(&x, &l.ff1_w, &l.ff1_b, t, h, f, &mut ff)?;
+            lin(l, 2, &x, &l.ff1_b, h, f, &mut ff)?;
             g.gelu(&mut ff, t * f)?;
-            g.linear(&ff, &l.ff2_w, &l.ff2_b, t, f, h, &mut proj)?;
+            lin(l, 3, &ff, &l.ff2_b, f, h, &mut proj)?;
             g.add_layer_norm(&mut x, &proj, &l.ln2_g, &l.ln2_b, t, h, s.eps)?;
         }
         let mut pooled = g.zeros(ids.len() * h)?;

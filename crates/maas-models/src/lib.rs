@@ -11,4 +11,4 @@ pub mod llama;
 pub mod sampling;
 pub mod weights;
 
-pub use bert::{Device, EmbedError, EmbedInput, Embedder, MAX_TOKENS};
+pub use bert::{Device, EmbedError, EmbedInput, Embedder, Precision, MAX_TOKENS};

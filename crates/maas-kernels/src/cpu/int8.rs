@@ -1,7 +1,8 @@
 //! `y = x·Wᵀ + b` in int8: weights quantised once at load, per output
 //! channel (`w ≈ sw[j]·qw`, `qw` in −127..=127), activations per input row
-//! at run time (`x ≈ sx[i]·qx`), and every dot product summed exactly in
-//! 32-bit integers, so `y[i][j] = sx[i]·sw[j]·Σ qx·qw + b[j]`.
+//! at run time and asymmetrically (`x ≈ sx[i]·(qx − zx[i])`, `qx` in
+//! −128..=127), and every dot product summed exactly in 32-bit integers, so
+//! `y[i][j] = sx[i]·sw[j]·(Σ qx·qw − zx[i]·Σ qw) + b[j]`.
 //!
 //! The weights are packed in panels of 16 output columns, each stored as
 //! groups of 4 consecutive k values per column (`[k/4][16][4]`): one 64-byte
@@ -13,7 +14,7 @@
 //!   accumulators stay in registers;
 //! - AVX2: `vpsignb` moves each activation's sign onto the weight, so
 //!   `vpmaddubsw` multiplies `|qx|` by the signed weight (at most
-//!   2·127·127, no saturation) and `vpmaddwd` sums the pairs;
+//!   2·128·127, no saturation) and `vpmaddwd` sums the pairs;
 //! - portable Rust.
 
 use super::linear::Threads;
@@ -44,16 +45,58 @@ pub struct PackedI8 {
     scale: Vec<f32>,
     /// Per output column: 128·Σ qw (the VNNI kernel's offset).
     offset: Vec<i32>,
+    /// Per output column: Σ qw (for the activations' zero points).
+    colsum: Vec<i32>,
+    /// Per input channel, when smoothed: the factor `1/s[p]` applied to the
+    /// activations as they are quantised (the weights' column p holds `s[p]`).
+    smooth: Option<Vec<f32>>,
 }
 
 impl PackedI8 {
     /// Quantises `w` (n×k, row-major) per row. `n` must be a multiple of 16.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+        Self::quantize_inner(w, n, k, None)
+    }
+
+    /// Quantises `w` with the activations' outliers moved into the weights
+    /// (smoothing, as SmoothQuant does): `act_amax[p]` is the largest
+    /// |activation| seen on input channel p (from a calibration pass); column
+    /// p of the weights is multiplied by `s[p] = act_amax[p]^α / w_amax[p]^(1-α)`
+    /// and each activation divided by it at run time, which leaves `x·Wᵀ`
+    /// unchanged and both sides with a flatter range for int8.
+    pub fn quantize_smoothed(w: &[f32], n: usize, k: usize, act_amax: &[f32], alpha: f32) -> Self {
+        assert_eq!(w.len(), n * k, "PackedI8: w is not n×k");
+        assert_eq!(act_amax.len(), k, "PackedI8: act_amax is not k");
+        let mut w_amax = vec![0f32; k];
+        for row in w.chunks_exact(k) {
+            for (m, v) in w_amax.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        let s: Vec<f32> = act_amax
+            .iter()
+            .zip(&w_amax)
+            .map(|(&a, &wm)| {
+                if a > 0.0 && wm > 0.0 {
+                    (a.powf(alpha) / wm.powf(1.0 - alpha)).clamp(1e-4, 1e4)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let scaled: Vec<f32> = w
+            .chunks_exact(k)
+            .flat_map(|row| row.iter().zip(&s).map(|(v, s)| v * s))
+            .collect();
+        Self::quantize_inner(&scaled, n, k, Some(s.iter().map(|s| 1.0 / s).collect()))
+    }
+
+    fn quantize_inner(w: &[f32], n: usize, k: usize, smooth: Option<Vec<f32>>) -> Self {
         assert_eq!(w.len(), n * k, "PackedI8: w is not n×k");
         assert_eq!(n % PANEL, 0, "PackedI8: n must be a multiple of {PANEL}");
         let kp = k.div_ceil(KG) * KG;
         let mut data = vec![0i8; n * kp];
-        let (mut scale, mut offset) = (vec![0f32; n], vec![0i32; n]);
+        let (mut scale, mut offset, mut colsum) = (vec![0f32; n], vec![0i32; n], vec![0i32; n]);
         for j in 0..n {
             let row = &w[j * k..(j + 1) * k];
             let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -67,6 +110,7 @@ impl PackedI8 {
                 data[Self::at(kp, panel, p / KG, c, p % KG)] = q;
             }
             offset[j] = 128 * sum;
+            colsum[j] = sum;
         }
         Self {
             n,
@@ -75,6 +119,8 @@ impl PackedI8 {
             data,
             scale,
             offset,
+            colsum,
+            smooth,
         }
     }
 
@@ -101,7 +147,41 @@ impl PackedI8 {
         for j in 0..self.n {
             for p in 0..self.k {
                 let q = self.data[Self::at(self.kp, j / PANEL, p / KG, j % PANEL, p % KG)];
-                out[j * self.k + p] = self.scale[j] * f32::from(q);
+                let inv = self.smooth.as_ref().map_or(1.0, |s| s[p]);
+                out[j * self.k + p] = self.scale[j] * f32::from(q) * inv;
+            }
+        }
+        out
+    }
+
+    /// k rounded up to a multiple of 4.
+    pub fn kp(&self) -> usize {
+        self.kp
+    }
+
+    /// The per-channel scales.
+    pub fn scales(&self) -> &[f32] {
+        &self.scale
+    }
+
+    /// Per output channel: Σ qw (the zero points' correction).
+    pub fn colsums(&self) -> &[i32] {
+        &self.colsum
+    }
+
+    /// The per-input-channel factors the activations are multiplied by
+    /// before they are quantised, if the weights were smoothed.
+    pub fn smoothing(&self) -> Option<&[f32]> {
+        self.smooth.as_deref()
+    }
+
+    /// The int8 weights row-major, n × kp, zero-padded (the GPU's layout).
+    pub fn rows(&self) -> Vec<i8> {
+        let mut out = vec![0i8; self.n * self.kp];
+        for j in 0..self.n {
+            for p in 0..self.kp {
+                out[j * self.kp + p] =
+                    self.data[Self::at(self.kp, j / PANEL, p / KG, j % PANEL, p % KG)];
             }
         }
         out
@@ -113,12 +193,15 @@ impl PackedI8 {
     }
 }
 
-/// Activations quantised per row, zero-padded to `kp`: signed bytes, or
-/// for the VNNI kernel the same offset by 128 as unsigned bytes.
+/// Activations quantised per row, asymmetrically (`x ≈ s·(q − z)` with `q`
+/// in −128..=127, so a row's whole range from its minimum to its maximum gets
+/// the 256 levels), zero-padded to `kp`: signed bytes, or for the VNNI kernel
+/// the same offset by 128 as unsigned bytes.
 struct Rows {
     kp: usize,
     q: Vec<u8>,
     scale: Vec<f32>,
+    zero: Vec<i32>,
 }
 
 /// Pointer shared by tasks that write disjoint parts.
@@ -134,23 +217,38 @@ fn quantize_rows(
     m: usize,
     k: usize,
     kp: usize,
+    smooth: Option<&[f32]>,
     threads: Threads,
 ) -> Rows {
     // The VNNI kernel takes the activations offset by 128, as unsigned bytes.
     let offset = kernel == I8Kernel::Avx512Vnni;
     let mut q = vec![if offset { 0x80u8 } else { 0 }; m * kp];
-    let mut scale = vec![0f32; m];
+    let (mut scale, mut zero) = (vec![0f32; m], vec![0i32; m]);
     let flip = if offset { 0x80u8 } else { 0 };
-    let (qp, sp) = (SharedPtr(q.as_mut_ptr()), SharedPtr(scale.as_mut_ptr()));
+    let (qp, sp, zp) = (
+        SharedPtr(q.as_mut_ptr()),
+        SharedPtr(scale.as_mut_ptr()),
+        SharedPtr(zero.as_mut_ptr()),
+    );
     let task = |t: usize| {
-        let (qp, sp) = (qp, sp);
+        let (qp, sp, zp) = (qp, sp, zp);
+        let mut smoothed = vec![0f32; if smooth.is_some() { k } else { 0 }];
         for i in t * TASK_ROWS..((t + 1) * TASK_ROWS).min(m) {
-            let row = &x[i * k..(i + 1) * k];
+            let mut row = &x[i * k..(i + 1) * k];
+            if let Some(f) = smooth {
+                for ((d, v), f) in smoothed.iter_mut().zip(row).zip(f) {
+                    *d = v * f;
+                }
+                row = &smoothed;
+            }
             // SAFETY: row i < m of q (m × kp) and of scale (m) belongs to
             // this task alone.
             let dst = unsafe { std::slice::from_raw_parts_mut(qp.0.add(i * kp), k) };
-            let s = quantize_row(kernel, row, dst, flip);
-            unsafe { *sp.0.add(i) = s };
+            let (s, z) = quantize_row(kernel, row, dst, flip);
+            unsafe {
+                *sp.0.add(i) = s;
+                *zp.0.add(i) = z;
+            }
         }
     };
     let tasks = m.div_ceil(TASK_ROWS);
@@ -158,12 +256,13 @@ fn quantize_rows(
         Threads::All if m * k >= 1 << 16 => super::Team::global().run(tasks, &task),
         _ => (0..tasks).for_each(task),
     }
-    Rows { kp, q, scale }
+    Rows { kp, q, scale, zero }
 }
 
-/// Quantises one row into `dst` (`qx` as bytes, xor `flip`) and returns its
-/// scale. Every path rounds half to even, so all give the same bytes.
-fn quantize_row(kernel: I8Kernel, row: &[f32], dst: &mut [u8], flip: u8) -> f32 {
+/// Quantises one row into `dst` (`q` as bytes, xor `flip`) and returns its
+/// scale and zero point. Every path rounds half to even and saturates, so
+/// all give the same bytes.
+fn quantize_row(kernel: I8Kernel, row: &[f32], dst: &mut [u8], flip: u8) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     {
         if kernel == I8Kernel::Avx512Vnni {
@@ -175,24 +274,32 @@ fn quantize_row(kernel: I8Kernel, row: &[f32], dst: &mut [u8], flip: u8) -> f32 
             return unsafe { x86::quantize_row_avx2(row, dst, flip) };
         }
     }
-    let s = row_scale(row.iter().fold(0f32, |a, v| a.max(v.abs())));
-    quantize_tail(row, dst, 1.0 / s, flip);
-    s
+    let (lo, hi) = row
+        .iter()
+        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (s, z) = row_params(lo, hi);
+    quantize_tail(row, dst, 1.0 / s, z, flip);
+    (s, z)
 }
 
-/// The scale of a row whose largest magnitude is `amax`.
-fn row_scale(amax: f32) -> f32 {
-    if amax > 0.0 {
-        amax / 127.0
+/// Scale and zero point of a row whose values lie in `lo..=hi`: the range
+/// (widened to hold 0) maps onto −128..=127.
+fn row_params(lo: f32, hi: f32) -> (f32, i32) {
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    if hi > lo {
+        let s = (hi - lo) / 255.0;
+        let z = (-128.0 - (lo / s).round_ties_even()).clamp(-128.0, 127.0) as i32;
+        (s, z)
     } else {
-        1.0
+        (1.0, 0)
     }
 }
 
 /// The scalar quantisation (also the vector paths' tail).
-fn quantize_tail(row: &[f32], dst: &mut [u8], inv: f32, flip: u8) {
+fn quantize_tail(row: &[f32], dst: &mut [u8], inv: f32, z: i32, flip: u8) {
     for (d, &v) in dst.iter_mut().zip(row) {
-        *d = ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8) ^ flip;
+        let q = ((v * inv).round_ties_even() as i32 + z).clamp(-128, 127);
+        *d = (q as i8 as u8) ^ flip;
     }
 }
 
@@ -274,7 +381,7 @@ pub fn linear_i8_with(
     if m == 0 || n == 0 {
         return;
     }
-    let rows = quantize_rows(kernel, x, m, k, w.kp, threads);
+    let rows = quantize_rows(kernel, x, m, k, w.kp, w.smooth.as_deref(), threads);
     let ptr = SharedPtr(out.as_mut_ptr());
     let panels = n / PANEL;
     let col_tasks = panels.div_ceil(TASK_PANELS);
@@ -293,8 +400,12 @@ pub fn linear_i8_with(
             while r < r1 {
                 let mr = (r1 - r).min(MR);
                 block(kernel, &rows, w, r, mr, p, np, &mut sums);
-                for (i, s) in sums.iter().enumerate().take(mr) {
-                    let sx = rows.scale[r + i];
+                for (i, s) in sums.iter_mut().enumerate().take(mr) {
+                    let (sx, z) = (rows.scale[r + i], rows.zero[r + i]);
+                    // Σ (q − z)·qw = Σ q·qw − z·Σ qw.
+                    for (v, c) in s.iter_mut().zip(&w.colsum[p * PANEL..p * PANEL + cols]) {
+                        *v -= z * c;
+                    }
                     let j0 = p * PANEL;
                     // SAFETY: row r + i < m, columns j0..j0 + cols ≤ n: inside
                     // out (m×n), and only this task writes them.
@@ -400,55 +511,64 @@ mod x86 {
 
     /// [`super::quantize_row`] with AVX-512: 16 values per step.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn quantize_row_avx512(row: &[f32], dst: &mut [u8], flip: u8) -> f32 {
+    pub unsafe fn quantize_row_avx512(row: &[f32], dst: &mut [u8], flip: u8) -> (f32, i32) {
         let k = row.len().min(dst.len());
         let body = k / 16 * 16;
-        let mut m = _mm512_setzero_ps();
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for i in (0..body).step_by(16) {
-            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row.as_ptr().add(i))));
+            let v = _mm512_loadu_ps(row.as_ptr().add(i));
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
         }
-        let amax = row[body..k]
-            .iter()
-            .fold(_mm512_reduce_max_ps(m), |a, v| a.max(v.abs()));
-        let s = super::row_scale(amax);
+        let (lo, hi) = row[body..k].iter().fold(
+            (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)),
+            |(lo, hi), &v| (lo.min(v), hi.max(v)),
+        );
+        let (s, z) = super::row_params(lo, hi);
         let inv = 1.0 / s;
-        let (vinv, fl) = (_mm512_set1_ps(inv), _mm_set1_epi8(flip as i8));
+        let (vinv, vz, fl) = (
+            _mm512_set1_ps(inv),
+            _mm512_set1_epi32(z),
+            _mm_set1_epi8(flip as i8),
+        );
         for i in (0..body).step_by(16) {
-            // Round to nearest even (the default mode), saturate to i8.
+            // Round to nearest even (the default mode), add z, saturate to i8.
             let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i)), vinv));
-            let b = _mm_xor_si128(_mm512_cvtsepi32_epi8(q), fl);
+            let b = _mm_xor_si128(_mm512_cvtsepi32_epi8(_mm512_add_epi32(q, vz)), fl);
             _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, b);
         }
-        super::quantize_tail(&row[body..k], &mut dst[body..k], inv, flip);
-        s
+        super::quantize_tail(&row[body..k], &mut dst[body..k], inv, z, flip);
+        (s, z)
     }
 
     /// [`super::quantize_row`] with AVX2: 32 values per step.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn quantize_row_avx2(row: &[f32], dst: &mut [u8], flip: u8) -> f32 {
+    pub unsafe fn quantize_row_avx2(row: &[f32], dst: &mut [u8], flip: u8) -> (f32, i32) {
         let k = row.len().min(dst.len());
         let body = k / 32 * 32;
-        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let mut m = _mm256_setzero_ps();
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for i in (0..body).step_by(8) {
-            m = _mm256_max_ps(m, _mm256_and_ps(abs, _mm256_loadu_ps(row.as_ptr().add(i))));
+            let v = _mm256_loadu_ps(row.as_ptr().add(i));
+            lo = _mm256_min_ps(lo, v);
+            hi = _mm256_max_ps(hi, v);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
-        let amax = row[body..k]
-            .iter()
-            .chain(&lanes)
-            .fold(0f32, |a, v| a.max(v.abs()));
-        let s = super::row_scale(amax);
+        let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        let lo = l.iter().chain(&row[body..k]).fold(0f32, |a, &v| a.min(v));
+        let hi = h.iter().chain(&row[body..k]).fold(0f32, |a, &v| a.max(v));
+        let (s, z) = super::row_params(lo, hi);
         let inv = 1.0 / s;
-        let (vinv, fl) = (_mm256_set1_ps(inv), _mm256_set1_epi8(flip as i8));
+        let (vinv, vz, fl) = (
+            _mm256_set1_ps(inv),
+            _mm256_set1_epi32(z),
+            _mm256_set1_epi8(flip as i8),
+        );
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for i in (0..body).step_by(32) {
             let q = |j: usize| {
-                _mm256_cvtps_epi32(_mm256_mul_ps(
-                    _mm256_loadu_ps(row.as_ptr().add(i + j)),
-                    vinv,
-                ))
+                let v = _mm256_mul_ps(_mm256_loadu_ps(row.as_ptr().add(i + j)), vinv);
+                _mm256_add_epi32(_mm256_cvtps_epi32(v), vz)
             };
             let w01 = _mm256_packs_epi32(q(0), q(8));
             let w23 = _mm256_packs_epi32(q(16), q(24));
@@ -459,8 +579,8 @@ mod x86 {
                 _mm256_xor_si256(b, fl),
             );
         }
-        super::quantize_tail(&row[body..k], &mut dst[body..k], inv, flip);
-        s
+        super::quantize_tail(&row[body..k], &mut dst[body..k], inv, z, flip);
+        (s, z)
     }
 
     /// `sums[i][c] = Σ x[i]·panel[c]` for one or two panels, with `x` as
@@ -573,7 +693,12 @@ mod tests {
             (9, 30, 32),
             (5, 77, 48),
         ] {
-            let x = random(m * k, 1);
+            // Rows centred on 0 and rows mostly positive (as after GELU),
+            // whose zero points differ.
+            let mut x = random(m * k, 1);
+            for v in x.iter_mut().skip(m * k / 2) {
+                *v = v.abs() * 2.0 - 0.1;
+            }
             let w = random(n * k, 2);
             let b = random(n, 3);
             let packed = PackedI8::quantize(&w, n, k);

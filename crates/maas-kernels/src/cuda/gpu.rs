@@ -134,6 +134,108 @@ impl Gpu {
         Ok(())
     }
 
+    pub fn zeros_i8(&self, n: usize) -> Result<CudaSlice<i8>, GpuError> {
+        Ok(self.stream.alloc_zeros::<i8>(n.max(1))?)
+    }
+
+    pub fn zeros_i32(&self, n: usize) -> Result<CudaSlice<i32>, GpuError> {
+        Ok(self.stream.alloc_zeros::<i32>(n.max(1))?)
+    }
+
+    /// Quantises `m` rows of `k` values to int8 per row (the activations of
+    /// [`Gpu::linear_i8`]), each value first multiplied by `smooth[p]` (its
+    /// channel's factor, ones when the weights are not smoothed): `q` gets
+    /// m × kp bytes (zero past k), `scale` and `zero` m each.
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantize_rows_i8(
+        &self,
+        x: &CudaSlice<f32>,
+        smooth: &CudaSlice<f32>,
+        m: usize,
+        k: usize,
+        kp: usize,
+        q: &mut CudaSlice<i8>,
+        scale: &mut CudaSlice<f32>,
+        zero: &mut CudaSlice<i32>,
+    ) -> Result<(), GpuError> {
+        assert!(
+            kp >= k && kp.is_multiple_of(4),
+            "quantize_rows_i8: kp must be k rounded up to 4"
+        );
+        assert!(
+            x.len() >= m * k
+                && q.len() >= m * kp
+                && scale.len() >= m
+                && zero.len() >= m
+                && smooth.len() >= k
+        );
+        let (k, kp) = (k as i32, kp as i32);
+        let mut l = self.stream.launch_builder(self.f("quantize_rows_i8"));
+        l.arg(x)
+            .arg(smooth)
+            .arg(q)
+            .arg(scale)
+            .arg(zero)
+            .arg(&k)
+            .arg(&kp);
+        // SAFETY: one block per row reads x[row·k..][..k] and smooth[..k] and
+        // writes q[row·kp..][..kp], scale[row] and zero[row], inside the sizes
+        // asserted above.
+        unsafe { l.launch(rows(m, 256)) }?;
+        Ok(())
+    }
+
+    /// `out[m×n] = sx[i]·sw[j]·(q[m×kp] · w[n×kp]ᵀ − zx[i]·colsum[j]) + b[n]`:
+    /// int8 rows from [`Gpu::quantize_rows_i8`] and int8 weights (row-major,
+    /// zero-padded to kp) with per-channel scales `sw` and sums `colsum`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_i8(
+        &self,
+        q: &CudaSlice<i8>,
+        sx: &CudaSlice<f32>,
+        zx: &CudaSlice<i32>,
+        w: &CudaSlice<i8>,
+        sw: &CudaSlice<f32>,
+        colsum: &CudaSlice<i32>,
+        b: &CudaSlice<f32>,
+        m: usize,
+        kp: usize,
+        n: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        assert!(
+            kp.is_multiple_of(4),
+            "linear_i8: kp must be a multiple of 4"
+        );
+        assert!(q.len() >= m * kp && sx.len() >= m && w.len() >= n * kp);
+        assert!(sw.len() >= n && colsum.len() >= n && b.len() >= n && out.len() >= m * n);
+        assert!(zx.len() >= m);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                (n as u32).div_ceil(64).max(1),
+                (m as u32).div_ceil(64).max(1),
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (m, kp, n) = (m as i32, kp as i32, n as i32);
+        let mut l = self.stream.launch_builder(self.f("linear_i8"));
+        l.arg(q)
+            .arg(sx)
+            .arg(w)
+            .arg(sw)
+            .arg(b)
+            .arg(out)
+            .arg(&m)
+            .arg(&kp)
+            .arg(&n);
+        // SAFETY: linear_i8 reads q[m·kp], sx[m], w[n·kp], sw[n], b[n] and
+        // writes out[m·n], bounds-checked in the kernel; sizes asserted above.
+        unsafe { l.launch(cfg) }?;
+        Ok(())
+    }
+
     /// `x = LayerNorm(x + y)` over `rows` rows of `cols`.
     #[allow(clippy::too_many_arguments)]
     pub fn add_layer_norm(

@@ -22,6 +22,11 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         &["linear_f32"],
     ),
     (
+        "int8.cu",
+        include_str!("../../cuda/int8.cu"),
+        &["quantize_rows_i8", "linear_i8"],
+    ),
+    (
         "norm.cu",
         include_str!("../../cuda/norm.cu"),
         &["add_layer_norm_f32", "layer_norm_f32"],
