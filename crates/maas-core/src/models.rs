@@ -97,14 +97,15 @@ pub struct VersionSettings {
     /// An embedder's batch budget, in tokens per forward pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_tokens: Option<usize>,
-    /// An embedder's weight precision: `f16` (the default).
+    /// An embedder's weight precision: `f16` (the default) or `int8`
+    /// (docs/models.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
 }
 
 impl VersionSettings {
     /// The precisions an embedder version may ask for.
-    pub const EMBEDDER_PRECISIONS: [&'static str; 1] = ["f16"];
+    pub const EMBEDDER_PRECISIONS: [&'static str; 2] = ["f16", "int8"];
 
     /// Parses and checks a version's settings for a model of `kind`; the
     /// error names the offending field.
@@ -626,6 +627,9 @@ mod tests {
         .unwrap();
         assert_eq!(ok.slots, Some(8));
         assert_eq!(ok.max_batch_tokens, Some(4096));
+        let int8 =
+            VersionSettings::parse(ModelKind::Embedder, &json!({"precision": "int8"})).unwrap();
+        assert_eq!(int8.precision.as_deref(), Some("int8"));
         assert_eq!(
             VersionSettings::parse(ModelKind::Echo, &json!({})).unwrap(),
             VersionSettings::default()

@@ -358,8 +358,14 @@ pub async fn open(
                     .max(256),
                 max_wait: Duration::from_millis(settings.embed_max_wait_ms),
             };
+            let precision: maas_models::Precision = spec
+                .settings
+                .precision
+                .as_deref()
+                .unwrap_or("f16")
+                .parse()?;
             blocking(Box::new(move || {
-                let e = maas_models::Embedder::load_on(&dir, device)
+                let e = maas_models::Embedder::load_with(&dir, device, precision)
                     .map_err(|e| format!("cannot load the embedder: {e}"))?;
                 EmbedderHandle::start(key, n, e, cfg)
                     .map(|r| Arc::new(r) as Arc<dyn Runtime>)

@@ -1,7 +1,8 @@
 //! The model registry on the real services: a second version registered,
 //! loaded, given the `stable` label under load and the first one unloaded,
 //! with no request failing; a corrupt version that fails to load and changes
-//! nothing; loads on a number of workers.
+//! nothing; loads on a number of workers; the int8 MiniLM served as
+//! `canary` beside `stable`.
 
 use maas_testkit::{assert_error, models_dir, Options, Platform};
 use serde_json::{json, Value};
@@ -323,6 +324,138 @@ async fn stable_moves_to_a_new_version_under_load_and_the_old_one_unloads_with_n
     assert_error(r, 404, "model_not_found").await;
     let r = embed(&p, &t.key, &format!("{MINILM}@v2"), "x").await;
     assert_eq!(r.status(), 200);
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+fn vector(body: &Value) -> Vec<f64> {
+    body["data"][0]["embedding"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no embedding in {body}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_int8_version_serves_as_canary_beside_stable_and_each_job_records_which_ran_it() {
+    let p = Platform::start(Options {
+        workers: 1,
+        with_models: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    p.wait_for_live_workers(1).await.unwrap();
+    let t = p.create_tenant("acme", 1).await;
+
+    // A fresh install has the int8 version registered but not loaded.
+    let i = wait_index(&p, "f16 ready", Duration::from_secs(60), |i| {
+        version(i, MINILM, "f16")["ready_workers"] == 1
+    })
+    .await;
+    let int8 = version(&i, MINILM, "int8");
+    assert_eq!(int8["settings"]["precision"], "int8", "{int8}");
+    assert_eq!(int8["ready_workers"], 0, "{int8}");
+    let r = embed(&p, &t.key, &format!("{MINILM}@int8"), "x").await;
+    assert_error(r, 503, "model_unavailable").await;
+
+    // Loaded and labelled canary.
+    let r = admin(
+        &p,
+        reqwest::Method::POST,
+        &format!("/admin/v1/models/{MINILM}/versions/int8/load"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    wait_index(&p, "int8 ready", Duration::from_secs(60), |i| {
+        version(i, MINILM, "int8")["ready_workers"] == 1
+    })
+    .await;
+    let canary = format!("/admin/v1/models/{MINILM}/labels/canary");
+    let r = admin(
+        &p,
+        reqwest::Method::PUT,
+        &canary,
+        json!({"version": "int8"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // The same texts through both labels: every request answered, and the
+    // two versions agree (int8 stays within its measured accuracy).
+    let texts = [
+        "The weather is lovely today.",
+        "How do I cancel my subscription?",
+        "Rust has no garbage collector.",
+        "a",
+        "Quarterly results beat expectations by 4%.",
+        "She sells sea shells by the sea shore.",
+    ];
+    let mut worst = 1.0f64;
+    for text in texts {
+        let stable = embed(&p, &t.key, MINILM, text).await;
+        assert_eq!(stable.status(), 200);
+        let stable: Value = stable.json().await.unwrap();
+        let c = embed(&p, &t.key, &format!("{MINILM}:canary"), text).await;
+        assert_eq!(c.status(), 200);
+        let c: Value = c.json().await.unwrap();
+        let cos = cosine(&vector(&stable), &vector(&c));
+        assert!(cos < 1.0 - 1e-9, "canary gave the f16 vector for {text:?}");
+        worst = worst.min(cos);
+    }
+    assert!(worst >= 0.998, "int8 vs f16: worst cosine {worst}");
+
+    // Each job records the version that ran it, and the tenant sees it.
+    let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT model_version, count(*) FROM jobs WHERE tenant_id = $1::uuid AND status = 'succeeded' GROUP BY 1 ORDER BY 1",
+    )
+    .bind(&t.id)
+    .fetch_all(&p.db)
+    .await
+    .unwrap();
+    let n = texts.len() as i64;
+    assert_eq!(
+        rows,
+        vec![(Some("f16".to_owned()), n), (Some("int8".to_owned()), n)]
+    );
+    let job: Value = p
+        .submit(
+            &t.key,
+            json!({"model": format!("{MINILM}:canary"), "mode": "sync", "input": {"input": ["x"]}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["model_version"], "int8", "{job}");
+
+    // Labelled, it cannot be unloaded; stable is untouched.
+    let r = admin(
+        &p,
+        reqwest::Method::POST,
+        &format!("/admin/v1/models/{MINILM}/versions/int8/unload"),
+        json!({}),
+    )
+    .await;
+    assert_error(r, 409, "version_in_use").await;
+    let m: Value = p
+        .http
+        .get(p.url(&format!("/v1/models/{MINILM}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["version"], "f16", "{m}");
 }
 
 #[tokio::test]
