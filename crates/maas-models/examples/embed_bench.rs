@@ -66,8 +66,9 @@ fn main() {
             rayon::current_num_threads()
         );
     }
-    // Optional fourth argument: only these cases, as `tokens×batch,…` (e.g. 16x1).
-    let only: Option<Vec<(usize, usize)>> = args.get(4).map(|s| {
+    // Optional fourth argument: only these cases, as `tokens×batch,…` (e.g.
+    // 16x1), or `all`.
+    let only: Option<Vec<(usize, usize)>> = args.get(4).filter(|s| *s != "all").map(|s| {
         s.split(',')
             .filter_map(|c| c.split_once('x'))
             .filter_map(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
