@@ -107,9 +107,17 @@ fn every_embedding_has_cosine_at_least_0_9999_with_the_reference() {
 }
 
 #[test]
-fn int8_embeddings_have_cosine_at_least_0_998_and_on_average_0_9995_with_the_reference() {
+fn int8_embeddings_have_cosine_at_least_0_999_on_the_cpu_and_on_average_0_9995_with_the_reference()
+{
     let e = load_in(Precision::Int8);
     assert_eq!(e.precision(), Precision::Int8);
+    // The CPU keeps each sequence's [CLS] and [SEP] rows in f16; the GPU does
+    // not yet, and runs ff2 in f32 instead (bert_gpu.rs).
+    let floor = if e.device() == maas_models::Device::Cpu {
+        0.999
+    } else {
+        0.998
+    };
     let cases = cases();
     let inputs: Vec<EmbedInput> = cases
         .iter()
@@ -132,8 +140,7 @@ fn int8_embeddings_have_cosine_at_least_0_998_and_on_average_0_9995_with_the_ref
         let cos = cosine(&batch.vectors[i], &want);
         worst = worst.min(cos);
         sum += cos;
-        // The goal is 0.999; the version reaches 0.9987 (docs/benchmarks.md).
-        assert!(cos >= 0.998, "int8 cosine {cos} for {:?}", c["input"]);
+        assert!(cos >= floor, "int8 cosine {cos} for {:?}", c["input"]);
     }
     let mean = sum / cases.len() as f64;
     eprintln!(
