@@ -5,11 +5,6 @@
 // sums with __dp4a, y = sx[i]·sw[j]·(Σ qx·qw − zx[i]·Σ qw) + b[j].
 #include "common.cuh"
 
-__device__ __forceinline__ float warp_min(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 // Max over the block.
 __device__ __forceinline__ float block_max(float v, float* scratch /* 32 floats */) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

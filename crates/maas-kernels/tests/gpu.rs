@@ -70,7 +70,14 @@ fn every_cuda_kernel_matches_its_cpu_twin() {
         for v in x.iter_mut().skip(m * k / 2) {
             *v = v.abs() * 2.0 - 0.1;
         }
-        let packed = cpu::PackedI8::quantize(&w, n, k);
+        // Smoothed as the model does it (per-channel ranges of x).
+        let mut amax = vec![0f32; k];
+        for row in x.chunks_exact(k) {
+            for (a, v) in amax.iter_mut().zip(row) {
+                *a = a.max(v.abs());
+            }
+        }
+        let packed = cpu::PackedI8::quantize_smoothed(&w, n, k, &amax, 0.5);
         let mut want = vec![0.0; m * n];
         cpu::linear_i8(&x, &packed, Some(&b), m, &mut want, Threads::All);
         let kp = packed.kp();
@@ -79,10 +86,10 @@ fn every_cuda_kernel_matches_its_cpu_twin() {
             g.zeros(m).unwrap(),
             g.zeros_i32(m).unwrap(),
         );
-        let ones = g.upload(&vec![1.0f32; k]).unwrap();
+        let smooth = g.upload(packed.smoothing().unwrap()).unwrap();
         g.quantize_rows_i8(
             &g.upload(&x).unwrap(),
-            &ones,
+            &smooth,
             m,
             k,
             kp,

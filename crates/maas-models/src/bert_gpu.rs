@@ -15,9 +15,9 @@ impl From<GpuError> for EmbedError {
 
 /// Which of qkv, out, ff1, ff2 an int8 version runs in int8 on the GPU: the
 /// first three for every row. ff2 stays f32 because the GPU path does not
-/// yet compute the [CLS] and [SEP] rows apart, as the CPU does. With ff2 in
-/// int8 and those rows in int8 too, the worst cosine to the reference falls
-/// to about 0.997; with ff2 in f32 it is 0.9987 (measured on the CPU).
+/// yet compute the [CLS] and [SEP] rows apart, as the CPU does. On the CPU,
+/// every row of all four in int8 gave a worst cosine to the reference of
+/// 0.9973, and every row of these three with ff2 in f16 gave 0.9987.
 const INT8_MATRICES: [bool; 4] = [true, true, true, false];
 
 pub(crate) struct Shape {

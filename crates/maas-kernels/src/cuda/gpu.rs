@@ -169,6 +169,9 @@ impl Gpu {
                 && zero.len() >= m
                 && smooth.len() >= k
         );
+        if m == 0 {
+            return Ok(());
+        }
         let (k, kp) = (k as i32, kp as i32);
         let mut l = self.stream.launch_builder(self.f("quantize_rows_i8"));
         l.arg(x)
@@ -223,15 +226,18 @@ impl Gpu {
         let mut l = self.stream.launch_builder(self.f("linear_i8"));
         l.arg(q)
             .arg(sx)
+            .arg(zx)
             .arg(w)
             .arg(sw)
+            .arg(colsum)
             .arg(b)
             .arg(out)
             .arg(&m)
             .arg(&kp)
             .arg(&n);
-        // SAFETY: linear_i8 reads q[m·kp], sx[m], w[n·kp], sw[n], b[n] and
-        // writes out[m·n], bounds-checked in the kernel; sizes asserted above.
+        // SAFETY: the arguments are linear_i8's, in its order; it reads
+        // q[m·kp], sx[m], zx[m], w[n·kp], sw[n], colsum[n], b[n] and writes
+        // out[m·n], bounds-checked in the kernel; sizes asserted above.
         unsafe { l.launch(cfg) }?;
         Ok(())
     }
