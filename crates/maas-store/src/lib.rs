@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod budget;
 pub mod cache;
+pub mod files;
 pub mod jobs;
 pub mod keys;
 pub mod queue;
@@ -48,6 +49,12 @@ pub enum StoreError {
     /// The tenant already has `max` sync jobs unfinished (its `max_concurrent`).
     #[error("the tenant already has {max} requests in progress")]
     TenantBusy { max: i64 },
+    /// The tenant's files would take more than `limit` bytes (`used` now).
+    #[error("the tenant's files take {used} of its {limit} bytes")]
+    StorageFull { limit: i64, used: i64 },
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Object(String),
     /// The job's token bound does not fit what is left of the budget.
     #[error("the token budget has {remaining} tokens left; the job needs up to {needed}")]
     BudgetExhausted {

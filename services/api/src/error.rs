@@ -189,6 +189,13 @@ impl ResponseError for ApiError {
             Self::ModelUnavailable { .. } => {
                 resp.insert_header((header::RETRY_AFTER, "5"));
             }
+            // Refusals that a retry cannot change: the official client
+            // retries 409 and 429 unless told not to.
+            Self::Conflict { .. }
+            | Self::InsufficientQuota { .. }
+            | Self::PayloadTooLarge { .. } => {
+                resp.insert_header(("x-should-retry", "false"));
+            }
             _ => {}
         }
         resp.json(ErrorBody {
@@ -238,6 +245,16 @@ impl From<maas_store::StoreError> for ApiError {
                 message: format!("the platform's queue is full ({max} jobs waiting); retry later"),
                 retry_after_secs: 5,
             },
+            maas_store::StoreError::StorageFull { limit, used } => Self::InsufficientQuota {
+                message: format!(
+                    "this tenant's files take {used} of its {limit} bytes of storage and this file does not fit; \
+                     delete files or ask for more storage"
+                ),
+            },
+            maas_store::StoreError::Object(e) => {
+                tracing::warn!(error = %e, "object store unavailable");
+                Self::Unavailable { message: "the file store is unreachable; retry".into(), retry_after_secs: 2 }
+            }
             maas_store::StoreError::Migrate(ref m) if e_is_unavailable(m) => {
                 Self::Unavailable { message: "the database is busy or unreachable; retry".into(), retry_after_secs: 2 }
             }

@@ -43,6 +43,32 @@ pub struct ApiSettings {
     #[arg(long, env = "MAAS_API_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
+    /// Where file content lives: `postgres` (shared by every replica), or an
+    /// object store URL such as `s3://bucket/prefix` (endpoint and
+    /// credentials from the `AWS_*` variables) or `file:///dir` (one host).
+    #[arg(long, env = "MAAS_FILE_STORE", default_value = "postgres")]
+    pub file_store: String,
+
+    /// Largest uploaded file, in bytes (a tenant's override may change it).
+    #[arg(long, env = "MAAS_FILES_MAX_BYTES", default_value_t = 200 * 1024 * 1024)]
+    pub files_max_bytes: i64,
+
+    /// Most bytes all of a tenant's files may take together.
+    #[arg(long, env = "MAAS_FILES_MAX_STORED_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub files_max_stored_bytes: i64,
+
+    /// Most lines (requests) in one batch.
+    #[arg(long, env = "MAAS_BATCH_MAX_LINES", default_value_t = 50_000)]
+    pub batch_max_lines: i64,
+
+    /// Seconds a batch input file is kept when its upload names no expiry.
+    #[arg(long, env = "MAAS_FILES_DEFAULT_EXPIRY_SECS", default_value_t = 30 * 24 * 3600)]
+    pub files_default_expiry_secs: i64,
+
+    /// How often expired files are deleted, in seconds.
+    #[arg(long, env = "MAAS_FILES_SWEEP_SECS", default_value_t = 60)]
+    pub files_sweep_secs: u64,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "MAAS_API_WORKERS")]
     pub workers: Option<usize>,

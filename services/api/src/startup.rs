@@ -77,7 +77,14 @@ impl Application {
         let outbox = Arc::new(crate::outbox::Outbox::default());
         tokio::spawn(outbox.clone().relay(broker.clone()));
 
+        let files = maas_store::files::FileStore::from_setting(db.clone(), &settings.file_store)
+            .map_err(anyhow::Error::msg)?;
+        tokio::spawn(crate::routes::files::sweep_forever(
+            files.clone(),
+            std::time::Duration::from_secs(settings.files_sweep_secs.max(1)),
+        ));
         let state = AppState {
+            files,
             db,
             cache,
             broker: broker.clone(),

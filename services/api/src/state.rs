@@ -27,6 +27,8 @@ pub struct AppState {
     pub served: Arc<ServedModels>,
     /// The model registry, re-read at most every second.
     pub registry: Arc<RegistryCache>,
+    /// Where file content lives.
+    pub files: maas_store::files::FileStore,
     /// Tenants' quotas (rate limits), re-read at most every 2 s.
     pub quotas: Arc<crate::ratelimit::QuotaCache>,
     /// When this instance last recorded each key's use.

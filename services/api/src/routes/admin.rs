@@ -40,6 +40,11 @@ pub fn config(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(put_quota))
                     .route(web::get().to(get_quota)),
             )
+            .service(
+                resource("/tenants/{id}/file-limits")
+                    .route(web::put().to(put_file_limits))
+                    .route(web::get().to(get_file_limits)),
+            )
             .service(resource("/tenants/{id}/usage").route(web::get().to(get_usage)))
             .service(resource("/tenants/{id}/models").route(web::put().to(put_tenant_models)))
             .service(
@@ -506,6 +511,69 @@ pub async fn get_quota(
         None => json!({"tenant_id": tenant.id, "rpm": null, "tpm": null, "max_concurrent": null, "max_queued": null,
                        "token_budget": null, "budget_period": null, "updated_at": null}),
     }))
+}
+
+fn file_limits_view(
+    state: &AppState,
+    tenant: Uuid,
+    o: &maas_store::files::FileLimits,
+) -> serde_json::Value {
+    let s = &state.settings;
+    json!({
+        "tenant_id": tenant,
+        "overrides": o,
+        "in_force": {
+            "max_file_bytes": o.max_file_bytes.unwrap_or(s.files_max_bytes),
+            "max_batch_lines": o.max_batch_lines.unwrap_or(s.batch_max_lines),
+            "max_stored_bytes": o.max_stored_bytes.unwrap_or(s.files_max_stored_bytes),
+        },
+    })
+}
+
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/file-limits", tag = "admin", security(("admin_jwt" = [])),
+    request_body = maas_store::files::FileLimits,
+    responses((status = 200, description = "The tenant's overrides (replacing the previous ones; an omitted field takes the platform's default) and the limits in force")))]
+pub async fn put_file_limits(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<maas_store::files::FileLimits>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    for (name, v) in [
+        ("max_file_bytes", body.max_file_bytes),
+        ("max_batch_lines", body.max_batch_lines),
+        ("max_stored_bytes", body.max_stored_bytes),
+    ] {
+        if v.is_some_and(|v| v <= 0) {
+            return Err(ApiError::invalid(
+                format!("{name} must be positive"),
+                Some(name),
+            ));
+        }
+    }
+    let o = maas_store::files::put_limits(&state.db, tenant.id, &body).await?;
+    audit(
+        &state,
+        &admin,
+        "file_limits.put",
+        tenant.id,
+        serde_json::to_value(&o).unwrap_or_default(),
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(file_limits_view(&state, tenant.id, &o)))
+}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/file-limits", tag = "admin", security(("admin_jwt" = [])),
+    responses((status = 200, description = "The tenant's overrides and the limits in force")))]
+pub async fn get_file_limits(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    let o = maas_store::files::limits(&state.db, tenant.id).await?;
+    Ok(HttpResponse::Ok().json(file_limits_view(&state, tenant.id, &o)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

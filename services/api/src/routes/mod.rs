@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod chat;
 pub mod embeddings;
+pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod models;
@@ -20,6 +21,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     embeddings::config(cfg);
     chat::config(cfg);
     models::config(cfg);
+    files::config(cfg);
     usage::config(cfg);
     // The registry's scope is longer than the admin scope's and must come first:
     // a scope matches by prefix, so `/admin/v1` would otherwise answer for it.

@@ -9,6 +9,7 @@ mod budgets;
 mod chat;
 mod embeddings;
 mod faults;
+mod files;
 mod jobs;
 mod limits;
 mod maasctl;
