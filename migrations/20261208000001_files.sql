@@ -39,5 +39,6 @@ CREATE TABLE file_limits (
     max_file_bytes    BIGINT CHECK (max_file_bytes > 0),
     max_batch_lines   BIGINT CHECK (max_batch_lines > 0),
     max_stored_bytes  BIGINT CHECK (max_stored_bytes > 0),
+    max_batch_enqueued_tokens BIGINT CHECK (max_batch_enqueued_tokens > 0),
     updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
 );

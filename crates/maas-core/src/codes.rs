@@ -54,6 +54,8 @@ codes! {
     Conflict => "conflict",
     JobNotCompleted => "job_not_completed",
     JobNotCancellable => "job_not_cancellable",
+    /// A batch that has already ended cannot be cancelled.
+    BatchNotCancellable => "batch_not_cancellable",
     /// A label may only point at a version ready on some worker.
     VersionNotReady => "version_not_ready",
     /// A version a label points at cannot be unloaded.

@@ -24,6 +24,16 @@ pub struct JobSubmitted {
     pub reply_to: Option<String>,
 }
 
+/// api → scheduler (`<ns>.jobs`): a batch's lines were committed as queued
+/// jobs. One message for the whole batch: the scheduler reads the lines
+/// back from Postgres (and its sweep finds them if this message is lost).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubmitted {
+    pub batch_id: String,
+    pub tenant_id: Uuid,
+}
+
 /// scheduler → one worker (`<ns>.worker.<id>`): run this attempt of a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dispatch {

@@ -141,7 +141,10 @@ impl FileStore {
                 let key = format!("{tenant_id}/{id}");
                 let path = Self::object_path(prefix, &key);
                 Sink::Object {
-                    writer: object_store::buffered::BufWriter::new(store.clone(), path.clone()),
+                    writer: Box::new(object_store::buffered::BufWriter::new(
+                        store.clone(),
+                        path.clone(),
+                    )),
                     store: store.clone(),
                     path,
                     key,
@@ -249,7 +252,7 @@ enum Sink {
         seq: i32,
     },
     Object {
-        writer: object_store::buffered::BufWriter,
+        writer: Box<object_store::buffered::BufWriter>,
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         key: String,
@@ -462,11 +465,14 @@ pub struct FileLimits {
     pub max_batch_lines: Option<i64>,
     /// Most bytes of all the tenant's files together.
     pub max_stored_bytes: Option<i64>,
+    /// Most tokens (the sum of each line's bound) the tenant's unfinished
+    /// batch lines may hold.
+    pub max_batch_enqueued_tokens: Option<i64>,
 }
 
 pub async fn limits(db: &PgPool, tenant_id: Uuid) -> Result<FileLimits> {
     Ok(sqlx::query_as::<_, FileLimits>(
-        "SELECT max_file_bytes, max_batch_lines, max_stored_bytes FROM file_limits WHERE tenant_id = $1",
+        "SELECT max_file_bytes, max_batch_lines, max_stored_bytes, max_batch_enqueued_tokens FROM file_limits WHERE tenant_id = $1",
     )
     .bind(tenant_id)
     .fetch_optional(db)
@@ -477,16 +483,17 @@ pub async fn limits(db: &PgPool, tenant_id: Uuid) -> Result<FileLimits> {
 /// Replaces the tenant's overrides.
 pub async fn put_limits(db: &PgPool, tenant_id: Uuid, l: &FileLimits) -> Result<FileLimits> {
     Ok(sqlx::query_as::<_, FileLimits>(
-        "INSERT INTO file_limits (tenant_id, max_file_bytes, max_batch_lines, max_stored_bytes, updated_at)
-         VALUES ($1, $2, $3, $4, now())
+        "INSERT INTO file_limits (tenant_id, max_file_bytes, max_batch_lines, max_stored_bytes, max_batch_enqueued_tokens, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now())
          ON CONFLICT (tenant_id) DO UPDATE SET max_file_bytes = $2, max_batch_lines = $3,
-             max_stored_bytes = $4, updated_at = now()
-         RETURNING max_file_bytes, max_batch_lines, max_stored_bytes",
+             max_stored_bytes = $4, max_batch_enqueued_tokens = $5, updated_at = now()
+         RETURNING max_file_bytes, max_batch_lines, max_stored_bytes, max_batch_enqueued_tokens",
     )
     .bind(tenant_id)
     .bind(l.max_file_bytes)
     .bind(l.max_batch_lines)
     .bind(l.max_stored_bytes)
+    .bind(l.max_batch_enqueued_tokens)
     .fetch_one(db)
     .await?)
 }

@@ -127,10 +127,11 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
     let mut budget_period = None;
     if !replay {
         if let Some(max) = j.caps.global_max_queued {
-            let queued: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'")
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let queued: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE status = 'queued' AND batch_id IS NULL",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
             if queued >= max {
                 return Err(StoreError::QueueFull { max });
             }
@@ -157,7 +158,7 @@ pub async fn insert(pool: &PgPool, j: NewJob<'_>) -> Result<(Job, bool)> {
         if quota.max_queued.is_some() || max_sync.is_some() {
             let (unfinished, sync): (i64, i64) = sqlx::query_as(
                 "SELECT count(*), count(*) FILTER (WHERE mode = 'sync') FROM jobs
-                 WHERE tenant_id = $1 AND status IN ('queued', 'dispatched', 'running')",
+                 WHERE tenant_id = $1 AND status IN ('queued', 'dispatched', 'running') AND batch_id IS NULL",
             )
             .bind(j.tenant_id)
             .fetch_one(&mut *tx)
@@ -485,6 +486,17 @@ pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
     .await?)
 }
 
+/// The queued jobs of one batch, in line order.
+pub async fn queued_in_batch(pool: &PgPool, batch_id: &str) -> Result<Vec<QueuedRef>> {
+    Ok(sqlx::query_as::<_, QueuedRef>(
+        "SELECT id, tenant_id, CASE WHEN model_version IS NULL THEN model ELSE model || '@' || model_version END AS model, lane, created_at, reply_to
+         FROM jobs WHERE batch_id = $1 AND status = 'queued' ORDER BY batch_line",
+    )
+    .bind(batch_id)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// A job held by a worker.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ActiveRef {
@@ -519,7 +531,7 @@ pub async fn expire_stale(pool: &PgPool, max_age_secs: i64) -> Result<Vec<Job>> 
     Ok(sqlx::query_as::<_, Job>(&format!(
         "UPDATE jobs SET status = 'expired', finished_at = now(), version = version + 1,
                 error = jsonb_build_object('code', 'expired', 'message', 'the job was not started in time')
-         WHERE status = 'queued' AND created_at < now() - make_interval(secs => $1)
+         WHERE status = 'queued' AND batch_id IS NULL AND created_at < now() - make_interval(secs => $1)
          RETURNING {COLS}"
     ))
     .bind(max_age_secs as f64)

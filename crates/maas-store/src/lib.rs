@@ -8,6 +8,7 @@
 //! pool or an explicit transaction; nothing here holds a lock across calls.
 
 pub mod audit;
+pub mod batches;
 pub mod budget;
 pub mod cache;
 pub mod files;
@@ -52,6 +53,12 @@ pub enum StoreError {
     /// The tenant's files would take more than `limit` bytes (`used` now).
     #[error("the tenant's files take {used} of its {limit} bytes")]
     StorageFull { limit: i64, used: i64 },
+    /// A batch's lines would take the tenant's unfinished batch lines past
+    /// `limit` tokens.
+    #[error(
+        "the tenant's batches hold {held} tokens; this one needs {needed} more (limit {limit})"
+    )]
+    EnqueuedTokensExceeded { limit: i64, held: i64, needed: i64 },
     /// The object store failed.
     #[error("object store: {0}")]
     Object(String),

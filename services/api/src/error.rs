@@ -251,6 +251,12 @@ impl From<maas_store::StoreError> for ApiError {
                      delete files or ask for more storage"
                 ),
             },
+            maas_store::StoreError::EnqueuedTokensExceeded { limit, held, needed } => Self::InsufficientQuota {
+                message: format!(
+                    "this batch may use up to {needed} tokens and this tenant's unfinished batches already hold {held} \
+                     of its {limit} enqueued tokens; wait for them to finish, or split the batch"
+                ),
+            },
             maas_store::StoreError::Object(e) => {
                 tracing::warn!(error = %e, "object store unavailable");
                 Self::Unavailable { message: "the file store is unreachable; retry".into(), retry_after_secs: 2 }

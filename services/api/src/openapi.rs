@@ -5,7 +5,9 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, chat, embeddings, files, health, jobs, models, registry, usage};
+use crate::routes::{
+    admin, batches, chat, embeddings, files, health, jobs, models, registry, usage,
+};
 
 struct Security;
 
@@ -43,12 +45,13 @@ impl Modify for Security {
         models::list_models, models::get_model, usage::tenant_usage, embeddings::create_embeddings, chat::chat_completions, chat::completions,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::set_key_limits, admin::put_quota, admin::get_quota, admin::get_usage, admin::put_tenant_models,
+        batches::create, batches::get, batches::list, batches::cancel, batches::partial_output, admin::list_tenant_batches, admin::cancel_tenant_batch,
         files::upload, files::list, files::get, files::content, files::delete, admin::put_file_limits, admin::get_file_limits,
         registry::index, registry::register, registry::load, registry::unload, registry::set_label,
     ),
     components(schemas(
         jobs::CreateJob, jobs::JobView, maas_store::queue::Standing, maas_store::queue::QueueTime, embeddings::EmbeddingsRequest, embeddings::EmbeddingsResponse, chat::GenerationRequest, jobs::JobList, crate::error::ErrorBody, crate::error::ErrorObject,
-        admin::CreateTenant, admin::UpdateTenant, admin::TenantModels, registry::RegisterVersion, registry::LoadVersion, registry::SetLabel, admin::CreateKey, maas_store::keys::KeyLimits, maas_store::quotas::Quota, files::FileObject, files::FileList, maas_store::files::FileLimits,
+        admin::CreateTenant, admin::UpdateTenant, admin::TenantModels, registry::RegisterVersion, registry::LoadVersion, registry::SetLabel, admin::CreateKey, maas_store::keys::KeyLimits, maas_store::quotas::Quota, files::FileObject, files::FileList, batches::CreateBatch, maas_store::files::FileLimits,
         maas_core::JobStatus, maas_core::JobMode, maas_core::Lane,
     )),
     modifiers(&Security),

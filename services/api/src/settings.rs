@@ -61,9 +61,22 @@ pub struct ApiSettings {
     #[arg(long, env = "MAAS_BATCH_MAX_LINES", default_value_t = 50_000)]
     pub batch_max_lines: i64,
 
+    /// Most tokens (the sum of each line's bound) a tenant's unfinished batch
+    /// lines may hold; a batch past it is refused at create (429).
+    #[arg(
+        long,
+        env = "MAAS_BATCH_MAX_ENQUEUED_TOKENS",
+        default_value_t = 50_000_000
+    )]
+    pub batch_max_enqueued_tokens: i64,
+
     /// Seconds a batch input file is kept when its upload names no expiry.
     #[arg(long, env = "MAAS_FILES_DEFAULT_EXPIRY_SECS", default_value_t = 30 * 24 * 3600)]
     pub files_default_expiry_secs: i64,
+
+    /// How often each replica looks for batches to end, in milliseconds.
+    #[arg(long, env = "MAAS_BATCH_FINALIZE_MS", default_value_t = 1000)]
+    pub batch_finalize_ms: u64,
 
     /// How often expired files are deleted, in seconds.
     #[arg(long, env = "MAAS_FILES_SWEEP_SECS", default_value_t = 60)]

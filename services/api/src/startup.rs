@@ -98,6 +98,10 @@ impl Application {
             quotas: Default::default(),
             key_touches: Default::default(),
         };
+        tokio::spawn(crate::routes::batches::finalize_forever(
+            state.clone(),
+            std::time::Duration::from_millis(settings.batch_finalize_ms.max(50)),
+        ));
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();

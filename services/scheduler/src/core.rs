@@ -296,6 +296,22 @@ impl Core {
         self.enqueue(job, &j.model, false);
     }
 
+    /// A batch's lines, committed as queued jobs: read back and queued.
+    pub async fn on_batch(
+        &mut self,
+        msg: &maas_core::messages::BatchSubmitted,
+    ) -> anyhow::Result<()> {
+        if !self.weights.contains_key(&msg.tenant_id) {
+            self.weights_stale = true;
+        }
+        let lines = jobs::queued_in_batch(&self.db, &msg.batch_id).await?;
+        tracing::info!(batch_id = %msg.batch_id, lines = lines.len(), "batch queued");
+        for j in &lines {
+            self.enqueue_ref(j);
+        }
+        Ok(())
+    }
+
     pub fn on_submitted(&mut self, msg: JobSubmitted) {
         if !self.weights.contains_key(&msg.tenant_id) {
             self.weights_stale = true;

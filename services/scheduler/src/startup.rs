@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use futures_util::StreamExt;
 use maas_core::backoff::Backoff;
-use maas_core::messages::{JobSubmitted, WorkerEvent};
+use maas_core::messages::{BatchSubmitted, JobSubmitted, WorkerEvent};
 use maas_mq::lapin::message::Delivery;
 use maas_mq::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicRejectOptions};
 use maas_mq::lapin::types::FieldTable;
@@ -265,10 +265,19 @@ async fn run_active(
                         core.on_submitted(msg);
                         ack(&d).await;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "malformed job message dead-lettered");
-                        reject(&d).await;
-                    }
+                    Err(e) => match serde_json::from_slice::<BatchSubmitted>(&d.data) {
+                        Ok(msg) => {
+                            if let Err(e) = bounded(core.on_batch(&msg)).await {
+                                // Its lines are in Postgres: the sweep finds them.
+                                tracing::warn!(batch_id = %msg.batch_id, error = %e, "could not read a batch's lines; the sweep will");
+                            }
+                            ack(&d).await;
+                        }
+                        Err(_) => {
+                            tracing::warn!(error = %e, "malformed job message dead-lettered");
+                            reject(&d).await;
+                        }
+                    },
                 }
             }
             Some(failed) = failures.recv() => {

@@ -45,6 +45,11 @@ pub fn config(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(put_file_limits))
                     .route(web::get().to(get_file_limits)),
             )
+            .service(resource("/tenants/{id}/batches").route(web::get().to(list_tenant_batches)))
+            .service(
+                resource("/tenants/{id}/batches/{batch_id}/cancel")
+                    .route(web::post().to(cancel_tenant_batch)),
+            )
             .service(resource("/tenants/{id}/usage").route(web::get().to(get_usage)))
             .service(resource("/tenants/{id}/models").route(web::put().to(put_tenant_models)))
             .service(
@@ -513,6 +518,62 @@ pub async fn get_quota(
     }))
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/batches", tag = "admin", security(("admin_jwt" = [])),
+    params(crate::routes::batches::ListQuery),
+    responses((status = 200, description = "A page of the tenant's batches, newest first")))]
+pub async fn list_tenant_batches(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<String>,
+    query: web::Query<crate::routes::batches::ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_or_404(&state, &path).await?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit must be between 1 and 100",
+            Some("limit"),
+        ));
+    }
+    let mut rows =
+        maas_store::batches::list(&state.db, tenant.id, query.after.as_deref(), limit + 1).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let mut data = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let counts = maas_store::batches::counts(&state.db, &r.id).await?;
+        data.push(crate::routes::batches::view(r, counts));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list", "data": data, "has_more": has_more,
+        "first_id": rows.first().map(|r| &r.id), "last_id": rows.last().map(|r| &r.id),
+    })))
+}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/batches/{batch_id}/cancel", tag = "admin", security(("admin_jwt" = [])),
+    responses((status = 200, description = "The batch, cancelling"), (status = 404), (status = 409)))]
+pub async fn cancel_tenant_batch(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, batch_id) = path.into_inner();
+    let tenant = tenant_or_404(&state, &tenant).await?;
+    let row = maas_store::batches::get(&state.db, tenant.id, &batch_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("batch"))?;
+    let resp = crate::routes::batches::cancel_batch(&state, &row).await?;
+    audit(
+        &state,
+        &admin,
+        "batch.cancel",
+        tenant.id,
+        json!({"batch_id": batch_id}),
+    )
+    .await;
+    Ok(resp)
+}
+
 fn file_limits_view(
     state: &AppState,
     tenant: Uuid,
@@ -526,6 +587,7 @@ fn file_limits_view(
             "max_file_bytes": o.max_file_bytes.unwrap_or(s.files_max_bytes),
             "max_batch_lines": o.max_batch_lines.unwrap_or(s.batch_max_lines),
             "max_stored_bytes": o.max_stored_bytes.unwrap_or(s.files_max_stored_bytes),
+            "max_batch_enqueued_tokens": o.max_batch_enqueued_tokens.unwrap_or(s.batch_max_enqueued_tokens),
         },
     })
 }
@@ -544,6 +606,7 @@ pub async fn put_file_limits(
         ("max_file_bytes", body.max_file_bytes),
         ("max_batch_lines", body.max_batch_lines),
         ("max_stored_bytes", body.max_stored_bytes),
+        ("max_batch_enqueued_tokens", body.max_batch_enqueued_tokens),
     ] {
         if v.is_some_and(|v| v <= 0) {
             return Err(ApiError::invalid(

@@ -91,6 +91,41 @@ async fn generate(
         .unwrap_or(false);
     let model = super::resolve_model(state, principal, &body.model).await?;
     principal.require(family, Some(&model.model))?;
+    let chat = prepare(&model, body, chat)?;
+    let input = JobInput::Chat(chat);
+    let sub = Submission {
+        model: &model,
+        input: &input,
+        mode: JobMode::Sync,
+        lane: Lane::Interactive,
+        idempotency_key: None,
+        traceparent: trace_context(req).to_string(),
+        timeout: Duration::from_millis(state.settings.sync_timeout_ms),
+        stream,
+    };
+    let job = match submit(state, principal, sub).await? {
+        s @ Submitted::Streaming { .. } => {
+            return Ok(Generated::Streaming(
+                s,
+                model.model.as_str().to_owned(),
+                include_usage,
+            ))
+        }
+        Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
+    };
+    let job = completed(state, principal.tenant_id, job, None).await?;
+    Ok(Generated::Done(job, model.model.as_str().to_owned()))
+}
+
+/// A request as the chat (`chat`) or completions endpoint takes it, for a
+/// resolved model: its input. The same checks for a single call and for a
+/// batch line.
+pub(crate) fn prepare(
+    model: &maas_store::registry::Resolved,
+    body: GenerationRequest,
+    chat: bool,
+) -> Result<ChatInput, ApiError> {
+    let stream = body.stream == Some(true);
     if !model.kind.capabilities().generates {
         return Err(ApiError::InvalidRequest {
             message: format!(
@@ -130,29 +165,51 @@ async fn generate(
     };
     chat.validate()
         .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
-    let input = JobInput::Chat(chat);
-    let sub = Submission {
-        model: &model,
-        input: &input,
-        mode: JobMode::Sync,
-        lane: Lane::Interactive,
-        idempotency_key: None,
-        traceparent: trace_context(req).to_string(),
-        timeout: Duration::from_millis(state.settings.sync_timeout_ms),
-        stream,
-    };
-    let job = match submit(state, principal, sub).await? {
-        s @ Submitted::Streaming { .. } => {
-            return Ok(Generated::Streaming(
-                s,
-                model.model.as_str().to_owned(),
-                include_usage,
-            ))
-        }
-        Submitted::Waited(job) | Submitted::Accepted(job) | Submitted::Replayed(job) => job,
-    };
-    let job = completed(state, principal.tenant_id, job, None).await?;
-    Ok(Generated::Done(job, model.model.as_str().to_owned()))
+    Ok(chat)
+}
+
+/// The response body of `/v1/chat/completions` for a finished job.
+pub(crate) fn chat_body(job: &Job, model: &str) -> Value {
+    let out = job.output.clone().unwrap_or_default();
+    chat_body_of(job.id, job.created_at.timestamp(), &out, model)
+}
+
+pub(crate) fn chat_body_of(id: uuid::Uuid, created: i64, out: &Value, model: &str) -> Value {
+    json!({
+        "id": format!("chatcmpl-{}", id.simple()),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": out["text"]},
+            "finish_reason": out["finish_reason"],
+            "logprobs": out.get("logprobs").map(|e| json!({"content": e})),
+        }],
+        "usage": usage(out),
+    })
+}
+
+/// The response body of `/v1/completions` for a finished job.
+pub(crate) fn completion_body(job: &Job, model: &str) -> Value {
+    let out = job.output.clone().unwrap_or_default();
+    completion_body_of(job.id, job.created_at.timestamp(), &out, model)
+}
+
+pub(crate) fn completion_body_of(id: uuid::Uuid, created: i64, out: &Value, model: &str) -> Value {
+    json!({
+        "id": format!("cmpl-{}", id.simple()),
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "text": out["text"],
+            "finish_reason": out["finish_reason"],
+            "logprobs": out.get("logprobs").map(|e| completion_logprobs(e, 0).0),
+        }],
+        "usage": usage(out),
+    })
 }
 
 /// How many alternatives per token the request asks logprobs for, if any.
@@ -281,20 +338,7 @@ pub async fn chat_completions(
                 ))
             }
         };
-    let out = job.output.clone().unwrap_or_default();
-    Ok(HttpResponse::Ok().json(json!({
-        "id": format!("chatcmpl-{}", job.id.simple()),
-        "object": "chat.completion",
-        "created": job.created_at.timestamp(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": out["text"]},
-            "finish_reason": out["finish_reason"],
-            "logprobs": out.get("logprobs").map(|e| json!({"content": e})),
-        }],
-        "usage": usage(&out),
-    })))
+    Ok(HttpResponse::Ok().json(chat_body(&job, &model)))
 }
 
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", security(("api_key" = [])), request_body = GenerationRequest,
@@ -327,20 +371,7 @@ pub async fn completions(
             ))
         }
     };
-    let out = job.output.clone().unwrap_or_default();
-    Ok(HttpResponse::Ok().json(json!({
-        "id": format!("cmpl-{}", job.id.simple()),
-        "object": "text_completion",
-        "created": job.created_at.timestamp(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "text": out["text"],
-            "finish_reason": out["finish_reason"],
-            "logprobs": out.get("logprobs").map(|e| completion_logprobs(e, 0).0),
-        }],
-        "usage": usage(&out),
-    })))
+    Ok(HttpResponse::Ok().json(completion_body(&job, &model)))
 }
 
 /// One server-sent event.

@@ -65,6 +65,38 @@ pub async fn create_embeddings(
     let body = body.into_inner();
     let model = super::resolve_model(&state, &principal, &body.model).await?;
     principal.require("embeddings", Some(&model.model))?;
+    let (input, base64) = prepare(&model, &body)?;
+    let sub = Submission {
+        model: &model,
+        input: &input,
+        mode: JobMode::Sync,
+        lane: Lane::Interactive,
+        idempotency_key: None,
+        traceparent: trace_context(&req).to_string(),
+        timeout: Duration::from_millis(state.settings.sync_timeout_ms),
+        stream: false,
+    };
+    let job = match submit(&state, &principal, sub).await? {
+        Submitted::Waited(job)
+        | Submitted::Accepted(job)
+        | Submitted::Replayed(job)
+        | Submitted::Streaming { job, .. } => job,
+    };
+    let job = completed(&state, principal.tenant_id, job, Some("input")).await?;
+    Ok(HttpResponse::Ok().json(response_body(
+        &job.output.unwrap_or_default(),
+        model.model.as_str(),
+        base64,
+    )))
+}
+
+/// A request as `/v1/embeddings` takes it, for a resolved model: its job
+/// input, and whether the vectors are answered in base64. The same checks
+/// for a single call and for a batch line.
+pub(crate) fn prepare(
+    model: &maas_store::registry::Resolved,
+    body: &EmbeddingsRequest,
+) -> Result<(maas_core::models::JobInput, bool), ApiError> {
     if !model.kind.capabilities().embeds {
         return Err(ApiError::InvalidRequest {
             message: format!(
@@ -95,24 +127,11 @@ pub async fn create_embeddings(
         .kind
         .parse_input(&json!({"input": body.input}))
         .map_err(|e| ApiError::invalid(e.message, Some("input")))?;
-    let sub = Submission {
-        model: &model,
-        input: &input,
-        mode: JobMode::Sync,
-        lane: Lane::Interactive,
-        idempotency_key: None,
-        traceparent: trace_context(&req).to_string(),
-        timeout: Duration::from_millis(state.settings.sync_timeout_ms),
-        stream: false,
-    };
-    let job = match submit(&state, &principal, sub).await? {
-        Submitted::Waited(job)
-        | Submitted::Accepted(job)
-        | Submitted::Replayed(job)
-        | Submitted::Streaming { job, .. } => job,
-    };
-    let job = completed(&state, principal.tenant_id, job, Some("input")).await?;
-    let out = job.output.unwrap_or_default();
+    Ok((input, base64))
+}
+
+/// The response body of `/v1/embeddings` for a finished job's output.
+pub(crate) fn response_body(out: &Value, model: &str, base64: bool) -> Value {
     let vectors = out["embeddings"].as_array().cloned().unwrap_or_default();
     let tokens = out["prompt_tokens"].as_u64().unwrap_or(0);
     let data: Vec<Value> = vectors
@@ -135,10 +154,10 @@ pub async fn create_embeddings(
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    Ok(HttpResponse::Ok().json(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: model.model.as_str().to_owned(),
-        usage: json!({"prompt_tokens": tokens, "total_tokens": tokens}),
-    }))
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })
 }

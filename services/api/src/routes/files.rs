@@ -94,6 +94,7 @@ pub struct Limits {
     pub max_file_bytes: i64,
     pub max_batch_lines: i64,
     pub max_stored_bytes: i64,
+    pub max_batch_enqueued_tokens: i64,
 }
 
 pub async fn limits(state: &AppState, tenant: uuid::Uuid) -> Result<Limits, ApiError> {
@@ -103,6 +104,9 @@ pub async fn limits(state: &AppState, tenant: uuid::Uuid) -> Result<Limits, ApiE
         max_file_bytes: o.max_file_bytes.unwrap_or(s.files_max_bytes),
         max_batch_lines: o.max_batch_lines.unwrap_or(s.batch_max_lines),
         max_stored_bytes: o.max_stored_bytes.unwrap_or(s.files_max_stored_bytes),
+        max_batch_enqueued_tokens: o
+            .max_batch_enqueued_tokens
+            .unwrap_or(s.batch_max_enqueued_tokens),
     })
 }
 

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource, each with its own `config`.
 
 pub mod admin;
+pub mod batches;
 pub mod chat;
 pub mod embeddings;
 pub mod files;
@@ -22,6 +23,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     chat::config(cfg);
     models::config(cfg);
     files::config(cfg);
+    batches::config(cfg);
     usage::config(cfg);
     // The registry's scope is longer than the admin scope's and must come first:
     // a scope matches by prefix, so `/admin/v1` would otherwise answer for it.

@@ -8,7 +8,7 @@ use std::time::Duration;
 const BOUNDARY: &str = "maas-test-boundary-7d1f";
 
 /// A multipart body: text fields, then the file part (if any).
-fn form(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
+pub(crate) fn form(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
     let mut b = Vec::new();
     for (name, value) in fields {
         b.extend_from_slice(
@@ -30,7 +30,7 @@ fn form(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
     b
 }
 
-async fn upload(p: &Platform, key: &str, body: Vec<u8>) -> reqwest::Response {
+pub(crate) async fn upload(p: &Platform, key: &str, body: Vec<u8>) -> reqwest::Response {
     p.http
         .post(p.url("/v1/files"))
         .bearer_auth(key)
@@ -44,7 +44,7 @@ async fn upload(p: &Platform, key: &str, body: Vec<u8>) -> reqwest::Response {
         .unwrap()
 }
 
-async fn upload_ok(p: &Platform, key: &str, name: &str, data: &[u8]) -> Value {
+pub(crate) async fn upload_ok(p: &Platform, key: &str, name: &str, data: &[u8]) -> Value {
     let r = upload(p, key, form(&[("purpose", "batch")], Some((name, data)))).await;
     assert_eq!(r.status(), 200, "upload {name}");
     r.json().await.unwrap()

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod batches;
 mod budgets;
 mod chat;
 mod embeddings;

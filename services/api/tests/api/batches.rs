@@ -1,0 +1,253 @@
+//! The Batch API on the real services: the official client end to end, and
+//! what only the platform adds: admin listing and cancel, scopes, the
+//! enqueued-token limit and the token budget checked at create.
+
+use crate::files::upload_ok;
+use maas_testkit::{assert_error, python, Options, Platform};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test]
+async fn the_official_openai_client_runs_batches_end_to_end() {
+    let p = Platform::start(Options {
+        with_models: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let other = p.create_tenant("globex", 1).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/openai/batches.py");
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .env("OPENAI_BASE_URL", p.url("/v1"))
+        .env("OPENAI_API_KEY", &t.key)
+        .env("OTHER_API_KEY", &other.key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "openai client script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok:"), "{stdout}");
+    println!("{stdout}");
+
+    // Every line that ran was metered once, under its own job.
+    let (lines, usage_rows): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE j.status = 'succeeded'),
+                (SELECT count(*) FROM usage_records u JOIN jobs j2 ON j2.id = u.job_id WHERE j2.batch_id IS NOT NULL)
+         FROM jobs j WHERE j.batch_id IS NOT NULL",
+    )
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
+    assert!(lines > 0, "no batch line succeeded");
+    assert_eq!(usage_rows, lines, "one usage row per finished line");
+}
+
+fn chat_lines(n: usize, max_tokens: u32) -> Vec<u8> {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(
+            &json!({
+                "custom_id": format!("r{i}"), "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "smollm2-135m-instruct", "max_tokens": max_tokens,
+                         "messages": [{"role": "user", "content": format!("Count to {i}.")}]}
+            })
+            .to_string(),
+        );
+        s.push('\n');
+    }
+    s.into_bytes()
+}
+
+async fn create(p: &Platform, key: &str, file: &str) -> reqwest::Response {
+    p.http
+        .post(p.url("/v1/batches"))
+        .bearer_auth(key)
+        .json(&json!({"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn admin_get(p: &Platform, path: &str) -> reqwest::Response {
+    p.http
+        .get(p.url(path))
+        .bearer_auth(p.admin_token())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn limits_hold_at_create_and_admins_list_and_cancel_a_tenants_batches() {
+    let p = Platform::start(Options {
+        with_models: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let small = upload_ok(&p, &t.key, "small.jsonl", &chat_lines(10, 48)).await;
+    let small_id = small["id"].as_str().unwrap();
+
+    // A key without the batches scope cannot create one.
+    let r = p
+        .admin_post(
+            &format!("/admin/v1/tenants/{}/keys", t.id),
+            json!({"scopes": ["files"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let files_only: Value = r.json().await.unwrap();
+    let r = create(&p, files_only["key"].as_str().unwrap(), small_id).await;
+    assert_error(r, 403, "insufficient_scope").await;
+
+    // The enqueued-token limit is checked for the whole batch at create.
+    let r = p
+        .http
+        .put(p.url(&format!("/admin/v1/tenants/{}/file-limits", t.id)))
+        .bearer_auth(p.admin_token())
+        .json(&json!({"max_batch_enqueued_tokens": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["in_force"]["max_batch_enqueued_tokens"], 100, "{v}");
+    let r = create(&p, &t.key, small_id).await;
+    let retry = r.headers().get("x-should-retry").cloned();
+    let e = assert_error(r, 429, "insufficient_quota").await;
+    assert_eq!(retry.unwrap(), "false", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("100"),
+        "{e}"
+    );
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM batches")
+        .fetch_one(&p.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "a refused create leaves no batch");
+
+    // So is the token budget: the batch's bound is reserved at create.
+    let r = p
+        .http
+        .put(p.url(&format!("/admin/v1/tenants/{}/file-limits", t.id)))
+        .bearer_auth(p.admin_token())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    p.set_quota(
+        &t.id,
+        json!({"token_budget": 200, "budget_period": "month"}),
+    )
+    .await;
+    let r = create(&p, &t.key, small_id).await;
+    assert_error(r, 429, "insufficient_quota").await;
+    p.set_quota(
+        &t.id,
+        json!({"token_budget": 10_000_000, "budget_period": "month"}),
+    )
+    .await;
+
+    // A long batch, listed and cancelled by an admin.
+    let big = upload_ok(&p, &t.key, "big.jsonl", &chat_lines(300, 64)).await;
+    let r = create(&p, &t.key, big["id"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    let id = b["id"].as_str().unwrap().to_owned();
+    assert_eq!(b["status"], "in_progress", "{b}");
+    assert_eq!(b["request_counts"]["total"], 300, "{b}");
+
+    let r = admin_get(&p, &format!("/admin/v1/tenants/{}/batches", t.id)).await;
+    assert_eq!(r.status(), 200);
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list["data"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+
+    let cancel = format!("/admin/v1/tenants/{}/batches/{id}/cancel", t.id);
+    let r = p.admin_post(&cancel, json!({})).await;
+    assert_eq!(r.status(), 200);
+    let c: Value = r.json().await.unwrap();
+    assert!(
+        ["cancelling", "cancelled"].contains(&c["status"].as_str().unwrap()),
+        "{c}"
+    );
+    let started = std::time::Instant::now();
+    let ended = loop {
+        let r = p
+            .http
+            .get(p.url(&format!("/v1/batches/{id}")))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        if v["status"] == "cancelled" {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still not cancelled: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rc = &ended["request_counts"];
+    assert_eq!(rc["total"], 300);
+    assert_eq!(
+        rc["completed"].as_i64().unwrap() + rc["failed"].as_i64().unwrap(),
+        300,
+        "{ended}"
+    );
+    assert!(rc["failed"].as_i64().unwrap() > 0, "{ended}");
+    assert!(ended["error_file_id"].is_string(), "{ended}");
+
+    // Nothing of it stays reserved or queued.
+    let (open,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM jobs WHERE batch_id = $1 AND status IN ('queued', 'dispatched', 'running')",
+    )
+    .bind(&id)
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
+    assert_eq!(open, 0);
+    let (reserved, spent): (i64, i64) =
+        sqlx::query_as("SELECT reserved, spent FROM budget_ledger WHERE tenant_id = $1::uuid")
+            .bind(&t.id)
+            .fetch_one(&p.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        reserved, 0,
+        "the cancelled lines' reservations are released"
+    );
+    let (used,): (i64,) = sqlx::query_as(
+        "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint FROM usage_records WHERE tenant_id = $1::uuid",
+    )
+    .bind(&t.id)
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
+    assert_eq!(spent, used, "what the finished lines used is spent");
+
+    // A second cancel answers with the cancelled batch (a completed one is a
+    // 409: the client test covers it).
+    let r = p.admin_post(&cancel, json!({})).await;
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["status"], "cancelled", "{again}");
+    assert_eq!(again["request_counts"], ended["request_counts"]);
+    let r = p
+        .admin_post(
+            &format!("/admin/v1/tenants/{}/batches/batch_nope/cancel", t.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+}
