@@ -251,3 +251,152 @@ async fn limits_hold_at_create_and_admins_list_and_cancel_a_tenants_batches() {
         .await;
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_batch_survives_kill_9_of_a_worker_and_the_active_scheduler_with_every_line_once() {
+    let mut p = Platform::start(Options {
+        with_models: true,
+        workers: 2,
+        schedulers: 2,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let n = 2000;
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(
+            &json!({
+                "custom_id": format!("k{i}"), "method": "POST", "url": "/v1/embeddings",
+                "body": {"model": "all-minilm-l6-v2",
+                         "input": format!("line {i}: a sentence long enough to keep the workers busy for a little while, about the weather in the hills and the trains that run between the towns")}
+            })
+            .to_string(),
+        );
+        s.push('\n');
+    }
+    let f = upload_ok(&p, &t.key, "crash.jsonl", s.as_bytes()).await;
+    let r = p
+        .http
+        .post(p.url("/v1/batches"))
+        .bearer_auth(&t.key)
+        .json(&json!({"input_file_id": f["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    let id = b["id"].as_str().unwrap().to_owned();
+    let get = |p: &Platform| {
+        let req = p
+            .http
+            .get(p.url(&format!("/v1/batches/{id}")))
+            .bearer_auth(&t.key);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    // Once lines are finishing, kill a worker holding lines and the active
+    // scheduler.
+    let started = std::time::Instant::now();
+    loop {
+        let v = get(&p).await;
+        assert_eq!(v["status"], "in_progress", "ended before the kill: {v}");
+        if v["request_counts"]["completed"].as_i64().unwrap() >= 50 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let holder: String = sqlx::query_scalar(
+        "SELECT worker_id FROM jobs WHERE batch_id = $1 AND status IN ('dispatched', 'running') AND worker_id IS NOT NULL LIMIT 1",
+    )
+    .bind(&id)
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
+    let mut killed = false;
+    for w in p.workers.iter_mut() {
+        let v: Value = p
+            .http
+            .get(format!("http://127.0.0.1:{}/readyz", w.port))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["worker_id"] == holder.as_str() {
+            w.kill9().await;
+            killed = true;
+            break;
+        }
+    }
+    assert!(killed, "found a worker holding lines");
+    let mut active = None;
+    for (i, s) in p.schedulers.iter().enumerate() {
+        let v: Value = p
+            .http
+            .get(p.url_of(s, "/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["role"] == "active" {
+            active = Some(i);
+        }
+    }
+    p.schedulers[active.expect("an active scheduler")]
+        .kill9()
+        .await;
+
+    let ended = loop {
+        let v = get(&p).await;
+        if v["status"] != "in_progress" && v["status"] != "finalizing" {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(400),
+            "not done: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(ended["request_counts"]["completed"], n, "{ended}");
+    assert_eq!(ended["request_counts"]["failed"], 0, "{ended}");
+    let out = p
+        .http
+        .get(p.url(&format!(
+            "/v1/files/{}/content",
+            ended["output_file_id"].as_str().unwrap()
+        )))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for l in out.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["response"]["status_code"], 200, "{v}");
+        assert!(
+            seen.insert(v["custom_id"].as_str().unwrap().to_owned()),
+            "custom_id twice: {v}"
+        );
+    }
+    assert_eq!(seen.len(), n, "every custom_id exactly once");
+    let (usage, retried): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM usage_records u JOIN jobs j ON j.id = u.job_id WHERE j.batch_id = $1),
+                (SELECT count(*) FROM jobs WHERE batch_id = $1 AND attempts > 1)",
+    )
+    .bind(&id)
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
+    assert_eq!(usage, n as i64, "one usage row per line");
+    assert!(retried > 0, "the killed worker's lines ran again elsewhere");
+}
