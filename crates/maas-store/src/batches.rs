@@ -168,6 +168,7 @@ pub async fn insert_failed(
     .bind(b.window_secs as f64)
     .fetch_one(&mut *tx)
     .await?;
+    crate::webhooks::enqueue(&mut tx, row.tenant_id, "batch.failed", &row.id).await?;
     tx.commit().await?;
     Ok((row, true))
 }
@@ -512,7 +513,7 @@ pub async fn finish(
         Some("expired") => ("expired", "expired_at"),
         _ => ("completed", "completed_at"),
     };
-    Ok(sqlx::query_as::<_, BatchRow>(&format!(
+    let ended = sqlx::query_as::<_, BatchRow>(&format!(
         "UPDATE batches SET status = '{status}', {stamp} = now(), finalizing_at = coalesce(finalizing_at, now()),
              output_file_id = $2, error_file_id = $3, completed_count = $4, failed_count = $5, usage = $6
          WHERE id = $1 RETURNING {COLUMNS}"
@@ -524,7 +525,10 @@ pub async fn finish(
     .bind(e.counts.failed as i32)
     .bind(e.usage)
     .fetch_one(&mut **tx)
-    .await?)
+    .await?;
+    // The batch's end event, in the same transaction: written once, never lost.
+    crate::webhooks::enqueue(tx, ended.tenant_id, &format!("batch.{status}"), &ended.id).await?;
+    Ok(ended)
 }
 
 /// Locks an open batch for finalizing (`None`: another replica holds it, or

@@ -19,6 +19,7 @@ pub mod quotas;
 pub mod registry;
 pub mod tenants;
 pub mod usage;
+pub mod webhooks;
 pub mod workers;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -22,13 +22,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Endpoint families a key can be scoped to.
-pub const FAMILIES: [&str; 6] = [
+pub const FAMILIES: [&str; 7] = [
     "jobs",
     "embeddings",
     "chat",
     "completions",
     "batches",
     "files",
+    "webhooks",
 ];
 
 /// Checks a requested scope list: families, or `model:<name>` of a known model.

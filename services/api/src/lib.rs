@@ -21,6 +21,7 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod submit;
+pub mod webhooks;
 
 pub use settings::ApiSettings;
 pub use startup::Application;

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    admin, batches, chat, embeddings, files, health, jobs, models, registry, usage,
+    admin, batches, chat, embeddings, files, health, jobs, models, registry, usage, webhooks,
 };
 
 struct Security;
@@ -48,10 +48,13 @@ impl Modify for Security {
         batches::create, batches::get, batches::list, batches::cancel, batches::partial_output, admin::list_tenant_batches, admin::cancel_tenant_batch,
         files::upload, files::list, files::get, files::content, files::delete, admin::put_file_limits, admin::get_file_limits,
         registry::index, registry::register, registry::load, registry::unload, registry::set_label,
+        webhooks::tenant_create, webhooks::tenant_list, webhooks::tenant_get, webhooks::tenant_update, webhooks::tenant_delete, webhooks::tenant_rotate, webhooks::tenant_test, webhooks::tenant_deliveries,
+        webhooks::admin_create, webhooks::admin_list, webhooks::admin_get, webhooks::admin_update, webhooks::admin_delete, webhooks::admin_rotate, webhooks::admin_test, webhooks::admin_deliveries,
     ),
     components(schemas(
         jobs::CreateJob, jobs::JobView, maas_store::queue::Standing, maas_store::queue::QueueTime, embeddings::EmbeddingsRequest, embeddings::EmbeddingsResponse, chat::GenerationRequest, jobs::JobList, crate::error::ErrorBody, crate::error::ErrorObject,
         admin::CreateTenant, admin::UpdateTenant, admin::TenantModels, registry::RegisterVersion, registry::LoadVersion, registry::SetLabel, admin::CreateKey, maas_store::keys::KeyLimits, maas_store::quotas::Quota, files::FileObject, files::FileList, batches::CreateBatch, maas_store::files::FileLimits,
+        webhooks::CreateEndpoint, webhooks::UpdateEndpoint, webhooks::RotateSecret, webhooks::TestEndpoint,
         maas_core::JobStatus, maas_core::JobMode, maas_core::Lane,
     )),
     modifiers(&Security),

@@ -82,9 +82,56 @@ pub struct ApiSettings {
     #[arg(long, env = "MAAS_FILES_SWEEP_SECS", default_value_t = 60)]
     pub files_sweep_secs: u64,
 
+    /// Seconds between a webhook delivery's attempts after the first fails,
+    /// comma-separated; one more than their number is the attempts in all.
+    /// The default retries for about three and a half days.
+    #[arg(
+        long,
+        env = "MAAS_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "5,300,1800,7200,18000,36000,36000,86400,86400,86400",
+        value_parser = parse_schedule
+    )]
+    pub webhook_retry_schedule: Schedule,
+
+    /// Allow webhook endpoints on private, loopback and link-local addresses,
+    /// and over plain http (development and tests only).
+    #[arg(long, env = "MAAS_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    pub webhook_allow_private: bool,
+
+    /// Seconds a webhook attempt may take before it counts as failed.
+    #[arg(long, env = "MAAS_WEBHOOK_TIMEOUT_SECS", default_value_t = 15)]
+    pub webhook_timeout_secs: u64,
+
+    /// Webhook endpoints a tenant may register.
+    #[arg(long, env = "MAAS_WEBHOOK_MAX_ENDPOINTS", default_value_t = 10)]
+    pub webhook_max_endpoints: i64,
+
+    /// Days an ended webhook delivery stays in the delivery log.
+    #[arg(long, env = "MAAS_WEBHOOK_LOG_DAYS", default_value_t = 30)]
+    pub webhook_log_days: i64,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "MAAS_API_WORKERS")]
     pub workers: Option<usize>,
+}
+
+/// Seconds between retries (see `MAAS_WEBHOOK_RETRY_SCHEDULE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<u64>);
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    let v = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("'{p}' is not a number of seconds"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if v.is_empty() || v.len() > 50 {
+        return Err("give 1 to 50 retry delays".into());
+    }
+    Ok(Schedule(v))
 }
 
 /// The public development key used with `--dev` when no secret is set.

@@ -102,6 +102,11 @@ impl Application {
             state.clone(),
             std::time::Duration::from_millis(settings.batch_finalize_ms.max(50)),
         ));
+        // Webhook deliveries: due ones are looked for every second.
+        tokio::spawn(crate::webhooks::deliver_forever(
+            state.clone(),
+            std::time::Duration::from_secs(1),
+        ));
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();

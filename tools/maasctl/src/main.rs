@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 #[command(
     name = "maasctl",
     version,
-    about = "Manage tenants, keys, quotas, usage and models through the admin API"
+    about = "Manage tenants, keys, quotas, usage, models and webhooks through the admin API"
 )]
 struct Cli {
     /// Base URL of the API.
@@ -36,6 +36,10 @@ enum Command {
     /// The model registry: list, register, load, unload, label.
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// A tenant's webhook endpoints: add (prints the signing secret once),
+    /// list, show, update, rotate, test, deliveries, delete.
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
     /// A tenant's usage per day, key and model.
     Usage {
         tenant: String,
@@ -156,6 +160,66 @@ enum Keys {
     },
     Revoke {
         key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCmd {
+    /// Registers an endpoint; prints it with its signing secret (shown once).
+    Add {
+        tenant: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        name: String,
+        /// batch.completed, batch.failed, batch.expired or batch.cancelled;
+        /// repeat for several (none: all four).
+        #[arg(long = "event")]
+        events: Vec<String>,
+    },
+    List {
+        tenant: String,
+    },
+    Show {
+        tenant: String,
+        id: String,
+    },
+    /// Changes what is given (`--event` replaces the whole set).
+    Update {
+        tenant: String,
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "event")]
+        events: Vec<String>,
+    },
+    /// A new signing secret (printed once); `--keep-old`: the old one also
+    /// signs for 24 hours.
+    Rotate {
+        tenant: String,
+        id: String,
+        #[arg(long)]
+        keep_old: bool,
+    },
+    /// Sends a signed sample event and prints what the endpoint answered.
+    Test {
+        tenant: String,
+        id: String,
+        #[arg(long, default_value = "batch.completed")]
+        event: String,
+    },
+    /// The endpoint's recent deliveries with every attempt.
+    Deliveries {
+        tenant: String,
+        id: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    Delete {
+        tenant: String,
+        id: String,
     },
 }
 
@@ -438,6 +502,79 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
                 .await
             }
         },
+        Command::Webhooks(w) => {
+            let base = |t: &str| format!("/tenants/{t}/webhook_endpoints");
+            match w {
+                WebhooksCmd::Add {
+                    tenant,
+                    url,
+                    name,
+                    events,
+                } => {
+                    let events = if events.is_empty() {
+                        [
+                            "batch.completed",
+                            "batch.failed",
+                            "batch.expired",
+                            "batch.cancelled",
+                        ]
+                        .map(String::from)
+                        .to_vec()
+                    } else {
+                        events
+                    };
+                    let body = json!({"url": url, "name": name, "event_types": events});
+                    c(M::POST, base(&tenant), Some(body)).await
+                }
+                WebhooksCmd::List { tenant } => c(M::GET, base(&tenant), None).await,
+                WebhooksCmd::Show { tenant, id } => {
+                    c(M::GET, format!("{}/{id}", base(&tenant)), None).await
+                }
+                WebhooksCmd::Update {
+                    tenant,
+                    id,
+                    url,
+                    name,
+                    events,
+                } => {
+                    let events = (!events.is_empty()).then(|| json!(events));
+                    let body = fields(&[
+                        ("url", json!(url)),
+                        ("name", json!(name)),
+                        ("event_types", events.unwrap_or(Value::Null)),
+                    ]);
+                    c(M::POST, format!("{}/{id}", base(&tenant)), Some(body)).await
+                }
+                WebhooksCmd::Rotate {
+                    tenant,
+                    id,
+                    keep_old,
+                } => {
+                    let body = json!({"keep_old_secret_active_for_24_hours": keep_old});
+                    c(
+                        M::POST,
+                        format!("{}/{id}/rotate_secret", base(&tenant)),
+                        Some(body),
+                    )
+                    .await
+                }
+                WebhooksCmd::Test { tenant, id, event } => {
+                    let body = json!({ "event_type": event });
+                    c(M::POST, format!("{}/{id}/test", base(&tenant)), Some(body)).await
+                }
+                WebhooksCmd::Deliveries { tenant, id, limit } => {
+                    c(
+                        M::GET,
+                        format!("{}/{id}/deliveries?limit={limit}", base(&tenant)),
+                        None,
+                    )
+                    .await
+                }
+                WebhooksCmd::Delete { tenant, id } => {
+                    c(M::DELETE, format!("{}/{id}", base(&tenant)), None).await
+                }
+            }
+        }
         Command::Usage { tenant, days } => {
             c(M::GET, format!("/tenants/{tenant}/usage?days={days}"), None).await
         }

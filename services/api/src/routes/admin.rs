@@ -92,7 +92,10 @@ async fn refresh_key_cache(state: &AppState, tenant_id: Uuid) -> Result<(), ApiE
     Ok(())
 }
 
-async fn tenant_or_404(state: &AppState, raw: &str) -> Result<tenants::Tenant, ApiError> {
+pub(crate) async fn tenant_or_404(
+    state: &AppState,
+    raw: &str,
+) -> Result<tenants::Tenant, ApiError> {
     let id = parse_id(raw, "tenant")?;
     tenants::get(&state.db, id)
         .await?

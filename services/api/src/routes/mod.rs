@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod models;
 pub mod registry;
 pub mod usage;
+pub mod webhooks;
 
 use crate::error::ApiError;
 use actix_web::{web, HttpRequest};
@@ -25,6 +26,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     files::config(cfg);
     batches::config(cfg);
     usage::config(cfg);
+    webhooks::config(cfg);
     // The registry's scope is longer than the admin scope's and must come first:
     // a scope matches by prefix, so `/admin/v1` would otherwise answer for it.
     registry::config(cfg);

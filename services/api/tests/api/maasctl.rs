@@ -222,3 +222,86 @@ async fn maasctl_registers_loads_labels_and_unloads_a_model_version() {
     let (ok, _, err) = run(&p, t, &["models", "label", m, "stable", "nope"]).await;
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+#[tokio::test]
+async fn maasctl_manages_a_tenants_webhook_endpoints() {
+    let p = Platform::start(Options::default()).await.unwrap();
+    let token = p.admin_token();
+    let t = Some(token.as_str());
+    let tenant = p.create_tenant("hooks-co", 1).await;
+    let (ok, ep, err) = run(
+        &p,
+        t,
+        &[
+            "webhooks",
+            "add",
+            &tenant.id,
+            "--url",
+            "https://8.8.8.8/hook",
+            "--name",
+            "ops",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let secret = ep["signing_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{ep}");
+    assert_eq!(ep["event_types"].as_array().unwrap().len(), 4, "{ep}");
+    let (ok, list, _) = run(&p, t, &["webhooks", "list", &tenant.id]).await;
+    assert!(ok && list["data"][0]["id"] == id.as_str(), "{list}");
+    assert!(
+        !list.to_string().contains(&secret),
+        "the secret is shown once"
+    );
+    let (ok, up, err) = run(
+        &p,
+        t,
+        &[
+            "webhooks",
+            "update",
+            &tenant.id,
+            &id,
+            "--event",
+            "batch.failed",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(up["event_types"], serde_json::json!(["batch.failed"]));
+    assert_eq!(up["name"], "ops");
+    let (ok, rot, err) = run(
+        &p,
+        t,
+        &["webhooks", "rotate", &tenant.id, &id, "--keep-old"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_ne!(rot["signing_secret"].as_str().unwrap(), secret);
+    assert!(rot["previous_secret_active_until"].is_i64(), "{rot}");
+    let (ok, log, err) = run(&p, t, &["webhooks", "deliveries", &tenant.id, &id]).await;
+    assert!(
+        ok && log["data"].as_array().is_some_and(|d| d.is_empty()),
+        "{log} {err}"
+    );
+    // API errors come through: a private address is refused.
+    let (ok, _, err) = run(
+        &p,
+        t,
+        &[
+            "webhooks",
+            "add",
+            &tenant.id,
+            "--url",
+            "https://192.168.1.1/hook",
+            "--name",
+            "lan",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("private"), "{err}");
+    let (ok, gone, err) = run(&p, t, &["webhooks", "delete", &tenant.id, &id]).await;
+    assert!(ok && gone["deleted"] == true, "{gone} {err}");
+    let (ok, _, err) = run(&p, t, &["webhooks", "show", &tenant.id, &id]).await;
+    assert!(!ok && err.contains("404"), "{err}");
+}

@@ -17,3 +17,4 @@ mod maasctl;
 mod models;
 mod observability;
 mod registry;
+mod webhooks;
