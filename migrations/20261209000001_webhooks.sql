@@ -50,3 +50,10 @@ CREATE TABLE webhook_attempts (
     duration_ms INT NOT NULL,
     PRIMARY KEY (delivery_id, attempt)
 );
+
+-- A batch with the 1h completion window: its lines are served before the
+-- same tenant's other batch-lane work (fair share across tenants unchanged).
+ALTER TABLE jobs ADD COLUMN urgent BOOLEAN NOT NULL DEFAULT false;
+
+-- When a batch's first line ended (its time to first line is observed once).
+ALTER TABLE batches ADD COLUMN first_line_at TIMESTAMPTZ;

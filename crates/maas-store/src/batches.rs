@@ -40,12 +40,14 @@ pub struct BatchRow {
     pub expired_at: Option<DateTime<Utc>>,
     pub cancelling_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// When its first line ended.
+    pub first_line_at: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "id, tenant_id, key_id, endpoint, input_file_id, completion_window, model, model_version, status, ending, \
     metadata, errors, output_file_id, error_file_id, output_expires_secs, total, completed_count, failed_count, usage, \
     idempotency_key, created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at, expired_at, \
-    cancelling_at, cancelled_at";
+    cancelling_at, cancelled_at, first_line_at";
 
 /// A new batch id: `batch_` and 32 hex digits.
 pub fn new_id() -> String {
@@ -93,6 +95,8 @@ pub struct Run<'a> {
     pub traceparent: Option<&'a str>,
     /// Most tokens the tenant's unfinished batch lines may hold, this batch's included.
     pub max_enqueued_tokens: i64,
+    /// The 1h window: lines go before the tenant's other batch-lane work.
+    pub urgent: bool,
 }
 
 /// A create that found an earlier batch to answer with.
@@ -280,9 +284,9 @@ pub async fn insert_running(
         sqlx::query(
             "INSERT INTO jobs (id, tenant_id, key_id, model, model_version, mode, lane, status, input, traceparent,
                                rate_tokens, budget_tokens, budget_period_start, batch_id, batch_line, custom_id, batch_opts,
-                               created_at)
+                               created_at, urgent)
              SELECT u.id, $1, $2, $3, $4, 'async', $5, 'queued', u.input, $6, 0, u.bt, $7, $8, u.line, u.cid, u.opts,
-                    now() + u.line * interval '1 microsecond'
+                    now() + u.line * interval '1 microsecond', $15
              FROM UNNEST($9::uuid[], $10::jsonb[], $11::bigint[], $12::int[], $13::text[], $14::jsonb[])
                   AS u(id, input, bt, line, cid, opts)",
         )
@@ -300,6 +304,7 @@ pub async fn insert_running(
         .bind(&nums)
         .bind(&cids)
         .bind(&opts)
+        .bind(run.urgent)
         .execute(&mut *tx)
         .await?;
     }
@@ -359,14 +364,16 @@ pub async fn counts(pool: &PgPool, id: &str) -> Result<Counts> {
 
 /// Asks a batch to end early: `cancelled` by its tenant, or `expired` past
 /// its window. Its queued lines end at once; the ids of lines that a worker
-/// holds are returned, for the caller to stop. `None`: not this tenant's
-/// batch, or not running (the row is returned as it is, as `Err`).
+/// holds are returned, for the caller to stop, with the number of lines
+/// ended here. `None`: not this tenant's batch, or not running (the row is
+/// returned as it is, as `Err`).
+#[allow(clippy::type_complexity)]
 pub async fn end_early(
     pool: &PgPool,
     tenant_id: Uuid,
     id: &str,
     ending: &str,
-) -> Result<Option<std::result::Result<(BatchRow, Vec<Uuid>), BatchRow>>> {
+) -> Result<Option<std::result::Result<(BatchRow, Vec<Uuid>, usize), BatchRow>>> {
     let (status, stamp, line_status, code, message) = match ending {
         "cancelled" => (
             "cancelling",
@@ -411,12 +418,30 @@ pub async fn end_early(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
+    let ended = held.len();
     let on_workers = held
         .into_iter()
         .filter(|(_, w)| w.is_some())
         .map(|(id, _)| id)
         .collect();
-    Ok(Some(Ok((row, on_workers))))
+    Ok(Some(Ok((row, on_workers, ended))))
+}
+
+/// Records when the batch's first line ended, once: the first call after a
+/// line has ended returns `(created_at, first_line_at)`; later calls `None`.
+pub async fn mark_first_line(
+    pool: &PgPool,
+    id: &str,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
+    Ok(sqlx::query_as(
+        "UPDATE batches b SET first_line_at = f.t
+         FROM (SELECT min(finished_at) AS t FROM jobs WHERE batch_id = $1 AND finished_at IS NOT NULL) f
+         WHERE b.id = $1 AND b.first_line_at IS NULL AND f.t IS NOT NULL
+         RETURNING b.created_at, b.first_line_at",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Batches that may be ready to end (in progress, finalizing, cancelling),

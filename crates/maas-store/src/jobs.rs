@@ -51,6 +51,12 @@ pub struct Job {
     /// The exact version of `model` the job runs on (resolved at submission).
     #[serde(default)]
     pub model_version: Option<String>,
+    /// A line of a 1h batch: served before its tenant's other batch-lane work.
+    #[serde(default)]
+    pub urgent: bool,
+    /// The Batch API batch the job is a line of.
+    #[serde(default)]
+    pub batch_id: Option<String>,
 }
 
 impl Job {
@@ -66,7 +72,7 @@ impl Job {
 
 const COLS: &str = "id, tenant_id, key_id, model, mode, lane, status, input, output, error, usage, attempts, \
                     worker_id, idempotency_key, traceparent, version, created_at, dispatched_at, started_at, finished_at, \
-                    rate_tokens, budget_tokens, starts, reply_to, model_version";
+                    rate_tokens, budget_tokens, starts, reply_to, model_version, urgent, batch_id";
 
 pub struct NewJob<'a> {
     pub tenant_id: Uuid,
@@ -475,12 +481,13 @@ pub struct QueuedRef {
     pub lane: String,
     pub created_at: DateTime<Utc>,
     pub reply_to: Option<String>,
+    pub urgent: bool,
 }
 
 /// Every queued job, oldest first: the scheduler's state after a restart.
 pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
     Ok(sqlx::query_as::<_, QueuedRef>(
-        "SELECT id, tenant_id, CASE WHEN model_version IS NULL THEN model ELSE model || '@' || model_version END AS model, lane, created_at, reply_to FROM jobs WHERE status = 'queued' ORDER BY created_at, id",
+        "SELECT id, tenant_id, CASE WHEN model_version IS NULL THEN model ELSE model || '@' || model_version END AS model, lane, created_at, reply_to, urgent FROM jobs WHERE status = 'queued' ORDER BY created_at, id",
     )
     .fetch_all(pool)
     .await?)
@@ -489,7 +496,7 @@ pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedRef>> {
 /// The queued jobs of one batch, in line order.
 pub async fn queued_in_batch(pool: &PgPool, batch_id: &str) -> Result<Vec<QueuedRef>> {
     Ok(sqlx::query_as::<_, QueuedRef>(
-        "SELECT id, tenant_id, CASE WHEN model_version IS NULL THEN model ELSE model || '@' || model_version END AS model, lane, created_at, reply_to
+        "SELECT id, tenant_id, CASE WHEN model_version IS NULL THEN model ELSE model || '@' || model_version END AS model, lane, created_at, reply_to, urgent
          FROM jobs WHERE batch_id = $1 AND status = 'queued' ORDER BY batch_line",
     )
     .bind(batch_id)

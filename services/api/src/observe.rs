@@ -9,7 +9,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use maas_core::metrics::{
-    self, register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec,
+    self, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
 };
 use maas_core::trace::TraceParent;
 use std::sync::LazyLock;
@@ -33,6 +34,43 @@ pub static JOBS_SUBMITTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "maas_jobs_submitted_total",
         "Jobs accepted (stored and queued), by model, mode and tenant",
         &["model", "mode", "tenant"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BATCH_LINES_QUEUED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "maas_batch_api_lines_queued",
+        "Unfinished lines of open Batch API batches, by tenant and model",
+        &["tenant", "model"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BATCH_FIRST_LINE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "maas_batch_api_time_to_first_line_seconds",
+        "From a batch's create to its first line ending, by tenant and model",
+        &["tenant", "model"],
+        maas_core::metrics::LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static BATCH_DEADLINE_MISSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "maas_batch_api_deadline_misses_total",
+        "Batches that reached the end of their completion window unfinished (ended expired), by tenant and model",
+        &["tenant", "model"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BATCH_LINES_EXPIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "maas_batch_api_lines_expired_total",
+        "Lines left unfinished by batches that ended expired, by tenant and model",
+        &["tenant", "model"]
     )
     .expect("metric registers once")
 });

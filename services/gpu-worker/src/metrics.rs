@@ -73,6 +73,15 @@ pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static BATCH_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "maas_batch_api_lines_total",
+        "Batch API lines that ended on this worker, by tenant, model and outcome (succeeded, failed); its rate is lines per second",
+        &["tenant", "model", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "maas_tokens_total",

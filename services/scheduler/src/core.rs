@@ -292,6 +292,7 @@ impl Core {
             lane: Lane::parse(&j.lane).unwrap_or(Lane::Batch),
             enqueued_at: Self::instant_of(j.created_at),
             reply_to: j.reply_to.clone(),
+            urgent: j.urgent,
         };
         self.enqueue(job, &j.model, false);
     }
@@ -322,6 +323,7 @@ impl Core {
             lane: msg.lane,
             enqueued_at: Self::instant_of(msg.created_at),
             reply_to: msg.reply_to,
+            urgent: false,
         };
         self.enqueue(job, &msg.model, false);
     }
@@ -513,6 +515,7 @@ impl Core {
             lane: job.lane,
             enqueued_at: Self::instant_of(job.created_at),
             reply_to: job.reply_to.clone(),
+            urgent: job.urgent,
         };
         self.enqueue(q, &job.route(), front);
     }

@@ -8,6 +8,10 @@
 //! Lanes: interactive work is served first, unless the oldest batch job has
 //! waited past `aging`, in which case the batch lane is served; batch work
 //! therefore never starves.
+//!
+//! Within a tenant's batch lane, urgent jobs (the lines of batches with the
+//! `1h` completion window) go before the rest; across tenants the shares
+//! stay by weight, so one tenant's deadlines never take another's share.
 
 use maas_core::Lane;
 use std::collections::{HashMap, VecDeque};
@@ -21,17 +25,53 @@ pub struct QueuedJob {
     pub lane: Lane,
     pub enqueued_at: Instant,
     pub reply_to: Option<String>,
+    /// Served before its tenant's other jobs of the batch lane.
+    pub urgent: bool,
 }
 
 #[derive(Debug, Default)]
 struct TenantQueue {
     pass: f64,
     lanes: [VecDeque<QueuedJob>; 2],
+    /// The batch lane's urgent jobs, ahead of `lanes[Batch]`.
+    urgent: VecDeque<QueuedJob>,
 }
 
 impl TenantQueue {
     fn is_empty(&self) -> bool {
-        self.lanes.iter().all(VecDeque::is_empty)
+        self.urgent.is_empty() && self.lanes.iter().all(VecDeque::is_empty)
+    }
+
+    fn lane_empty(&self, lane: Lane) -> bool {
+        self.lanes[lane.index()].is_empty() && (lane != Lane::Batch || self.urgent.is_empty())
+    }
+
+    /// The deque a job of `lane` (urgent or not) lives in.
+    fn deque(&mut self, lane: Lane, urgent: bool) -> &mut VecDeque<QueuedJob> {
+        if lane == Lane::Batch && urgent {
+            &mut self.urgent
+        } else {
+            &mut self.lanes[lane.index()]
+        }
+    }
+
+    /// When the lane's oldest job was queued.
+    fn oldest(&self, lane: Lane) -> Option<Instant> {
+        let plain = self.lanes[lane.index()].front().map(|j| j.enqueued_at);
+        let urgent = (lane == Lane::Batch)
+            .then(|| self.urgent.front().map(|j| j.enqueued_at))
+            .flatten();
+        plain.into_iter().chain(urgent).min()
+    }
+
+    /// The lane's next job: urgent first.
+    fn pop(&mut self, lane: Lane) -> Option<QueuedJob> {
+        if lane == Lane::Batch {
+            if let Some(j) = self.urgent.pop_front() {
+                return Some(j);
+            }
+        }
+        self.lanes[lane.index()].pop_front()
     }
 }
 
@@ -81,7 +121,8 @@ impl FairQueue {
     /// Adds a job at the back of its tenant's lane.
     pub fn push(&mut self, job: QueuedJob) {
         let lane = job.lane.index();
-        self.tenant(job.tenant_id).lanes[lane].push_back(job);
+        let (l, u) = (job.lane, job.urgent);
+        self.tenant(job.tenant_id).deque(l, u).push_back(job);
         self.len += 1;
         self.lane_lens[lane] += 1;
     }
@@ -89,7 +130,8 @@ impl FairQueue {
     /// Puts a job back at the front (a retry keeps its place).
     pub fn push_front(&mut self, job: QueuedJob) {
         let lane = job.lane.index();
-        self.tenant(job.tenant_id).lanes[lane].push_front(job);
+        let (l, u) = (job.lane, job.urgent);
+        self.tenant(job.tenant_id).deque(l, u).push_front(job);
         self.len += 1;
         self.lane_lens[lane] += 1;
     }
@@ -101,14 +143,11 @@ impl FairQueue {
                 .filter(|(id, _)| eligible(**id))
                 .map(|(_, t)| t)
         };
-        let oldest_batch = tenants()
-            .filter_map(|t| t.lanes[Lane::Batch.index()].front())
-            .map(|j| j.enqueued_at)
-            .min();
+        let oldest_batch = tenants().filter_map(|t| t.oldest(Lane::Batch)).min();
         if oldest_batch.is_some_and(|t| now.saturating_duration_since(t) >= self.aging) {
             return Some(Lane::Batch);
         }
-        if tenants().any(|t| !t.lanes[Lane::Interactive.index()].is_empty()) {
+        if tenants().any(|t| !t.lane_empty(Lane::Interactive)) {
             return Some(Lane::Interactive);
         }
         oldest_batch.map(|_| Lane::Batch)
@@ -123,16 +162,17 @@ impl FairQueue {
         weight: impl Fn(Uuid) -> u32,
         eligible: impl Fn(Uuid) -> bool,
     ) -> Option<QueuedJob> {
-        let lane = self.pick_lane(now, &eligible)?.index();
+        let picked = self.pick_lane(now, &eligible)?;
+        let lane = picked.index();
         let (&tenant_id, _) = self
             .tenants
             .iter()
-            .filter(|(id, t)| !t.lanes[lane].is_empty() && eligible(**id))
+            .filter(|(id, t)| !t.lane_empty(picked) && eligible(**id))
             .min_by(|(a_id, a), (b_id, b)| {
                 a.pass.total_cmp(&b.pass).then_with(|| a_id.cmp(b_id))
             })?;
         let t = self.tenants.get_mut(&tenant_id)?;
-        let job = t.lanes[lane].pop_front()?;
+        let job = t.pop(picked)?;
         self.vtime = self.vtime.max(t.pass);
         t.pass += 1.0 / f64::from(weight(tenant_id).max(1));
         self.len -= 1;
@@ -155,6 +195,7 @@ mod tests {
             lane,
             enqueued_at: at,
             reply_to: None,
+            urgent: false,
         }
     }
 
@@ -276,5 +317,42 @@ mod tests {
             "A's jobs are still there once it may run again"
         );
         assert_eq!(q.lane_len(Lane::Interactive), 0);
+    }
+
+    #[test]
+    fn urgent_batch_work_goes_first_within_its_tenant_and_shares_stay_by_weight() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        let mut q = FairQueue::new(Duration::from_secs(3600));
+        for _ in 0..4 {
+            q.push(job(a, Lane::Batch, now));
+        }
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let mut j = job(a, Lane::Batch, now + Duration::from_secs(1));
+            j.urgent = true;
+            ids.push(j.id);
+            q.push(j);
+        }
+        for _ in 0..8 {
+            q.push(job(b, Lane::Batch, now));
+        }
+        assert_eq!(q.lane_len(Lane::Batch), 16);
+        let mut order = Vec::new();
+        while let Some(j) = q.pop(now, |_| 1, |_| true) {
+            order.push(j);
+        }
+        // A's urgent lines are its first four served, though queued later.
+        let a_served: Vec<Uuid> = order
+            .iter()
+            .filter(|j| j.tenant_id == a)
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(&a_served[..4], &ids[..]);
+        // And B still gets every other slot: urgency does not change shares.
+        let first8: Vec<Uuid> = order.iter().take(8).map(|j| j.tenant_id).collect();
+        assert_eq!(first8.iter().filter(|t| **t == a).count(), 4);
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.lane_len(Lane::Batch), 0);
     }
 }

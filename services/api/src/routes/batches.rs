@@ -6,11 +6,15 @@
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::observe::{
+    BATCH_DEADLINE_MISSES, BATCH_FIRST_LINE, BATCH_LINES_EXPIRED, BATCH_LINES_QUEUED,
+};
 use crate::routes::resource;
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use maas_core::messages::BatchSubmitted;
+use maas_core::metrics::tenant_label;
 use maas_core::Code;
 use maas_mq::PublishOpts;
 use maas_store::batches::{self, BatchRow, NewBatch, NewLine, Run};
@@ -18,7 +22,7 @@ use maas_store::files::NewFile;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Digest;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -631,6 +635,7 @@ pub async fn create(
                 lane: maas_core::Lane::Batch.as_str(),
                 traceparent: Some(&traceparent),
                 max_enqueued_tokens: limits.max_batch_enqueued_tokens,
+                urgent: body.completion_window == "1h",
             };
             let (row, fresh) = batches::insert_running(&state.db, &new, &run, &lines).await?;
             if fresh {
@@ -776,7 +781,7 @@ pub async fn cancel(
 /// Cancels a batch (a tenant's call, or an admin's).
 pub async fn cancel_batch(state: &AppState, row: &BatchRow) -> Result<HttpResponse, ApiError> {
     match batches::end_early(&state.db, row.tenant_id, &row.id, "cancelled").await? {
-        Some(Ok((row, held))) => {
+        Some(Ok((row, held, _))) => {
             tracing::info!(batch_id = %row.id, on_workers = held.len(), "batch cancelling");
             stop_on_workers(state, &held).await;
             respond(state, &row).await
@@ -906,6 +911,7 @@ fn output_line(endpoint: Endpoint, l: &batches::LineResult, model: &str) -> (Val
 /// their window: on every replica, each batch taken by one.
 pub async fn finalize_forever(state: AppState, every: Duration) {
     let mut tick = tokio::time::interval(every);
+    let mut shown: HashSet<(String, String)> = HashSet::new();
     loop {
         tick.tick().await;
         let open = match batches::open_ids(&state.db, 100).await {
@@ -915,26 +921,66 @@ pub async fn finalize_forever(state: AppState, every: Duration) {
                 continue;
             }
         };
+        // Unfinished lines per (tenant label, model), for the gauge.
+        let mut queued: HashMap<(String, String), i64> = HashMap::new();
         for (id, tenant) in open {
-            if let Err(e) = finalize(&state, &id, tenant).await {
-                tracing::warn!(batch_id = %id, error = %e, "could not finalize a batch; will retry");
+            match finalize(&state, &id, tenant).await {
+                Ok(Some((model, unfinished))) => {
+                    *queued.entry((tenant_label(tenant), model)).or_default() += unfinished;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(batch_id = %id, error = %e, "could not finalize a batch; will retry")
+                }
             }
         }
+        for key in shown.difference(&queued.keys().cloned().collect()) {
+            let _ = BATCH_LINES_QUEUED.remove_label_values(&[&key.0, &key.1]);
+        }
+        for ((tenant, model), n) in &queued {
+            BATCH_LINES_QUEUED
+                .with_label_values(&[tenant, model])
+                .set(*n);
+        }
+        shown = queued.into_keys().collect();
     }
 }
 
-async fn finalize(state: &AppState, id: &str, tenant: uuid::Uuid) -> Result<(), ApiError> {
+/// Ends the batch if its lines have all ended (expiring it first when past
+/// its window). Returns its model and unfinished lines while it runs.
+async fn finalize(
+    state: &AppState,
+    id: &str,
+    tenant: uuid::Uuid,
+) -> Result<Option<(String, i64)>, ApiError> {
     let Some(row) = batches::get(&state.db, tenant, id).await? else {
-        return Ok(());
+        return Ok(None);
     };
+    let model = row.model.clone().unwrap_or_default();
+    let labels = || [tenant_label(tenant), model.clone()];
     if row.status == "in_progress" && row.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
-        if let Some(Ok((_, held))) = batches::end_early(&state.db, tenant, id, "expired").await? {
-            tracing::info!(batch_id = %id, "batch past its completion window; expiring");
+        if let Some(Ok((_, held, ended))) =
+            batches::end_early(&state.db, tenant, id, "expired").await?
+        {
+            tracing::warn!(batch_id = %id, unfinished = ended, "batch past its completion window; expiring");
+            BATCH_DEADLINE_MISSES.with_label_values(&labels()).inc();
+            BATCH_LINES_EXPIRED
+                .with_label_values(&labels())
+                .inc_by(ended as u64);
             stop_on_workers(state, &held).await;
         }
     }
-    if batches::counts(&state.db, id).await?.unfinished > 0 {
-        return Ok(());
+    let counts = batches::counts(&state.db, id).await?;
+    if row.first_line_at.is_none() && counts.completed + counts.failed > 0 {
+        // Observed once, by whichever replica records it.
+        if let Some((created, first)) = batches::mark_first_line(&state.db, id).await? {
+            BATCH_FIRST_LINE
+                .with_label_values(&labels())
+                .observe((first - created).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
+    if counts.unfinished > 0 {
+        return Ok(Some((model, counts.unfinished)));
     }
     batches::mark_finalizing(&state.db, id).await?;
     let mut tx = state
@@ -943,7 +989,7 @@ async fn finalize(state: &AppState, id: &str, tenant: uuid::Uuid) -> Result<(), 
         .await
         .map_err(maas_store::StoreError::from)?;
     let Some(row) = batches::lock_open(&mut tx, id).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let endpoint = Endpoint::parse(&row.endpoint).unwrap_or(Endpoint::Embeddings);
     let model = row.model.clone().unwrap_or_default();
@@ -1011,5 +1057,5 @@ async fn finalize(state: &AppState, id: &str, tenant: uuid::Uuid) -> Result<(), 
     .await?;
     tx.commit().await.map_err(maas_store::StoreError::from)?;
     tracing::info!(batch_id = %id, status = %ended.status, completed = counts.completed, failed = counts.failed, "batch ended");
-    Ok(())
+    Ok(None)
 }

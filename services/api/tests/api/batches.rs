@@ -400,3 +400,178 @@ async fn a_batch_survives_kill_9_of_a_worker_and_the_active_scheduler_with_every
     assert_eq!(usage, n as i64, "one usage row per line");
     assert!(retried > 0, "the killed worker's lines ran again elsewhere");
 }
+
+fn embed_lines(prefix: &str, n: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(
+            &json!({
+                "custom_id": format!("{prefix}{i}"), "method": "POST", "url": "/v1/embeddings",
+                "body": {"model": "all-minilm-l6-v2",
+                         "input": format!("line {i}: a sentence long enough to keep the workers busy for a little while, about the weather in the hills and the trains that run between the towns")}
+            })
+            .to_string(),
+        );
+        s.push('\n');
+    }
+    s.into_bytes()
+}
+
+async fn create_embed_batch(
+    p: &Platform,
+    key: &str,
+    name: &str,
+    lines: &[u8],
+    window: &str,
+) -> String {
+    let f = upload_ok(p, key, name, lines).await;
+    let r = p
+        .http
+        .post(p.url("/v1/batches"))
+        .bearer_auth(key)
+        .json(&json!({"input_file_id": f["id"], "endpoint": "/v1/embeddings", "completion_window": window}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["completion_window"], window, "echoed as sent");
+    b["id"].as_str().unwrap().to_owned()
+}
+
+/// The sum of a metric's samples whose labels include every given pair.
+fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' ']).next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_1h_batch_goes_before_the_tenants_24h_lines_and_batch_metrics_are_per_tenant() {
+    let p = Platform::start(Options {
+        with_models: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let (n_slow, n_fast) = (1500, 20);
+    let slow_lines = embed_lines("s", n_slow);
+    let fast_lines = embed_lines("f", n_fast);
+    let slow = create_embed_batch(&p, &t.key, "slow.jsonl", &slow_lines, "24h").await;
+    let fast = create_embed_batch(&p, &t.key, "fast.jsonl", &fast_lines, "1h").await;
+    let get = |id: &str| {
+        let req = p
+            .http
+            .get(p.url(&format!("/v1/batches/{id}")))
+            .bearer_auth(&t.key);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let api_metrics = || {
+        let req = p.http.get(p.url("/metrics"));
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+
+    // The 1h batch's lines, queued behind 1,500 of the tenant's 24h lines,
+    // all end while most of the 24h batch still waits; meanwhile the gauge
+    // shows the tenant's unfinished lines.
+    let started = std::time::Instant::now();
+    let mut max_queued = 0.0f64;
+    loop {
+        let f = get(&fast).await;
+        let m = api_metrics().await;
+        max_queued = max_queued.max(metric_sum(
+            &m,
+            "maas_batch_api_lines_queued",
+            &[("tenant", &t.id), ("model", "all-minilm-l6-v2")],
+        ));
+        if f["request_counts"]["completed"] == n_fast {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{f}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = get(&slow).await;
+    let slow_done = s["request_counts"]["completed"].as_i64().unwrap();
+    assert!(
+        slow_done < (n_slow as i64) / 2,
+        "the 1h lines waited behind the 24h ones: {slow_done} of {n_slow} 24h lines were done first"
+    );
+    assert!(max_queued > 0.0, "the lines-queued gauge moved");
+
+    // Both end; each batch's time to first line is observed once; the
+    // worker counts every line under the tenant.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    for id in [&fast, &slow] {
+        loop {
+            let v = get(id).await;
+            if v["status"] == "completed" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let m = api_metrics().await;
+    let tl = [("tenant", t.id.as_str()), ("model", "all-minilm-l6-v2")];
+    assert_eq!(
+        metric_sum(&m, "maas_batch_api_time_to_first_line_seconds_count", &tl),
+        2.0,
+        "{m}"
+    );
+    let w = p
+        .http
+        .get(p.url_of(&p.workers[0], "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_sum(
+            &w,
+            "maas_batch_api_lines_total",
+            &[("tenant", &t.id), ("outcome", "succeeded")]
+        ),
+        (n_slow + n_fast) as f64
+    );
+
+    // A batch past its window is a deadline miss, its unfinished lines
+    // counted as expired.
+    let late = create_embed_batch(&p, &t.key, "late.jsonl", &slow_lines, "24h").await;
+    sqlx::query("UPDATE batches SET expires_at = now() WHERE id = $1")
+        .bind(&late)
+        .execute(&p.db)
+        .await
+        .unwrap();
+    loop {
+        let v = get(&late).await;
+        if v["status"] == "expired" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(60),
+            "{v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = api_metrics().await;
+    assert_eq!(
+        metric_sum(&m, "maas_batch_api_deadline_misses_total", &tl),
+        1.0
+    );
+    assert!(metric_sum(&m, "maas_batch_api_lines_expired_total", &tl) > 0.0);
+    assert_eq!(
+        metric_sum(&m, "maas_batch_api_lines_queued", &tl),
+        0.0,
+        "no open batch, no queued lines: {m}"
+    );
+}

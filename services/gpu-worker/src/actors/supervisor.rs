@@ -655,10 +655,16 @@ async fn settle_rate(deps: &Deps, job: &jobs::Job, outcome: &Outcome) {
 
 /// The metrics of a job whose result was recorded.
 fn record_finished(job: &jobs::Job, outcome: &Outcome) {
-    use crate::metrics::{END_TO_END, JOBS, TOKENS};
+    use crate::metrics::{BATCH_LINES, END_TO_END, JOBS, TOKENS};
     let version = job.model_version.as_deref().unwrap_or("");
     JOBS.with_label_values(&[job.model.as_str(), version, job.status.as_str()])
         .inc();
+    if job.batch_id.is_some() {
+        let tenant = maas_core::metrics::tenant_label(job.tenant_id);
+        BATCH_LINES
+            .with_label_values(&[&tenant, &job.model, job.status.as_str()])
+            .inc();
+    }
     if let Some(end) = job.finished_at {
         END_TO_END
             .with_label_values(&[job.model.as_str(), job.status.as_str()])
