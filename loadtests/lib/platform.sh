@@ -57,7 +57,7 @@ platform_start() {
   [ -n "$port" ] || { echo "error: the api did not start; see $work/api.log" >&2; KEEP_LOGS=1; return 1; }
   api="http://127.0.0.1:$port"
   for _ in $(seq 1 600); do
-    n=$(psql "$MAAS_DATABASE_URL" -qtAX -c "SELECT count(*) FROM workers, jsonb_array_elements(models) m WHERE status = 'alive' AND m->>'model' = '$model'" 2>/dev/null || echo 0)
+    n=$(psql "$MAAS_DATABASE_URL" -qtAX -c "SELECT count(*) FROM workers, jsonb_array_elements(models) m WHERE status = 'alive' AND (m->>'model' = '$model' OR m->>'model' LIKE '$model@%')" 2>/dev/null || echo 0)
     [ "${n:-0}" -ge 1 ] && break
     sleep 0.2
   done

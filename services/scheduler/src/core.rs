@@ -139,6 +139,12 @@ impl Core {
     /// Redis must not slow dispatch (the cache keeps the newest version
     /// whatever the order of writes).
     fn cache_put(&self, job: &Job) {
+        // A batch's lines are followed through the batch, never polled one
+        // by one: their status is read from Postgres, and caching it would
+        // only cost a Redis write per line.
+        if job.batch_id.is_some() {
+            return;
+        }
         let (cache, job) = (self.cache.clone(), job.clone());
         tokio::spawn(async move { cache.put_job_logged(&job).await });
     }
@@ -565,16 +571,24 @@ impl Core {
             .collect();
         for model in models {
             while let Some(worker_id) = self.pick_worker(&model) {
+                // A worker's last slots for a model are kept for interactive
+                // work, so a sync call never waits behind batch work for a
+                // slot (an eighth of its slots: 4 of 32).
+                let allow_batch = self.workers.get(&worker_id).is_some_and(|w| {
+                    let total = w.slots.get(&model).copied().unwrap_or(0);
+                    w.free_slots(&model) > total / 8
+                });
                 let (weights, caps) = (&self.weights, &self.max_concurrent);
                 let eligible = |t: Uuid| {
                     caps.get(&t)
                         .is_none_or(|max| held.get(&t).copied().unwrap_or(0) < *max)
                 };
                 let Some(next) = self.queues.get_mut(&model).and_then(|q| {
-                    q.pop(
+                    q.pop_lanes(
                         Instant::now(),
                         |t| weights.get(&t).copied().unwrap_or(1),
                         eligible,
+                        allow_batch,
                     )
                 }) else {
                     break;

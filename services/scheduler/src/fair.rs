@@ -136,13 +136,23 @@ impl FairQueue {
         self.lane_lens[lane] += 1;
     }
 
-    fn pick_lane(&self, now: Instant, eligible: &impl Fn(Uuid) -> bool) -> Option<Lane> {
+    fn pick_lane(
+        &self,
+        now: Instant,
+        eligible: &impl Fn(Uuid) -> bool,
+        allow_batch: bool,
+    ) -> Option<Lane> {
         let tenants = || {
             self.tenants
                 .iter()
                 .filter(|(id, _)| eligible(**id))
                 .map(|(_, t)| t)
         };
+        if !allow_batch {
+            return tenants()
+                .any(|t| !t.lane_empty(Lane::Interactive))
+                .then_some(Lane::Interactive);
+        }
         let oldest_batch = tenants().filter_map(|t| t.oldest(Lane::Batch)).min();
         if oldest_batch.is_some_and(|t| now.saturating_duration_since(t) >= self.aging) {
             return Some(Lane::Batch);
@@ -162,7 +172,19 @@ impl FairQueue {
         weight: impl Fn(Uuid) -> u32,
         eligible: impl Fn(Uuid) -> bool,
     ) -> Option<QueuedJob> {
-        let picked = self.pick_lane(now, &eligible)?;
+        self.pop_lanes(now, weight, eligible, true)
+    }
+
+    /// [`pop`](Self::pop), taking only interactive work unless `allow_batch`
+    /// (the worker's last free slots are kept for interactive work).
+    pub fn pop_lanes(
+        &mut self,
+        now: Instant,
+        weight: impl Fn(Uuid) -> u32,
+        eligible: impl Fn(Uuid) -> bool,
+        allow_batch: bool,
+    ) -> Option<QueuedJob> {
+        let picked = self.pick_lane(now, &eligible, allow_batch)?;
         let lane = picked.index();
         let (&tenant_id, _) = self
             .tenants
@@ -354,5 +376,21 @@ mod tests {
         assert_eq!(first8.iter().filter(|t| **t == a).count(), 4);
         assert_eq!(q.len(), 0);
         assert_eq!(q.lane_len(Lane::Batch), 0);
+    }
+
+    #[test]
+    fn with_batch_held_back_only_interactive_work_is_taken() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        let mut q = FairQueue::new(Duration::from_millis(1));
+        q.push(job(a, Lane::Batch, now - Duration::from_secs(10)));
+        assert!(
+            q.pop_lanes(now, |_| 1, |_| true, false).is_none(),
+            "even aged batch work waits for a slot outside the reserve"
+        );
+        q.push(job(b, Lane::Interactive, now));
+        let j = q.pop_lanes(now, |_| 1, |_| true, false).unwrap();
+        assert_eq!((j.tenant_id, j.lane), (b, Lane::Interactive));
+        assert_eq!(q.pop(now, |_| 1, |_| true).unwrap().tenant_id, a);
     }
 }

@@ -544,7 +544,11 @@ pub async fn list_tenant_batches(
     rows.truncate(limit as usize);
     let mut data = Vec::with_capacity(rows.len());
     for r in &rows {
-        let counts = maas_store::batches::counts(&state.db, &r.id).await?;
+        let counts = if r.completed_count.is_some() {
+            maas_store::batches::Counts::default()
+        } else {
+            crate::routes::batches::live_counts(&state, &r.id).await?
+        };
         data.push(crate::routes::batches::view(r, counts));
     }
     Ok(HttpResponse::Ok().json(json!({

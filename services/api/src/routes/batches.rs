@@ -23,7 +23,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -179,11 +180,43 @@ fn usage_json(input: i64, output: i64) -> Value {
     })
 }
 
+/// Each open batch's line counts as last read by this replica, kept for
+/// [`COUNTS_FRESH`]: however often clients poll a batch, its lines are
+/// counted at most once a second per replica (the finalizer's own count each
+/// tick refreshes it too).
+static COUNTS: LazyLock<Mutex<HashMap<String, (Instant, batches::Counts)>>> =
+    LazyLock::new(Mutex::default);
+const COUNTS_FRESH: Duration = Duration::from_secs(1);
+
+fn remember_counts(id: &str, c: batches::Counts) {
+    if let Ok(mut m) = COUNTS.lock() {
+        if m.len() > 10_000 {
+            m.retain(|_, (at, _)| at.elapsed() < COUNTS_FRESH);
+        }
+        m.insert(id.to_owned(), (Instant::now(), c));
+    }
+}
+
+/// An open batch's line counts, at most [`COUNTS_FRESH`] old.
+pub async fn live_counts(state: &AppState, id: &str) -> Result<batches::Counts, ApiError> {
+    let known = COUNTS.lock().ok().and_then(|m| {
+        m.get(id)
+            .filter(|(at, _)| at.elapsed() < COUNTS_FRESH)
+            .map(|(_, c)| *c)
+    });
+    if let Some(c) = known {
+        return Ok(c);
+    }
+    let c = batches::counts(&state.db, id).await?;
+    remember_counts(id, c);
+    Ok(c)
+}
+
 async fn respond(state: &AppState, b: &BatchRow) -> Result<HttpResponse, ApiError> {
     let counts = if b.completed_count.is_some() {
         batches::Counts::default()
     } else {
-        batches::counts(&state.db, &b.id).await?
+        live_counts(state, &b.id).await?
     };
     Ok(HttpResponse::Ok().json(view(b, counts)))
 }
@@ -725,7 +758,7 @@ pub async fn list(
         let counts = if r.completed_count.is_some() {
             batches::Counts::default()
         } else {
-            batches::counts(&state.db, &r.id).await?
+            live_counts(&state, &r.id).await?
         };
         data.push(view(r, counts));
     }
@@ -971,6 +1004,7 @@ async fn finalize(
         }
     }
     let counts = batches::counts(&state.db, id).await?;
+    remember_counts(id, counts);
     if row.first_line_at.is_none() && counts.completed + counts.failed > 0 {
         // Observed once, by whichever replica records it.
         if let Some((created, first)) = batches::mark_first_line(&state.db, id).await? {

@@ -407,3 +407,158 @@ async fn bad_uploads_get_clear_errors_and_limits_hold() {
         3600
     );
 }
+
+/// A local S3-compatible server (moto's, from tests/requirements.txt) on a
+/// free port, stopped when dropped.
+struct S3Server {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl S3Server {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(maas_testkit::python())
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto's S3 server starts (pip install -r tests/requirements.txt)");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http.get(&url).send().await.is_ok() {
+                return Self { child, url };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the S3 server did not start on {url}");
+    }
+
+    /// The bucket's object keys.
+    async fn keys(&self, bucket: &str) -> Vec<String> {
+        let xml = reqwest::get(format!("{}/{bucket}?list-type=2", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn files_and_batch_output_live_in_an_s3_compatible_bucket_when_configured() {
+    let mut s3 = S3Server::start().await;
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{}/maas-files", s3.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "create bucket: {}", r.status());
+    let p = Platform::start(Options {
+        with_models: true,
+        api_env: vec![
+            ("MAAS_FILE_STORE", "s3://maas-files/tenants".into()),
+            ("AWS_ENDPOINT", s3.url.clone()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let t = p.create_tenant("acme", 1).await;
+    let data = jsonl(3);
+    let f = upload_ok(&p, &t.key, "input.jsonl", &data).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    // The content is in the bucket, none of it in Postgres.
+    let keys = s3.keys("maas-files").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].starts_with("tenants/"), "{keys:?}");
+    let (chunks,): (i64,) = sqlx::query_as("SELECT count(*) FROM file_chunks")
+        .fetch_one(&p.db)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 0);
+    let body = get(&p, &t.key, &format!("/v1/files/{id}/content"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &data[..]);
+
+    // A batch over it writes its output file to the bucket too.
+    let r = p
+        .http
+        .post(p.url("/v1/batches"))
+        .bearer_auth(&t.key)
+        .json(&serde_json::json!({"input_file_id": id, "endpoint": "/v1/embeddings", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    let mut done = Value::Null;
+    for _ in 0..600 {
+        done = get(
+            &p,
+            &t.key,
+            &format!("/v1/batches/{}", b["id"].as_str().unwrap()),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        if done["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["status"], "completed", "{done}");
+    let out = get(
+        &p,
+        &t.key,
+        &format!(
+            "/v1/files/{}/content",
+            done["output_file_id"].as_str().unwrap()
+        ),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(s3.keys("maas-files").await.len(), 2);
+
+    // Deleting a file deletes its object.
+    let r = p
+        .http
+        .delete(p.url(&format!("/v1/files/{id}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s3.keys("maas-files").await.len(), 1);
+    let _ = s3.child.kill().await;
+}

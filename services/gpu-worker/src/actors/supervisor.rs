@@ -466,9 +466,13 @@ async fn run_attempt(
     if let Some(job) = job {
         // Off the critical path: the cache keeps the newest version whatever
         // the order of writes, and the result below is written after this.
-        let cache = deps.cache.clone();
-        let running = job.clone();
-        tokio::spawn(async move { cache.put_job_logged(&running).await });
+        // A batch's lines are never polled one by one (see the scheduler):
+        // no hot-status write for them.
+        if job.batch_id.is_none() {
+            let cache = deps.cache.clone();
+            let running = job.clone();
+            tokio::spawn(async move { cache.put_job_logged(&running).await });
+        }
         tracing::info!(%job_id, attempt, model = %d.model, "job running");
         let t0 = Instant::now();
         // Streamed output goes, in order, to the API instance holding the caller.
@@ -573,7 +577,9 @@ async fn run_attempt(
                         tracing::info!(%job_id, status = %job.status, compute_ms, "job finished");
                         let outcome = replaced.unwrap_or(outcome);
                         record_finished(&job, &outcome);
-                        deps.cache.put_job_logged(&job).await;
+                        if job.batch_id.is_none() {
+                            deps.cache.put_job_logged(&job).await;
+                        }
                         settle_rate(&deps, &job, &outcome).await;
                     }
                     Ok((None, _)) => {
