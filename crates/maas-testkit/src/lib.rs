@@ -85,6 +85,36 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Runs one of the official client's scripts in `tests/openai/` against the
+/// platform with `OPENAI_BASE_URL` set, `OPENAI_API_KEY` the given key and
+/// `env` added; asserts that it succeeded and printed `ok:`, and returns its
+/// standard output.
+pub async fn run_openai_script(
+    p: &Platform,
+    script: &str,
+    key: &str,
+    env: &[(&str, &str)],
+) -> String {
+    let path =
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/openai")).join(script);
+    let out = tokio::process::Command::new(python())
+        .arg(&path)
+        .env("OPENAI_BASE_URL", p.url("/v1"))
+        .env("OPENAI_API_KEY", key)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok:"), "{stdout}");
+    stdout
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {

@@ -3,7 +3,7 @@
 //! enqueued-token limit and the token budget checked at create.
 
 use crate::files::upload_ok;
-use maas_testkit::{assert_error, python, Options, Platform};
+use maas_testkit::{assert_error, run_openai_script, Options, Platform};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -17,22 +17,8 @@ async fn the_official_openai_client_runs_batches_end_to_end() {
     .unwrap();
     let t = p.create_tenant("acme", 1).await;
     let other = p.create_tenant("globex", 1).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/openai/batches.py");
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", p.url("/v1"))
-        .env("OPENAI_API_KEY", &t.key)
-        .env("OTHER_API_KEY", &other.key)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai client script failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("ok:"), "{stdout}");
+    let stdout =
+        run_openai_script(&p, "batches.py", &t.key, &[("OTHER_API_KEY", &other.key)]).await;
     println!("{stdout}");
 
     // Every line that ran was metered once, under its own job.

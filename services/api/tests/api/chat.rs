@@ -1,4 +1,4 @@
-use maas_testkit::{assert_error, python, Options, Platform};
+use maas_testkit::{assert_error, run_openai_script, Options, Platform};
 use serde_json::{json, Value};
 
 async fn post(p: &Platform, key: &str, path: &str, body: Value) -> reqwest::Response {
@@ -132,21 +132,7 @@ async fn the_official_openai_client_gets_a_chat_completion() {
     .await
     .unwrap();
     let t = p.create_tenant("acme", 1).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/openai/chat.py");
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", p.url("/v1"))
-        .env("OPENAI_API_KEY", &t.key)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai client script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("ok:"), "{stdout}");
+    run_openai_script(&p, "chat.py", &t.key, &[]).await;
 }
 
 fn events(body: &str) -> Vec<String> {

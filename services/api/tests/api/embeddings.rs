@@ -1,5 +1,5 @@
 use base64::Engine;
-use maas_testkit::{assert_error, python, Options, Platform};
+use maas_testkit::{assert_error, run_openai_script, Options, Platform};
 use serde_json::{json, Value};
 
 fn reference() -> Vec<(String, Vec<f64>)> {
@@ -210,29 +210,11 @@ async fn the_official_openai_client_gets_correct_embeddings() {
     .await
     .unwrap();
     let t = p.create_tenant("acme", 1).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/openai/embeddings.py"
-    );
     let refs = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../crates/maas-models/tests/data/minilm_reference.json"
     );
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", p.url("/v1"))
-        .env("OPENAI_API_KEY", &t.key)
-        .env("REFERENCE", refs)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai client script failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("ok:"), "{stdout}");
+    run_openai_script(&p, "embeddings.py", &t.key, &[("REFERENCE", refs)]).await;
 }
 
 /// Forward passes the worker's embedder has run so far (its batch histogram).

@@ -4,7 +4,7 @@
 //! also when a name is rebound after registration; admins manage a tenant's
 //! endpoints.
 
-use maas_testkit::{assert_error, python, Options, Platform};
+use maas_testkit::{assert_error, run_openai_script, Options, Platform};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -22,25 +22,8 @@ async fn the_official_client_verifies_signed_retried_and_rotated_webhooks() {
     .unwrap();
     let t = p.create_tenant("acme", 1).await;
     let other = p.create_tenant("globex", 1).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/openai/webhooks.py"
-    );
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", p.url("/v1"))
-        .env("OPENAI_API_KEY", &t.key)
-        .env("OTHER_API_KEY", &other.key)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "webhooks script failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("ok:"), "{stdout}");
+    let stdout =
+        run_openai_script(&p, "webhooks.py", &t.key, &[("OTHER_API_KEY", &other.key)]).await;
     println!("{stdout}");
 
     // Secrets stay out of the logs and the metrics count deliveries.
