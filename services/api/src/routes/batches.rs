@@ -180,6 +180,26 @@ fn usage_json(input: i64, output: i64) -> Value {
     })
 }
 
+/// A batch this large refreshes the planner's statistics of `jobs`
+/// ([`batches::refresh_job_stats`]), at most every [`STATS_EVERY`] per replica.
+const STATS_AFTER_LINES: usize = 1000;
+const STATS_EVERY: Duration = Duration::from_secs(10);
+static STATS_AT: LazyLock<Mutex<Option<Instant>>> = LazyLock::new(Mutex::default);
+
+fn refresh_stats_soon(state: &AppState) {
+    let Ok(mut at) = STATS_AT.lock() else { return };
+    if at.is_some_and(|t| t.elapsed() < STATS_EVERY) {
+        return;
+    }
+    *at = Some(Instant::now());
+    let db = state.db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = batches::refresh_job_stats(&db).await {
+            tracing::warn!(error = %e, "could not analyze the jobs table");
+        }
+    });
+}
+
 /// Each open batch's line counts as last read by this replica, kept for
 /// [`COUNTS_FRESH`]: however often clients poll a batch, its lines are
 /// counted at most once a second per replica (the finalizer's own count each
@@ -677,6 +697,9 @@ pub async fn create(
                     secs = started.elapsed().as_secs_f64(), "batch created"
                 );
                 announce(&state, &row).await;
+                if lines.len() >= STATS_AFTER_LINES {
+                    refresh_stats_soon(&state);
+                }
             }
             (row, fresh)
         }
